@@ -1,1 +1,24 @@
+//! Sovra's domain and services: the seal, organizations and their KEKs, keys and the
+//! cryptographic operations on them, and the one authorization function every call goes
+//! through. No HTTP here; the store sits behind the [`store::Store`] trait.
 
+pub mod authz;
+pub mod error;
+pub mod kms;
+pub mod model;
+pub mod principal;
+pub mod seal;
+pub mod store;
+
+mod cache;
+mod hierarchy;
+
+pub use error::CoreError;
+pub use kms::Kms;
+pub use principal::{AuthMethod, Principal, Role};
+pub use store::{Store, StoreError};
+
+/// Current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}

@@ -1,0 +1,62 @@
+//! The one authorization decision point. Every core operation calls [`authorize`] with the
+//! principal, the action and the resource; Rego policies will plug in here, restricting what
+//! these base rules allow.
+
+use crate::error::CoreError;
+use crate::model::KeyRecord;
+use crate::principal::{Principal, Role};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    KeyCreate,
+    KeyList,
+    KeyRead,
+    KeyManage,
+    KeyUse,
+    OrgKekRotate,
+    SysSeal,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::KeyCreate => "key.create",
+            Action::KeyList => "key.list",
+            Action::KeyRead => "key.read",
+            Action::KeyManage => "key.manage",
+            Action::KeyUse => "key.use",
+            Action::OrgKekRotate => "org.kek.rotate",
+            Action::SysSeal => "sys.seal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Resource<'a> {
+    /// The principal's own organization.
+    Org(&'a str),
+    Key(&'a KeyRecord),
+    System,
+}
+
+/// Base rules: a key is visible and usable only by its owner in its org. A key that is not the
+/// caller's answers `NotFound`, exactly like a key that does not exist, so ids reveal nothing.
+pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Result<(), CoreError> {
+    match (action, resource) {
+        (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org_id => Ok(()),
+        (Action::KeyRead | Action::KeyManage | Action::KeyUse, Resource::Key(k)) => {
+            if k.org_id == p.org_id && k.owner == p.subject {
+                Ok(())
+            } else {
+                Err(CoreError::NotFound)
+            }
+        }
+        (Action::OrgKekRotate, Resource::Org(org))
+            if org == p.org_id && p.has_role(Role::Admin) =>
+        {
+            Ok(())
+        }
+        (Action::SysSeal, Resource::System) if p.has_role(Role::Admin) => Ok(()),
+        _ => Err(CoreError::Forbidden),
+    }
+}

@@ -1,0 +1,78 @@
+use crate::store::StoreError;
+use sovra_crypto::CryptoError;
+use thiserror::Error;
+
+/// Errors of the core. Each has a stable machine code; messages carry no secret.
+#[derive(Debug, Error)]
+pub enum CoreError {
+    #[error("Sovra is sealed")]
+    Sealed,
+    #[error("Sovra is not initialized")]
+    NotInitialized,
+    #[error("Sovra is already initialized")]
+    AlreadyInitialized,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("key is disabled")]
+    KeyDisabled,
+    #[error("key is pending deletion")]
+    KeyPendingDeletion,
+    #[error("{0}")]
+    WrongKeyUsage(String),
+    #[error("decryption failed: the ciphertext or its context does not authenticate")]
+    DecryptFailed,
+    #[error("malformed ciphertext: {0}")]
+    MalformedCiphertext(&'static str),
+    #[error("{0}")]
+    InvalidShare(String),
+    #[error("permission denied")]
+    Forbidden,
+    #[error("storage unavailable")]
+    Storage(#[from] StoreError),
+    #[error("server busy, retry later")]
+    Busy,
+    #[error("internal error")]
+    Internal,
+}
+
+impl CoreError {
+    /// The stable machine-readable code used in API error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CoreError::Sealed => "sealed",
+            CoreError::NotInitialized => "not_initialized",
+            CoreError::AlreadyInitialized => "already_initialized",
+            CoreError::NotFound => "not_found",
+            CoreError::InvalidInput(_) => "invalid_input",
+            CoreError::Conflict(_) => "conflict",
+            CoreError::KeyDisabled => "key_disabled",
+            CoreError::KeyPendingDeletion => "key_pending_deletion",
+            CoreError::WrongKeyUsage(_) => "invalid_key_usage",
+            CoreError::DecryptFailed => "decryption_failed",
+            CoreError::MalformedCiphertext(_) => "malformed_ciphertext",
+            CoreError::InvalidShare(_) => "invalid_share",
+            CoreError::Forbidden => "forbidden",
+            CoreError::Storage(StoreError::Conflict(_)) => "conflict",
+            CoreError::Storage(_) => "storage_unavailable",
+            CoreError::Busy => "busy",
+            CoreError::Internal => "internal",
+        }
+    }
+}
+
+impl From<CryptoError> for CoreError {
+    fn from(e: CryptoError) -> Self {
+        match e {
+            CryptoError::Decrypt => CoreError::DecryptFailed,
+            CryptoError::MalformedCiphertext(m) => CoreError::MalformedCiphertext(m),
+            CryptoError::InvalidInput(m) => CoreError::InvalidInput(m),
+            CryptoError::Unsupported(m) => CoreError::WrongKeyUsage(m),
+            CryptoError::Shamir(m) => CoreError::InvalidShare(m),
+            CryptoError::InvalidKey | CryptoError::Internal => CoreError::Internal,
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The storage interface of the core. Implementations (SQLite, PostgreSQL) live in
+//! `sovra-store` and pass the same test-suite.
+
+use crate::model::{KekRecord, KeyRecord, KeyVersionRecord, OrgRecord, SealRecord};
+use async_trait::async_trait;
+use thiserror::Error;
+use uuid::Uuid;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A uniqueness rule or an optimistic-concurrency check refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or refused the operation.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row does not decode (corruption or an incompatible schema).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn get_seal(&self) -> Result<Option<SealRecord>, StoreError>;
+    /// Writes the seal record once; a second initialization is a conflict.
+    async fn create_seal(&self, seal: &SealRecord) -> Result<(), StoreError>;
+
+    async fn get_org(&self, org_id: &str) -> Result<Option<OrgRecord>, StoreError>;
+    /// Creates an org with its first KEK version in one transaction (conflict if it exists).
+    async fn create_org(&self, org: &OrgRecord, kek: &KekRecord) -> Result<(), StoreError>;
+    async fn get_kek(&self, org_id: &str, version: u32) -> Result<Option<KekRecord>, StoreError>;
+    /// Adds KEK version `kek.version` and makes it active, if the active version is still
+    /// `kek.version - 1` (conflict otherwise).
+    async fn add_kek_version(&self, kek: &KekRecord) -> Result<(), StoreError>;
+
+    /// Creates a key and its first version in one transaction (conflict on a duplicate name
+    /// for the same owner).
+    async fn create_key(&self, key: &KeyRecord, first: &KeyVersionRecord)
+    -> Result<(), StoreError>;
+    async fn get_key(&self, org_id: &str, key_id: Uuid) -> Result<Option<KeyRecord>, StoreError>;
+    async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Updates the mutable metadata (state, min_decryption_version, description, deletion date).
+    async fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Adds a version if the key's latest version is still `version.version - 1`; conflict
+    /// otherwise, so concurrent rotations never produce two equal version numbers.
+    async fn add_key_version(
+        &self,
+        org_id: &str,
+        version: &KeyVersionRecord,
+    ) -> Result<(), StoreError>;
+    async fn get_key_version(
+        &self,
+        key_id: Uuid,
+        version: u32,
+    ) -> Result<Option<KeyVersionRecord>, StoreError>;
+    /// Replaces the wrapped material of a version if it is still wrapped under
+    /// `old_kek_version`; returns whether it was replaced.
+    async fn rewrap_key_version(
+        &self,
+        key_id: Uuid,
+        version: u32,
+        old_kek_version: u32,
+        new: &KeyVersionRecord,
+    ) -> Result<bool, StoreError>;
+    /// Versions of the org's keys still wrapped under a KEK older than `kek_version`.
+    async fn versions_below_kek(
+        &self,
+        org_id: &str,
+        kek_version: u32,
+        limit: u32,
+    ) -> Result<Vec<KeyVersionRecord>, StoreError>;
+    /// Keys pending deletion whose date has passed.
+    async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError>;
+    /// Destroys a key and all its versions.
+    async fn delete_key(&self, org_id: &str, key_id: Uuid) -> Result<(), StoreError>;
+}

@@ -1,0 +1,405 @@
+//! One implementation of the `Store` trait, instantiated for SQLite and PostgreSQL.
+
+use async_trait::async_trait;
+use sovra_core::StoreError;
+use sovra_core::model::{
+    KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, SealKind, SealRecord,
+};
+use sovra_crypto::KeyType;
+use uuid::Uuid;
+
+pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
+    match e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            StoreError::Conflict(db.message().to_string())
+        }
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_) => StoreError::Corrupt(e.to_string()),
+        e => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}
+
+fn to_u32(v: i64, what: &str) -> Result<u32, StoreError> {
+    u32::try_from(v).map_err(|_| corrupt(what))
+}
+
+fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|_| corrupt("key id"))
+}
+
+/// The columns of `keys`, as a literal so that queries stay static strings.
+macro_rules! key_columns {
+    () => {
+        "id, org_id, owner, name, key_type, description, state, latest_version, \
+         min_decryption_version, created_at, rotated_at, deletion_date"
+    };
+}
+
+macro_rules! sql_store {
+    ($name:ident, $db:ty, $row:ty) => {
+        /// The store on this sqlx driver.
+        #[derive(Clone)]
+        pub struct $name {
+            pub(crate) pool: sqlx::Pool<$db>,
+        }
+
+        impl $name {
+            /// The connection pool, for tests that inspect raw tables.
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+
+            fn key_from_row(r: &$row) -> Result<KeyRecord, StoreError> {
+                use sqlx::Row;
+                let get_i64 = |c: &str| r.try_get::<i64, _>(c).map_err(map_err);
+                Ok(KeyRecord {
+                    id: parse_uuid(&r.try_get::<String, _>("id").map_err(map_err)?)?,
+                    org_id: r.try_get("org_id").map_err(map_err)?,
+                    owner: r.try_get("owner").map_err(map_err)?,
+                    name: r.try_get("name").map_err(map_err)?,
+                    key_type: KeyType::parse(&r.try_get::<String, _>("key_type").map_err(map_err)?)
+                        .map_err(|_| corrupt("key type"))?,
+                    description: r.try_get("description").map_err(map_err)?,
+                    state: KeyState::parse(&r.try_get::<String, _>("state").map_err(map_err)?)
+                        .ok_or_else(|| corrupt("key state"))?,
+                    latest_version: to_u32(get_i64("latest_version")?, "latest_version")?,
+                    min_decryption_version: to_u32(get_i64("min_decryption_version")?, "min_decryption_version")?,
+                    created_at: get_i64("created_at")?,
+                    rotated_at: r.try_get("rotated_at").map_err(map_err)?,
+                    deletion_date: r.try_get("deletion_date").map_err(map_err)?,
+                })
+            }
+
+            fn version_from_row(r: &$row) -> Result<KeyVersionRecord, StoreError> {
+                use sqlx::Row;
+                Ok(KeyVersionRecord {
+                    key_id: parse_uuid(&r.try_get::<String, _>("key_id").map_err(map_err)?)?,
+                    version: to_u32(r.try_get("version").map_err(map_err)?, "version")?,
+                    kek_version: to_u32(r.try_get("kek_version").map_err(map_err)?, "kek_version")?,
+                    wrapped_material: r.try_get("wrapped_material").map_err(map_err)?,
+                    created_at: r.try_get("created_at").map_err(map_err)?,
+                })
+            }
+        }
+
+        #[async_trait]
+        impl sovra_core::Store for $name {
+            async fn get_seal(&self) -> Result<Option<SealRecord>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT kind, shares, threshold, wrapped_root_key, created_at FROM seal WHERE id = 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                let Some(r) = row else { return Ok(None) };
+                Ok(Some(SealRecord {
+                    kind: SealKind::parse(&r.try_get::<String, _>("kind").map_err(map_err)?)
+                        .ok_or_else(|| corrupt("seal kind"))?,
+                    shares: to_u32(r.try_get("shares").map_err(map_err)?, "shares")?,
+                    threshold: to_u32(r.try_get("threshold").map_err(map_err)?, "threshold")?,
+                    wrapped_root_key: r.try_get("wrapped_root_key").map_err(map_err)?,
+                    created_at: r.try_get("created_at").map_err(map_err)?,
+                }))
+            }
+
+            async fn create_seal(&self, s: &SealRecord) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO seal (id, kind, shares, threshold, wrapped_root_key, created_at) VALUES (1, $1, $2, $3, $4, $5)",
+                )
+                .bind(s.kind.as_str())
+                .bind(s.shares as i64)
+                .bind(s.threshold as i64)
+                .bind(&s.wrapped_root_key)
+                .bind(s.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn get_org(&self, org_id: &str) -> Result<Option<OrgRecord>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT id, active_kek_version, created_at FROM orgs WHERE id = $1")
+                    .bind(org_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                row.map(|r| {
+                    Ok(OrgRecord {
+                        id: r.try_get("id").map_err(map_err)?,
+                        active_kek_version: to_u32(r.try_get("active_kek_version").map_err(map_err)?, "kek version")?,
+                        created_at: r.try_get("created_at").map_err(map_err)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn create_org(&self, org: &OrgRecord, kek: &KekRecord) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                sqlx::query("INSERT INTO orgs (id, active_kek_version, created_at) VALUES ($1, $2, $3)")
+                    .bind(&org.id)
+                    .bind(org.active_kek_version as i64)
+                    .bind(org.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query("INSERT INTO org_keks (org_id, version, wrapped_kek, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&kek.org_id)
+                    .bind(kek.version as i64)
+                    .bind(&kek.wrapped_kek)
+                    .bind(kek.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn get_kek(&self, org_id: &str, version: u32) -> Result<Option<KekRecord>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query("SELECT wrapped_kek, created_at FROM org_keks WHERE org_id = $1 AND version = $2")
+                    .bind(org_id)
+                    .bind(version as i64)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                row.map(|r| {
+                    Ok(KekRecord {
+                        org_id: org_id.to_string(),
+                        version,
+                        wrapped_kek: r.try_get("wrapped_kek").map_err(map_err)?,
+                        created_at: r.try_get("created_at").map_err(map_err)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn add_kek_version(&self, kek: &KekRecord) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let moved = sqlx::query("UPDATE orgs SET active_kek_version = $1 WHERE id = $2 AND active_kek_version = $3")
+                    .bind(kek.version as i64)
+                    .bind(&kek.org_id)
+                    .bind(kek.version as i64 - 1)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                if moved.rows_affected() != 1 {
+                    return Err(StoreError::Conflict("active KEK version changed".into()));
+                }
+                sqlx::query("INSERT INTO org_keks (org_id, version, wrapped_kek, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&kek.org_id)
+                    .bind(kek.version as i64)
+                    .bind(&kek.wrapped_kek)
+                    .bind(kek.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn create_key(&self, k: &KeyRecord, first: &KeyVersionRecord) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                sqlx::query(concat!(
+                    "INSERT INTO keys (",
+                    key_columns!(),
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                ))
+                .bind(k.id.to_string())
+                .bind(&k.org_id)
+                .bind(&k.owner)
+                .bind(&k.name)
+                .bind(k.key_type.as_str())
+                .bind(&k.description)
+                .bind(k.state.as_str())
+                .bind(k.latest_version as i64)
+                .bind(k.min_decryption_version as i64)
+                .bind(k.created_at)
+                .bind(k.rotated_at)
+                .bind(k.deletion_date)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                Self::insert_version(&mut tx, first).await?;
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn get_key(&self, org_id: &str, key_id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+                let row = sqlx::query(concat!("SELECT ", key_columns!(), " FROM keys WHERE id = $1 AND org_id = $2"))
+                    .bind(key_id.to_string())
+                    .bind(org_id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                row.as_ref().map(Self::key_from_row).transpose()
+            }
+
+            async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM keys WHERE org_id = $1 AND owner = $2 ORDER BY created_at, id"
+                ))
+                .bind(org_id)
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter().map(Self::key_from_row).collect()
+            }
+
+            async fn update_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
+                sqlx::query(
+                    "UPDATE keys SET state = $1, min_decryption_version = $2, description = $3, deletion_date = $4 \
+                     WHERE id = $5 AND org_id = $6",
+                )
+                .bind(k.state.as_str())
+                .bind(k.min_decryption_version as i64)
+                .bind(&k.description)
+                .bind(k.deletion_date)
+                .bind(k.id.to_string())
+                .bind(&k.org_id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn add_key_version(&self, org_id: &str, v: &KeyVersionRecord) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let moved = sqlx::query(
+                    "UPDATE keys SET latest_version = $1, rotated_at = $2 WHERE id = $3 AND org_id = $4 AND latest_version = $5",
+                )
+                .bind(v.version as i64)
+                .bind(v.created_at)
+                .bind(v.key_id.to_string())
+                .bind(org_id)
+                .bind(v.version as i64 - 1)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if moved.rows_affected() != 1 {
+                    return Err(StoreError::Conflict("key version changed".into()));
+                }
+                Self::insert_version(&mut tx, v).await?;
+                tx.commit().await.map_err(map_err)
+            }
+
+            async fn get_key_version(&self, key_id: Uuid, version: u32) -> Result<Option<KeyVersionRecord>, StoreError> {
+                let row = sqlx::query(
+                    "SELECT key_id, version, kek_version, wrapped_material, created_at FROM key_versions \
+                     WHERE key_id = $1 AND version = $2",
+                )
+                .bind(key_id.to_string())
+                .bind(version as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+                row.as_ref().map(Self::version_from_row).transpose()
+            }
+
+            async fn rewrap_key_version(
+                &self,
+                key_id: Uuid,
+                version: u32,
+                old_kek_version: u32,
+                new: &KeyVersionRecord,
+            ) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE key_versions SET kek_version = $1, wrapped_material = $2 \
+                     WHERE key_id = $3 AND version = $4 AND kek_version = $5",
+                )
+                .bind(new.kek_version as i64)
+                .bind(&new.wrapped_material)
+                .bind(key_id.to_string())
+                .bind(version as i64)
+                .bind(old_kek_version as i64)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn versions_below_kek(
+                &self,
+                org_id: &str,
+                kek_version: u32,
+                limit: u32,
+            ) -> Result<Vec<KeyVersionRecord>, StoreError> {
+                let rows = sqlx::query(
+                    "SELECT v.key_id, v.version, v.kek_version, v.wrapped_material, v.created_at \
+                     FROM key_versions v JOIN keys k ON k.id = v.key_id \
+                     WHERE k.org_id = $1 AND v.kek_version < $2 ORDER BY v.key_id, v.version LIMIT $3",
+                )
+                .bind(org_id)
+                .bind(kek_version as i64)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter().map(Self::version_from_row).collect()
+            }
+
+            async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT org_id, id FROM keys WHERE state = 'pending_deletion' AND deletion_date <= $1",
+                )
+                .bind(now_ms)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok((
+                            r.try_get::<String, _>("org_id").map_err(map_err)?,
+                            parse_uuid(&r.try_get::<String, _>("id").map_err(map_err)?)?,
+                        ))
+                    })
+                    .collect()
+            }
+
+            async fn delete_key(&self, org_id: &str, key_id: Uuid) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                sqlx::query("DELETE FROM key_versions WHERE key_id = $1")
+                    .bind(key_id.to_string())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query("DELETE FROM keys WHERE id = $1 AND org_id = $2")
+                    .bind(key_id.to_string())
+                    .bind(org_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)
+            }
+        }
+
+        impl $name {
+            async fn insert_version(
+                tx: &mut sqlx::Transaction<'_, $db>,
+                v: &KeyVersionRecord,
+            ) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO key_versions (key_id, version, kek_version, wrapped_material, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(v.key_id.to_string())
+                .bind(v.version as i64)
+                .bind(v.kek_version as i64)
+                .bind(&v.wrapped_material)
+                .bind(v.created_at)
+                .execute(&mut **tx)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
+sql_store!(PostgresStore, sqlx::Postgres, sqlx::postgres::PgRow);
