@@ -1,1 +1,151 @@
-fn main() {}
+//! `sovra`: the server (`sovra server`), the client commands that talk HTTPS to it, and
+//! offline tools.
+
+mod client_cmds;
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(name = "sovra", version, about = "Sovra: sovereign key management")]
+struct Cli {
+    /// Output format of client commands.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Server address (https://host:port).
+    #[arg(
+        long,
+        global = true,
+        env = "SOVRA_ADDR",
+        default_value = "https://127.0.0.1:8200"
+    )]
+    addr: String,
+    /// Bearer token (JWT or the dev token).
+    #[arg(long, global = true, env = "SOVRA_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM file of the CA (or self-signed certificate) to trust.
+    #[arg(long, global = true, env = "SOVRA_CACERT")]
+    cacert: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the Sovra server.
+    Server {
+        /// Configuration file (sovra.toml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Dev mode: embedded SQLite, dev seal, self-signed TLS, dev token. Never in production.
+        #[arg(long)]
+        dev: bool,
+        /// Data directory (database and dev files).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Seal management.
+    #[command(subcommand)]
+    Operator(client_cmds::OperatorCmd),
+    /// Key lifecycle.
+    #[command(subcommand)]
+    Key(client_cmds::KeyCmd),
+    /// Encrypt a file or stdin; writes the binary ciphertext.
+    Encrypt(client_cmds::EncryptArgs),
+    /// Decrypt a ciphertext file or stdin; writes the plaintext.
+    Decrypt(client_cmds::DecryptArgs),
+    /// Sign a file or stdin (message, or a digest with --digest).
+    Sign(client_cmds::SignArgs),
+    /// Verify a signature.
+    Verify(client_cmds::VerifyArgs),
+    /// Generate a data key.
+    Datakey(client_cmds::DatakeyArgs),
+    /// Print a signing key's public key (SPKI PEM).
+    PublicKey {
+        /// Key id.
+        id: String,
+    },
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SOVRA_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::env::var("SOVRA_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Server {
+            config,
+            dev,
+            data_dir,
+        } => {
+            init_logging();
+            if dev {
+                sovra_server::dev::refuse_in_production()?;
+            }
+            let config = match &config {
+                Some(p) => sovra_server::Config::load(p)?,
+                None if dev => sovra_server::Config::default(),
+                None => {
+                    anyhow::bail!("--config FILE is required (or --dev for a local dev server)")
+                }
+            };
+            sovra_server::serve::start(sovra_server::serve::ServerOptions {
+                config,
+                dev,
+                data_dir,
+            })
+            .await?;
+            Ok(())
+        }
+        command => {
+            let ca = match &cli.cacert {
+                Some(p) => Some(
+                    std::fs::read(p)
+                        .with_context(|| format!("cannot read SOVRA_CACERT {}", p.display()))?,
+                ),
+                None => None,
+            };
+            let client = sovra_client::Client::new(&cli.addr, cli.token.clone(), ca.as_deref())?;
+            client_cmds::run(&client, cli.output, command).await
+        }
+    }
+}
+
+pub(crate) use Command as Cmd;

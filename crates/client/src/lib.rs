@@ -1,1 +1,355 @@
+//! A typed HTTPS client for the Sovra API, used by the CLI and the end-to-end tests.
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use reqwest::Method;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{message} ({code}, HTTP {status}, request {request_id})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        request_id: String,
+    },
+    #[error("cannot reach Sovra: {0}")]
+    Transport(String),
+    #[error("{0}")]
+    Config(String),
+    #[error("unexpected response: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+pub type Context = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct KeyInfo {
+    pub id: String,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub description: Option<String>,
+    pub state: String,
+    pub owner: String,
+    pub latest_version: u32,
+    pub min_decryption_version: u32,
+    pub created: String,
+    pub rotated: Option<String>,
+    pub deletion_date: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SealStatus {
+    pub initialized: bool,
+    pub sealed: bool,
+    pub seal_type: Option<String>,
+    pub shares: u32,
+    pub threshold: u32,
+    pub progress: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Encrypted {
+    pub ciphertext: String,
+    pub key_id: String,
+    pub key_version: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Decrypted {
+    pub plaintext: String,
+    pub key_id: String,
+    pub key_version: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct DataKey {
+    pub plaintext: Option<String>,
+    pub ciphertext: String,
+    pub key_id: String,
+    pub key_version: u32,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Signed {
+    pub signature: String,
+    pub key_version: u32,
+    pub algorithm: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct InitResult {
+    pub shares: Vec<String>,
+    pub threshold: u32,
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+pub fn unb64(s: &str) -> Result<Vec<u8>> {
+    STANDARD
+        .decode(s)
+        .map_err(|_| ClientError::Decode("invalid base64 from server".into()))
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    addr: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `addr` like `https://127.0.0.1:8200`; `ca_pem` trusts a private CA (dev mode's
+    /// self-signed certificate) in addition to the system roots.
+    pub fn new(addr: &str, token: Option<String>, ca_pem: Option<&[u8]>) -> Result<Client> {
+        if !addr.starts_with("https://") {
+            return Err(ClientError::Config(
+                "SOVRA_ADDR must be an https:// URL".into(),
+            ));
+        }
+        let mut b = reqwest::Client::builder()
+            .https_only(true)
+            .timeout(std::time::Duration::from_secs(60));
+        if let Some(pem) = ca_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| {
+                ClientError::Config(format!("SOVRA_CACERT is not a PEM certificate: {e}"))
+            })?;
+            b = b.tls_certs_only([cert]);
+        }
+        let http = b.build().map_err(|e| ClientError::Config(e.to_string()))?;
+        Ok(Client {
+            http,
+            addr: addr.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// Sends a request and decodes a JSON response, or the API's JSON error.
+    pub async fn call<R: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<R> {
+        let mut req = self.http.request(method, format!("{}{}", self.addr, path));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        if !status.is_success() {
+            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let e = &v["error"];
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                code: e["code"].as_str().unwrap_or("unknown").to_string(),
+                message: e["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+                    .to_string(),
+                request_id: e["request_id"].as_str().unwrap_or("").to_string(),
+            });
+        }
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    // ---- sys ----
+    pub async fn seal_status(&self) -> Result<SealStatus> {
+        self.call(Method::GET, "/api/v1/sys/seal-status", None)
+            .await
+    }
+    pub async fn init(&self, shares: u32, threshold: u32) -> Result<InitResult> {
+        self.call(
+            Method::POST,
+            "/api/v1/sys/init",
+            Some(&json!({"shares": shares, "threshold": threshold})),
+        )
+        .await
+    }
+    pub async fn unseal(&self, share: &str) -> Result<SealStatus> {
+        self.call(
+            Method::POST,
+            "/api/v1/sys/unseal",
+            Some(&json!({"share": share})),
+        )
+        .await
+    }
+    pub async fn seal(&self) -> Result<SealStatus> {
+        self.call(Method::POST, "/api/v1/sys/seal", None).await
+    }
+
+    // ---- keys ----
+    pub async fn create_key(
+        &self,
+        name: &str,
+        key_type: &str,
+        description: Option<&str>,
+    ) -> Result<KeyInfo> {
+        let mut body = json!({"name": name, "type": key_type});
+        if let Some(d) = description {
+            body["description"] = json!(d);
+        }
+        self.call(Method::POST, "/api/v1/keys", Some(&body)).await
+    }
+    pub async fn list_keys(&self) -> Result<Vec<KeyInfo>> {
+        let v: Value = self.call(Method::GET, "/api/v1/keys", None).await?;
+        serde_json::from_value(v["keys"].clone()).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+    pub async fn get_key(&self, id: &str) -> Result<KeyInfo> {
+        self.call(Method::GET, &format!("/api/v1/keys/{id}"), None)
+            .await
+    }
+    /// POST to a key action without a body: rotate, disable, enable, cancel-deletion.
+    pub async fn key_action(&self, id: &str, action: &str) -> Result<KeyInfo> {
+        self.call(Method::POST, &format!("/api/v1/keys/{id}/{action}"), None)
+            .await
+    }
+    pub async fn schedule_deletion(&self, id: &str, pending_days: u32) -> Result<KeyInfo> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/schedule-deletion"),
+            Some(&json!({"pending_days": pending_days})),
+        )
+        .await
+    }
+    pub async fn update_key(
+        &self,
+        id: &str,
+        min_decryption_version: Option<u32>,
+        description: Option<&str>,
+    ) -> Result<KeyInfo> {
+        let mut body = json!({});
+        if let Some(m) = min_decryption_version {
+            body["min_decryption_version"] = json!(m);
+        }
+        if let Some(d) = description {
+            body["description"] = json!(d);
+        }
+        self.call(Method::PATCH, &format!("/api/v1/keys/{id}"), Some(&body))
+            .await
+    }
+
+    // ---- crypto ----
+    pub async fn encrypt(&self, id: &str, plaintext: &[u8], ctx: &Context) -> Result<Encrypted> {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/encrypt"),
+            Some(&json!({"plaintext": b64(plaintext), "context": ctx})),
+        )
+        .await
+    }
+    pub async fn decrypt(&self, ciphertext: &[u8], ctx: &Context) -> Result<Decrypted> {
+        self.call(
+            Method::POST,
+            "/api/v1/decrypt",
+            Some(&json!({"ciphertext": b64(ciphertext), "context": ctx})),
+        )
+        .await
+    }
+    pub async fn data_key(
+        &self,
+        id: &str,
+        bits: u32,
+        with_plaintext: bool,
+        ctx: &Context,
+    ) -> Result<DataKey> {
+        let route = if with_plaintext {
+            "datakey"
+        } else {
+            "datakey-without-plaintext"
+        };
+        self.call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/{route}"),
+            Some(&json!({"bits": bits, "context": ctx})),
+        )
+        .await
+    }
+    pub async fn sign(
+        &self,
+        id: &str,
+        data: &[u8],
+        is_digest: bool,
+        algorithm: Option<&str>,
+    ) -> Result<Signed> {
+        let field = if is_digest { "digest" } else { "message" };
+        let mut body = json!({ field: b64(data) });
+        if let Some(a) = algorithm {
+            body["algorithm"] = json!(a);
+        }
+        self.call(
+            Method::POST,
+            &format!("/api/v1/keys/{id}/sign"),
+            Some(&body),
+        )
+        .await
+    }
+    pub async fn verify(
+        &self,
+        id: &str,
+        data: &[u8],
+        is_digest: bool,
+        signature: &[u8],
+        algorithm: Option<&str>,
+    ) -> Result<bool> {
+        let field = if is_digest { "digest" } else { "message" };
+        let mut body = json!({ field: b64(data), "signature": b64(signature) });
+        if let Some(a) = algorithm {
+            body["algorithm"] = json!(a);
+        }
+        let v: Value = self
+            .call(
+                Method::POST,
+                &format!("/api/v1/keys/{id}/verify"),
+                Some(&body),
+            )
+            .await?;
+        v["valid"]
+            .as_bool()
+            .ok_or_else(|| ClientError::Decode("missing valid".into()))
+    }
+    pub async fn public_key(&self, id: &str) -> Result<String> {
+        let v: Value = self
+            .call(Method::GET, &format!("/api/v1/keys/{id}/public-key"), None)
+            .await?;
+        v["public_key"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| ClientError::Decode("missing public_key".into()))
+    }
+}

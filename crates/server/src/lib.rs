@@ -1,1 +1,16 @@
+//! Sovra's HTTP layer: it parses, authenticates and maps errors; every decision is made in
+//! `sovra-core`.
 
+pub mod auth;
+pub mod config;
+pub mod dev;
+pub mod error;
+pub mod extract;
+pub mod middleware;
+pub mod openapi;
+pub mod routes;
+pub mod serve;
+pub mod tls;
+
+pub use config::Config;
+pub use serve::{AppState, run};

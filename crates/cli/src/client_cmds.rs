@@ -1,0 +1,384 @@
+//! Client subcommands: thin wrappers over `sovra-client` with text or JSON output.
+
+use crate::{Cmd, Output};
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use sovra_client::{Client, Context, KeyInfo, b64, unb64};
+use std::io::{Read, Write};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum OperatorCmd {
+    /// Create the root key and print the unseal shares (once).
+    Init {
+        #[arg(long, default_value_t = 5)]
+        shares: u32,
+        #[arg(long, default_value_t = 3)]
+        threshold: u32,
+    },
+    /// Submit one unseal share (argument, or read from stdin).
+    Unseal { share: Option<String> },
+    /// Drop every key from memory.
+    Seal,
+    /// Sealed/unsealed and unseal progress.
+    Status,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    Create {
+        #[arg(long)]
+        name: String,
+        /// aes-256-gcm, chacha20-poly1305, hmac-sha256, ed25519, ecdsa-p256, rsa-3072, rsa-4096
+        #[arg(long = "type")]
+        key_type: String,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    List,
+    Show {
+        id: String,
+    },
+    Rotate {
+        id: String,
+    },
+    Disable {
+        id: String,
+    },
+    Enable {
+        id: String,
+    },
+    /// Schedule deletion after a waiting period.
+    Delete {
+        id: String,
+        #[arg(long, default_value_t = 30)]
+        pending_days: u32,
+    },
+    CancelDelete {
+        id: String,
+    },
+    /// Change settings (min_decryption_version, description).
+    Update {
+        id: String,
+        #[arg(long)]
+        min_decryption_version: Option<u32>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct EncryptArgs {
+    #[arg(long)]
+    key: String,
+    /// Input file (default stdin).
+    #[arg(long = "in")]
+    in_file: Option<PathBuf>,
+    /// Output file (default stdout).
+    #[arg(long = "out")]
+    out_file: Option<PathBuf>,
+    /// Encryption context entries, key=value (repeatable).
+    #[arg(long = "context", value_parser = parse_kv)]
+    context: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+pub struct DecryptArgs {
+    #[arg(long = "in")]
+    in_file: Option<PathBuf>,
+    #[arg(long = "out")]
+    out_file: Option<PathBuf>,
+    #[arg(long = "context", value_parser = parse_kv)]
+    context: Vec<(String, String)>,
+}
+
+#[derive(Args)]
+pub struct SignArgs {
+    #[arg(long)]
+    key: String,
+    #[arg(long = "in")]
+    in_file: Option<PathBuf>,
+    /// Write the raw signature here (default: print base64).
+    #[arg(long = "out")]
+    out_file: Option<PathBuf>,
+    /// The input is a digest, not the message.
+    #[arg(long)]
+    digest: bool,
+    #[arg(long)]
+    algorithm: Option<String>,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    key: String,
+    #[arg(long = "in")]
+    in_file: Option<PathBuf>,
+    /// File holding the raw signature.
+    #[arg(long)]
+    signature: PathBuf,
+    #[arg(long)]
+    digest: bool,
+    #[arg(long)]
+    algorithm: Option<String>,
+}
+
+#[derive(Args)]
+pub struct DatakeyArgs {
+    #[arg(long)]
+    key: String,
+    #[arg(long, default_value_t = 256)]
+    bits: u32,
+    /// Only the encrypted data key.
+    #[arg(long)]
+    no_plaintext: bool,
+    #[arg(long = "context", value_parser = parse_kv)]
+    context: Vec<(String, String)>,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("expected key=value, got {s:?}"))
+}
+
+fn read_input(p: &Option<PathBuf>) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    match p {
+        Some(p) => {
+            buf = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?
+        }
+        None => {
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("cannot read stdin")?;
+        }
+    }
+    Ok(buf)
+}
+
+fn write_output(p: &Option<PathBuf>, bytes: &[u8]) -> Result<()> {
+    match p {
+        Some(p) => {
+            std::fs::write(p, bytes).with_context(|| format!("cannot write {}", p.display()))
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes)?;
+            out.flush()?;
+            Ok(())
+        }
+    }
+}
+
+fn print_key(output: Output, k: &KeyInfo) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(k)?),
+        Output::Text => {
+            println!("id:                     {}", k.id);
+            println!("name:                   {}", k.name);
+            println!("type:                   {}", k.key_type);
+            println!("state:                  {}", k.state);
+            println!("versions:               {}", k.latest_version);
+            println!("min decryption version: {}", k.min_decryption_version);
+            println!("owner:                  {}", k.owner);
+            println!("created:                {}", k.created);
+            if let Some(r) = &k.rotated {
+                println!("rotated:                {r}");
+            }
+            if let Some(d) = &k.deletion_date {
+                println!("deletion date:          {d}");
+            }
+            if let Some(d) = &k.description {
+                println!("description:            {d}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json(v: &serde_json::Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+fn print_status(output: Output, s: &sovra_client::SealStatus) -> Result<()> {
+    match output {
+        Output::Json => print_json(&serde_json::to_value(s)?),
+        Output::Text => {
+            println!("initialized: {}", s.initialized);
+            println!("sealed:      {}", s.sealed);
+            if let Some(t) = &s.seal_type {
+                println!("seal type:   {t}");
+            }
+            println!("threshold:   {} of {}", s.threshold, s.shares);
+            if s.sealed && s.initialized {
+                println!("progress:    {}/{}", s.progress, s.threshold);
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn run(client: &Client, output: Output, command: Cmd) -> Result<()> {
+    match command {
+        Cmd::Server { .. } => unreachable!("handled by main"),
+        Cmd::Operator(op) => match op {
+            OperatorCmd::Init { shares, threshold } => {
+                let r = client.init(shares, threshold).await?;
+                match output {
+                    Output::Json => {
+                        print_json(&json!({"shares": r.shares, "threshold": r.threshold}))?
+                    }
+                    Output::Text => {
+                        for (i, s) in r.shares.iter().enumerate() {
+                            println!("Unseal share {}: {s}", i + 1);
+                        }
+                        println!(
+                            "\nSovra is initialized and sealed. These {} shares are shown once: give each to a \
+                             different operator. Any {} of them unseal (`sovra operator unseal`).",
+                            r.shares.len(),
+                            r.threshold
+                        );
+                    }
+                }
+            }
+            OperatorCmd::Unseal { share } => {
+                let share = match share {
+                    Some(s) => s,
+                    None => {
+                        let mut s = String::new();
+                        std::io::stdin()
+                            .read_line(&mut s)
+                            .context("cannot read share from stdin")?;
+                        s
+                    }
+                };
+                let st = client.unseal(share.trim()).await?;
+                print_status(output, &st)?;
+            }
+            OperatorCmd::Seal => print_status(output, &client.seal().await?)?,
+            OperatorCmd::Status => print_status(output, &client.seal_status().await?)?,
+        },
+        Cmd::Key(k) => {
+            let info = match k {
+                KeyCmd::Create {
+                    name,
+                    key_type,
+                    description,
+                } => {
+                    client
+                        .create_key(&name, &key_type, description.as_deref())
+                        .await?
+                }
+                KeyCmd::List => {
+                    let keys = client.list_keys().await?;
+                    match output {
+                        Output::Json => print_json(&serde_json::to_value(&keys)?)?,
+                        Output::Text => {
+                            println!(
+                                "{:<36}  {:<20}  {:<17}  {:<16}  versions",
+                                "id", "name", "type", "state"
+                            );
+                            for k in keys {
+                                println!(
+                                    "{:<36}  {:<20}  {:<17}  {:<16}  {}",
+                                    k.id, k.name, k.key_type, k.state, k.latest_version
+                                );
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+                KeyCmd::Show { id } => client.get_key(&id).await?,
+                KeyCmd::Rotate { id } => client.key_action(&id, "rotate").await?,
+                KeyCmd::Disable { id } => client.key_action(&id, "disable").await?,
+                KeyCmd::Enable { id } => client.key_action(&id, "enable").await?,
+                KeyCmd::Delete { id, pending_days } => {
+                    client.schedule_deletion(&id, pending_days).await?
+                }
+                KeyCmd::CancelDelete { id } => client.key_action(&id, "cancel-deletion").await?,
+                KeyCmd::Update {
+                    id,
+                    min_decryption_version,
+                    description,
+                } => {
+                    client
+                        .update_key(&id, min_decryption_version, description.as_deref())
+                        .await?
+                }
+            };
+            print_key(output, &info)?;
+        }
+        Cmd::Encrypt(a) => {
+            let ctx: Context = a.context.into_iter().collect();
+            let pt = read_input(&a.in_file)?;
+            let r = client.encrypt(&a.key, &pt, &ctx).await?;
+            match output {
+                Output::Json => print_json(&serde_json::to_value(&r)?)?,
+                Output::Text => write_output(&a.out_file, &unb64(&r.ciphertext)?)?,
+            }
+        }
+        Cmd::Decrypt(a) => {
+            let ctx: Context = a.context.into_iter().collect();
+            let ct = read_input(&a.in_file)?;
+            let r = client.decrypt(&ct, &ctx).await?;
+            match output {
+                Output::Json => print_json(&serde_json::to_value(&r)?)?,
+                Output::Text => write_output(&a.out_file, &unb64(&r.plaintext)?)?,
+            }
+        }
+        Cmd::Sign(a) => {
+            let data = read_input(&a.in_file)?;
+            let r = client
+                .sign(&a.key, &data, a.digest, a.algorithm.as_deref())
+                .await?;
+            match (output, &a.out_file) {
+                (Output::Json, _) => print_json(&serde_json::to_value(&r)?)?,
+                (Output::Text, Some(_)) => write_output(&a.out_file, &unb64(&r.signature)?)?,
+                (Output::Text, None) => println!("{}", r.signature),
+            }
+        }
+        Cmd::Verify(a) => {
+            let data = read_input(&a.in_file)?;
+            let sig = std::fs::read(&a.signature)
+                .with_context(|| format!("cannot read {}", a.signature.display()))?;
+            let valid = client
+                .verify(&a.key, &data, a.digest, &sig, a.algorithm.as_deref())
+                .await?;
+            match output {
+                Output::Json => print_json(&json!({"valid": valid}))?,
+                Output::Text => println!("{}", if valid { "valid" } else { "INVALID" }),
+            }
+            if !valid {
+                bail!("signature is not valid");
+            }
+        }
+        Cmd::Datakey(a) => {
+            let ctx: Context = a.context.into_iter().collect();
+            let r = client
+                .data_key(&a.key, a.bits, !a.no_plaintext, &ctx)
+                .await?;
+            match output {
+                Output::Json => print_json(&serde_json::to_value(&r)?)?,
+                Output::Text => {
+                    if let Some(p) = &r.plaintext {
+                        println!("plaintext:  {p}");
+                    }
+                    println!("ciphertext: {}", r.ciphertext);
+                    println!("key:        {} (version {})", r.key_id, r.key_version);
+                }
+            }
+        }
+        Cmd::PublicKey { id } => {
+            let pem = client.public_key(&id).await?;
+            match output {
+                Output::Json => print_json(&json!({"public_key": pem}))?,
+                Output::Text => print!("{pem}"),
+            }
+        }
+    }
+    let _ = b64;
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Authentication: JWT bearer tokens from configured issuers (keys from a JWKS file or https
+//! URL, refreshed), and in dev mode the dev token. Only asymmetric algorithms are accepted;
+//! `exp`, `iss` and `aud` are required; 30 seconds of clock skew.
+
+use crate::config::JwtIssuerConfig;
+use crate::error::ApiError;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sovra_core::principal::validate_org_id;
+use sovra_core::{AuthMethod, Principal, Role};
+use sovra_crypto::secret::ct_eq;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+pub const CLOCK_SKEW_SECONDS: u64 = 30;
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// An unknown `kid` triggers at most one JWKS reload per this interval.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+const ALLOWED_ALGS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+pub const DEV_ORG: &str = "dev";
+pub const DEV_SUBJECT: &str = "dev-admin";
+
+struct Issuer {
+    config: JwtIssuerConfig,
+    jwks: RwLock<(JwkSet, Instant)>,
+    http: reqwest::Client,
+}
+
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    dev_token: Option<sovra_crypto::SecretBytes>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot load JWKS {source_name}: {message}")]
+    Load {
+        source_name: String,
+        message: String,
+    },
+}
+
+impl Issuer {
+    async fn fetch(config: &JwtIssuerConfig, http: &reqwest::Client) -> Result<JwkSet, JwksError> {
+        let err = |message: String| JwksError::Load {
+            source_name: config.jwks.clone(),
+            message,
+        };
+        let text = if config.jwks.starts_with("https://") {
+            let resp = http
+                .get(&config.jwks)
+                .send()
+                .await
+                .map_err(|e| err(e.to_string()))?;
+            if !resp.status().is_success() {
+                return Err(err(format!("HTTP {}", resp.status())));
+            }
+            resp.text().await.map_err(|e| err(e.to_string()))?
+        } else {
+            tokio::fs::read_to_string(&config.jwks)
+                .await
+                .map_err(|e| err(e.to_string()))?
+        };
+        serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS document: {e}")))
+    }
+
+    fn stale(&self) -> bool {
+        let (_, at) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        at.elapsed() >= Duration::from_secs(self.config.jwks_refresh_seconds)
+    }
+
+    /// Reloads the JWKS; on failure keeps the last good set (and logs).
+    async fn reload(&self, force: bool) {
+        {
+            let (_, at) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
+            if force && at.elapsed() < MIN_RELOAD_INTERVAL {
+                return;
+            }
+        }
+        match Self::fetch(&self.config, &self.http).await {
+            Ok(set) => {
+                *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = (set, Instant::now())
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.config.issuer, error = %e, "JWKS reload failed; keeping the previous keys");
+                self.jwks.write().unwrap_or_else(|e| e.into_inner()).1 = Instant::now();
+            }
+        }
+    }
+
+    fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+        let (set, _) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        let candidates: Vec<_> = set
+            .keys
+            .iter()
+            .filter(|k| match kid {
+                Some(kid) => k.common.key_id.as_deref() == Some(kid),
+                None => true,
+            })
+            .collect();
+        // Without a kid, only an unambiguous single-key set is acceptable.
+        let jwk = match (kid, candidates.as_slice()) {
+            (_, [one]) => *one,
+            (Some(_), [first, ..]) => *first,
+            _ => return None,
+        };
+        if let Some(key_alg) = jwk.common.key_algorithm
+            && key_alg.to_string() != format!("{alg:?}")
+        {
+            return None;
+        }
+        DecodingKey::from_jwk(jwk).ok()
+    }
+}
+
+impl Authenticator {
+    pub async fn new(
+        issuers: &[JwtIssuerConfig],
+        dev_token: Option<sovra_crypto::SecretBytes>,
+    ) -> Result<Authenticator, JwksError> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .https_only(true)
+            .build()
+            .map_err(|e| JwksError::Load {
+                source_name: "http client".into(),
+                message: e.to_string(),
+            })?;
+        let mut out = Vec::new();
+        for config in issuers {
+            let set = Issuer::fetch(config, &http).await?;
+            out.push(Issuer {
+                config: config.clone(),
+                jwks: RwLock::new((set, Instant::now())),
+                http: http.clone(),
+            });
+        }
+        Ok(Authenticator {
+            issuers: out,
+            dev_token,
+        })
+    }
+
+    /// Reloads every JWKS whose refresh interval has passed (run periodically).
+    pub async fn refresh_stale(&self) {
+        for i in &self.issuers {
+            if i.stale() {
+                i.reload(false).await;
+            }
+        }
+    }
+
+    pub async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(ApiError::unauthenticated("invalid token"));
+        }
+        if let Some(dev) = &self.dev_token
+            && ct_eq(dev.expose(), token.as_bytes())
+        {
+            return Ok(Principal {
+                org_id: DEV_ORG.into(),
+                subject: DEV_SUBJECT.into(),
+                roles: vec![Role::Admin, Role::User],
+                auth_method: AuthMethod::DevToken,
+                cert_fingerprint: None,
+            });
+        }
+        self.verify_jwt(token).await
+    }
+
+    async fn verify_jwt(&self, token: &str) -> Result<Principal, ApiError> {
+        let invalid = |why: &str| ApiError::unauthenticated(format!("invalid token: {why}"));
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
+        if !ALLOWED_ALGS.contains(&header.alg) {
+            return Err(invalid("algorithm not accepted"));
+        }
+        // The issuer is read unverified only to choose which keys to verify with; the
+        // verification below then requires that same issuer.
+        let unverified: serde_json::Map<String, serde_json::Value> =
+            jsonwebtoken::dangerous::insecure_decode_claims(token)
+                .map_err(|_| invalid("malformed"))?;
+        let iss = unverified
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| invalid("missing iss"))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.config.issuer == iss)
+            .ok_or_else(|| invalid("unknown issuer"))?;
+        let key = match issuer.find_key(header.kid.as_deref(), header.alg) {
+            Some(k) => k,
+            None => {
+                issuer.reload(true).await;
+                issuer
+                    .find_key(header.kid.as_deref(), header.alg)
+                    .ok_or_else(|| invalid("unknown signing key"))?
+            }
+        };
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.leeway = CLOCK_SKEW_SECONDS;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&[issuer.config.issuer.as_str()]);
+        v.set_audience(&[issuer.config.audience.as_str()]);
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &v)
+                .map_err(|e| {
+                    use jsonwebtoken::errors::ErrorKind::*;
+                    invalid(match e.kind() {
+                        ExpiredSignature => "expired",
+                        ImmatureSignature => "not yet valid",
+                        InvalidAudience => "wrong audience",
+                        InvalidIssuer => "wrong issuer",
+                        InvalidSignature => "bad signature",
+                        MissingRequiredClaim(_) => "missing required claim",
+                        _ => "verification failed",
+                    })
+                })?;
+        let claims = data.claims;
+        let subject = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .ok_or_else(|| invalid("missing sub"))?;
+        let org = claims
+            .get(&issuer.config.org_claim)
+            .and_then(|v| v.as_str())
+            .filter(|o| validate_org_id(o))
+            .ok_or_else(|| invalid("missing or invalid organization claim"))?;
+        let mut roles: Vec<Role> = claims
+            .get(&issuer.config.roles_claim)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().and_then(Role::parse))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !roles.contains(&Role::User) {
+            roles.push(Role::User);
+        }
+        Ok(Principal {
+            org_id: org.to_string(),
+            subject: subject.to_string(),
+            roles,
+            auth_method: AuthMethod::Jwt {
+                issuer: issuer.config.issuer.clone(),
+            },
+            cert_fingerprint: None,
+        })
+    }
+}

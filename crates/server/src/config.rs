@@ -1,0 +1,202 @@
+//! `sovra.toml`. Unknown keys and wrong types are errors, so a typo never silently disables a
+//! setting.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on (HTTPS).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// `sqlite://path` or `postgres://…`; default: `sqlite://<data_dir>/sovra.db`.
+    pub database_url: Option<String>,
+    /// Directory for the embedded database and dev-mode files.
+    pub data_dir: Option<PathBuf>,
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtIssuerConfig {
+    pub issuer: String,
+    pub audience: String,
+    /// A JWKS file path or an https URL.
+    pub jwks: String,
+    /// The claim that names the user's organization.
+    #[serde(default = "default_org_claim")]
+    pub org_claim: String,
+    /// The claim (array of strings) that lists roles: `admin`, `user`.
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// How often the JWKS is fetched again.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest accepted request body.
+    #[serde(default = "default_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most items in one batch request.
+    #[serde(default = "default_batch_items")]
+    pub max_batch_items: usize,
+    /// Concurrent RSA generations and private-key operations.
+    #[serde(default = "default_heavy")]
+    pub heavy_ops_concurrency: usize,
+    /// Unwrapped key versions cached in memory.
+    #[serde(default = "default_key_cache")]
+    pub key_cache_capacity: usize,
+    /// Seconds a client may take to send its request headers.
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_seconds: u64,
+    /// Seconds a request may take end to end.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: default_body_bytes(),
+            max_batch_items: default_batch_items(),
+            heavy_ops_concurrency: default_heavy(),
+            key_cache_capacity: default_key_cache(),
+            header_read_timeout_seconds: default_header_timeout(),
+            request_timeout_seconds: default_request_timeout(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8200))
+}
+fn default_org_claim() -> String {
+    "org".into()
+}
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+fn default_jwks_refresh() -> u64 {
+    300
+}
+fn default_body_bytes() -> usize {
+    1024 * 1024
+}
+fn default_batch_items() -> usize {
+    1000
+}
+fn default_heavy() -> usize {
+    2
+}
+fn default_key_cache() -> usize {
+    10_000
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_request_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config {path}: {message}")]
+    Parse { path: String, message: String },
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            database_url: None,
+            data_dir: None,
+            tls: None,
+            auth: AuthConfig::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
+        for j in &cfg.auth.jwt {
+            if !(j.jwks.starts_with("https://") || !j.jwks.contains("://")) {
+                return Err(format!(
+                    "jwks for issuer {} must be a file path or an https URL",
+                    j.issuer
+                ));
+            }
+        }
+        if cfg.limits.max_batch_items == 0 || cfg.limits.max_body_bytes < 1024 {
+            return Err("limits are too small to serve any request".into());
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_and_wrong_types_are_rejected() {
+        assert!(
+            Config::parse("listne = \"127.0.0.1:1\"")
+                .unwrap_err()
+                .contains("unknown field")
+        );
+        assert!(Config::parse("listen = 5").is_err());
+        assert!(Config::parse("[limits]\nmax_body_bytes = \"big\"").is_err());
+        assert!(
+            Config::parse("[[auth.jwt]]\nissuer=\"i\"\naudience=\"a\"\njwks=\"http://x\"").is_err()
+        );
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let c = Config::parse("[[auth.jwt]]\nissuer=\"i\"\naudience=\"a\"\njwks=\"keys.json\"")
+            .unwrap();
+        assert_eq!(c.auth.jwt[0].org_claim, "org");
+        assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+    }
+}

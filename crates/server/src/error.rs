@@ -1,0 +1,118 @@
+//! API errors: JSON `{"error": {"code", "message", "request_id"}}` with the status HTTP
+//! gives the condition. The request id comes from the request's task-local scope.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use sovra_core::CoreError;
+
+tokio::task_local! {
+    pub static REQUEST_ID: String;
+}
+
+pub fn current_request_id() -> String {
+    REQUEST_ID.try_with(|id| id.clone()).unwrap_or_default()
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code.
+    pub code: String,
+    pub message: String,
+    pub request_id: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        use CoreError::*;
+        let status = match &e {
+            Sealed | NotInitialized => StatusCode::SERVICE_UNAVAILABLE,
+            AlreadyInitialized | Conflict(_) | KeyDisabled | KeyPendingDeletion => {
+                StatusCode::CONFLICT
+            }
+            NotFound => StatusCode::NOT_FOUND,
+            InvalidInput(_)
+            | WrongKeyUsage(_)
+            | DecryptFailed
+            | MalformedCiphertext(_)
+            | InvalidShare(_) => StatusCode::BAD_REQUEST,
+            Forbidden => StatusCode::FORBIDDEN,
+            Storage(sovra_core::StoreError::Conflict(_)) => StatusCode::CONFLICT,
+            Storage(_) | Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        if let Storage(inner) = &e {
+            // The detail goes to the log only; it may name tables or hosts.
+            tracing::error!(error = %inner, "storage error");
+        }
+        let message = match &e {
+            Storage(sovra_core::StoreError::Conflict(_)) => {
+                "conflicting concurrent change; retry".to_string()
+            }
+            _ => e.to_string(),
+        };
+        ApiError {
+            status,
+            code: e.code(),
+            message,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+                request_id: current_request_id(),
+            },
+        };
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,93 @@
+//! Request extractors: JSON bodies whose every failure is a clear JSON error, the
+//! authenticated principal, and base64 fields.
+
+use crate::error::ApiError;
+use crate::serve::AppState;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use serde::de::DeserializeOwned;
+use sovra_core::Principal;
+use std::sync::Arc;
+
+/// A JSON body. Syntax errors, wrong types, missing content type and oversized bodies each
+/// get their own code.
+pub struct ApiJson<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::bad_request("invalid_input", e.body_text()))
+            }
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::bad_request("malformed_json", e.body_text()))
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            )),
+            Err(JsonRejection::BytesRejection(e))
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+            {
+                Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "request body is too large",
+                ))
+            }
+            Err(e) => Err(ApiError::bad_request("malformed_json", e.body_text())),
+        }
+    }
+}
+
+/// The caller, authenticated from its bearer token.
+pub struct Auth(pub Principal);
+
+impl FromRequestParts<Arc<AppState>> for Auth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?;
+        let value = header
+            .to_str()
+            .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
+        let token = value
+            .strip_prefix("Bearer ")
+            .ok_or_else(|| ApiError::unauthenticated("expected Authorization: Bearer <token>"))?;
+        let principal = state.auth.authenticate(token.trim()).await?;
+        Ok(Auth(principal))
+    }
+}
+
+/// Decodes a standard-base64 field, naming the field in the error.
+pub fn b64(field: &str, value: &str) -> Result<Vec<u8>, ApiError> {
+    STANDARD.decode(value).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_base64",
+            format!("{field} is not valid standard base64"),
+        )
+    })
+}
+
+pub fn to_b64(bytes: &[u8]) -> String {
+    STANDARD.encode(bytes)
+}
+
+/// Parses a key id from the path; an unparseable id is simply a key that does not exist.
+pub fn key_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| sovra_core::CoreError::NotFound.into())
+}

@@ -1,0 +1,172 @@
+//! Key lifecycle: create, list, show, rotate, enable/disable, deletion, settings.
+
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{ApiJson, Auth, key_id};
+use crate::serve::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use sovra_core::kms::{KeyInfo, KeyUpdate, NewKey};
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Unique per owner: letters, digits, '-', '_', '.', '/'.
+    pub name: String,
+    /// aes-256-gcm, chacha20-poly1305, hmac-sha256, ed25519, ecdsa-p256, rsa-3072, rsa-4096.
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub description: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyInfo>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateKeyRequest {
+    /// Ciphertexts of older versions no longer decrypt.
+    pub min_decryption_version: Option<u32>,
+    pub description: Option<String>,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleDeletionRequest {
+    /// Waiting period, 7 to 30 days.
+    pub pending_days: u32,
+}
+
+#[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKeyRequest,
+    responses((status = 201, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_key(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    ApiJson(req): ApiJson<CreateKeyRequest>,
+) -> ApiResult<(StatusCode, Json<KeyInfo>)> {
+    let info = st
+        .kms
+        .create_key(
+            &p,
+            NewKey {
+                name: req.name,
+                key_type: req.key_type,
+                description: req.description,
+            },
+        )
+        .await?;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+#[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn list_keys(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Json<KeyList>> {
+    Ok(Json(KeyList {
+        keys: st.kms.list_keys(&p).await?,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_key(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyInfo>> {
+    Ok(Json(st.kms.get_key(&p, key_id(&id)?).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "key id")),
+    request_body = UpdateKeyRequest,
+    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_key(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<UpdateKeyRequest>,
+) -> ApiResult<Json<KeyInfo>> {
+    let update = KeyUpdate {
+        min_decryption_version: req.min_decryption_version,
+        description: req.description,
+    };
+    Ok(Json(st.kms.update_key(&p, key_id(&id)?, update).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate_key(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyInfo>> {
+    Ok(Json(st.kms.rotate_key(&p, key_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/disable", tag = "keys", params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn disable_key(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyInfo>> {
+    Ok(Json(st.kms.disable_key(&p, key_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/enable", tag = "keys", params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn enable_key(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyInfo>> {
+    Ok(Json(st.kms.enable_key(&p, key_id(&id)?).await?))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/schedule-deletion", tag = "keys",
+    params(("id" = String, Path, description = "key id")), request_body = ScheduleDeletionRequest,
+    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn schedule_deletion(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<ScheduleDeletionRequest>,
+) -> ApiResult<Json<KeyInfo>> {
+    Ok(Json(
+        st.kms
+            .schedule_deletion(&p, key_id(&id)?, req.pending_days)
+            .await?,
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/keys/{id}/cancel-deletion", tag = "keys",
+    params(("id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn cancel_deletion(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyInfo>> {
+    Ok(Json(st.kms.cancel_deletion(&p, key_id(&id)?).await?))
+}

@@ -1,0 +1,117 @@
+//! Seal management and organization administration.
+
+use crate::error::{ApiResult, ErrorBody};
+use crate::extract::{ApiJson, Auth, b64, to_b64};
+use crate::serve::AppState;
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use sovra_core::model::SealKind;
+use sovra_core::seal::SealStatus;
+use sovra_crypto::SecretBytes;
+use std::sync::Arc;
+use utoipa::ToSchema;
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitRequest {
+    pub shares: u32,
+    pub threshold: u32,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct InitResponse {
+    /// Base64 unseal shares. Shown once: give each to a different operator.
+    pub shares: Vec<String>,
+    pub threshold: u32,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UnsealRequest {
+    /// One base64 unseal share.
+    pub share: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct KekRotated {
+    pub kek_version: u32,
+}
+
+#[utoipa::path(get, path = "/api/v1/sys/seal-status", tag = "sys", responses((status = 200, body = SealStatus)))]
+pub async fn seal_status(State(st): State<Arc<AppState>>) -> Json<SealStatus> {
+    Json(st.kms.seal_status())
+}
+
+#[utoipa::path(post, path = "/api/v1/sys/init", tag = "sys", request_body = InitRequest,
+    responses((status = 200, body = InitResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+              (status = 503, body = ErrorBody)))]
+pub async fn init(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<InitRequest>,
+) -> ApiResult<Json<InitResponse>> {
+    let (_unseal_key, shares) = st
+        .kms
+        .initialize(SealKind::Shamir, req.shares, req.threshold)
+        .await?;
+    tracing::info!(
+        shares = req.shares,
+        threshold = req.threshold,
+        "seal initialized"
+    );
+    Ok(Json(InitResponse {
+        shares: shares.iter().map(|s| to_b64(s.expose())).collect(),
+        threshold: req.threshold,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
+    responses((status = 200, body = SealStatus), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn unseal(
+    State(st): State<Arc<AppState>>,
+    ApiJson(req): ApiJson<UnsealRequest>,
+) -> ApiResult<Json<SealStatus>> {
+    let share = SecretBytes::new(b64("share", req.share.trim())?);
+    let status = st.kms.submit_unseal_share(share).await?;
+    if !status.sealed {
+        tracing::info!("unsealed");
+    }
+    Ok(Json(status))
+}
+
+#[utoipa::path(post, path = "/api/v1/sys/seal", tag = "sys",
+    responses((status = 200, body = SealStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn seal(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Json<SealStatus>> {
+    st.kms.seal(&p)?;
+    tracing::info!(subject = %p.subject, "sealed by operator");
+    Ok(Json(st.kms.seal_status()))
+}
+
+#[utoipa::path(post, path = "/api/v1/sys/kek/rotate", tag = "sys",
+    responses((status = 200, body = KekRotated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate_kek(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+) -> ApiResult<Json<KekRotated>> {
+    let version = st.kms.rotate_org_kek(&p).await?;
+    // Rewrap the org's keys in the background; requests keep working meanwhile (lazy rewrap).
+    let kms = st.kms.clone();
+    let org = p.org_id.clone();
+    tokio::spawn(async move {
+        match kms.rewrap_org(&org).await {
+            Ok(n) => {
+                tracing::info!(org = %org, rewrapped = n, "KEK rotation: key material rewrapped")
+            }
+            Err(e) => {
+                tracing::warn!(org = %org, error = %e, "KEK rotation: background rewrap stopped; lazy rewrap continues")
+            }
+        }
+    });
+    Ok(Json(KekRotated {
+        kek_version: version,
+    }))
+}

@@ -1,0 +1,321 @@
+//! Server assembly: state, router and layers, the TLS accept loop, background tasks and
+//! graceful shutdown.
+
+use crate::auth::Authenticator;
+use crate::config::Config;
+use crate::{dev, middleware, openapi, tls};
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sovra_core::Kms;
+use sovra_core::kms::KmsConfig;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+pub struct AppState {
+    pub kms: Arc<Kms>,
+    pub auth: Authenticator,
+    pub config: Config,
+    pub metrics: PrometheusHandle,
+    pub openapi_json: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("{0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Store(#[from] sovra_core::StoreError),
+    #[error("{0}")]
+    Core(#[from] sovra_core::CoreError),
+    #[error("{0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Jwks(#[from] crate::auth::JwksError),
+    #[error("{0}")]
+    Dev(#[from] dev::DevError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// Options from the command line.
+pub struct ServerOptions {
+    pub config: Config,
+    pub dev: bool,
+    pub data_dir: Option<PathBuf>,
+}
+
+fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                ])
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
+            let handle = recorder.handle();
+            // A second server in the same process keeps the first recorder.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Builds the application: routes, OpenAPI document and layers, outermost last.
+pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<AppState>) {
+    let (routes, doc) = openapi::router();
+    let openapi_json = doc.to_json().unwrap_or_else(|_| "{}".into());
+    let limits = config.limits.clone();
+    let state = Arc::new(AppState {
+        kms,
+        auth,
+        config,
+        metrics: metrics_handle(),
+        openapi_json,
+    });
+    let router = routes
+        .fallback(middleware::not_found)
+        .method_not_allowed_fallback(middleware::method_not_allowed)
+        .route_layer(axum::middleware::from_fn(middleware::record_metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::seal_gate,
+        ))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Duration::from_secs(limits.request_timeout_seconds),
+        ))
+        .layer(axum::middleware::from_fn(middleware::request_id_and_log))
+        .with_state(state.clone());
+    (router, state)
+}
+
+/// Starts Sovra as configured and serves until SIGINT/SIGTERM.
+pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
+    let config = opts.config;
+    let data_dir = opts
+        .data_dir
+        .or_else(|| config.data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("sovra-data"));
+    let dev_setup = if opts.dev {
+        Some(dev::prepare(&data_dir)?)
+    } else {
+        None
+    };
+    if !opts.dev && config.tls.is_none() {
+        return Err(ServeError::Config(
+            "tls.cert_file and tls.key_file are required outside dev mode".into(),
+        ));
+    }
+    let database_url = match &config.database_url {
+        Some(u) => u.clone(),
+        None => {
+            std::fs::create_dir_all(&data_dir).map_err(|e| {
+                ServeError::Config(format!(
+                    "cannot create data dir {}: {e}",
+                    data_dir.display()
+                ))
+            })?;
+            format!("sqlite://{}", data_dir.join("sovra.db").display())
+        }
+    };
+    let store = sovra_store::open(&database_url).await?;
+    let kms_config = KmsConfig {
+        key_cache_capacity: config.limits.key_cache_capacity,
+        heavy_ops_concurrency: config.limits.heavy_ops_concurrency,
+    };
+    let kms = Arc::new(Kms::new(store, kms_config).await?);
+    let tls_config = match (&config.tls, &dev_setup) {
+        (Some(t), _) => tls::load(&t.cert_file, &t.key_file)?,
+        (None, Some(d)) => tls::load(&d.cert_file, &d.key_file)?,
+        (None, None) => unreachable_config()?,
+    };
+    if dev_setup.is_some() {
+        dev::unseal(&kms, &data_dir).await?;
+        kms.ensure_org(crate::auth::DEV_ORG).await?;
+    } else if kms.seal_kind() == Some(sovra_core::model::SealKind::DevFile) {
+        return Err(ServeError::Config(
+            "this database was initialized by a dev server (dev seal key file); it cannot run outside --dev".into(),
+        ));
+    }
+    let auth = Authenticator::new(
+        &config.auth.jwt,
+        dev_setup.as_ref().map(|d| d.token.clone()),
+    )
+    .await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
+    if let Some(d) = &dev_setup {
+        dev::write_env(&data_dir, local, d)?;
+    }
+    let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
+    let (router, state) = app(kms.clone(), auth, config);
+    spawn_background(state.clone());
+    tracing::info!(addr = %local, dev = opts.dev, sealed = !kms.is_unsealed(), "sovra listening (TLS 1.3)");
+    if let Some(d) = &dev_setup {
+        dev::print_banner(&data_dir, local, d);
+    }
+    serve(
+        listener,
+        tls_config,
+        router,
+        header_timeout,
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!("shut down");
+    Ok(())
+}
+
+fn unreachable_config() -> Result<Arc<rustls::ServerConfig>, ServeError> {
+    Err(ServeError::Config("no TLS certificate configured".into()))
+}
+
+fn spawn_background(state: Arc<AppState>) {
+    let s = state.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            s.auth.refresh_stale().await;
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            if state.kms.is_unsealed() {
+                match state.kms.purge_due_keys().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::info!(deleted = n, "destroyed keys whose deletion date passed")
+                    }
+                    Err(e) => tracing::warn!(error = %e, "key purge failed; will retry"),
+                }
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+/// The accept loop: TLS handshakes (bounded in time) and connections run in their own tasks;
+/// on shutdown new connections stop and open ones get up to 30 s to finish.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    header_read_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let builder = Arc::new(builder);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            conn = listener.accept() => match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let svc =
+                router.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req
+                });
+            let conn = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(svc),
+            );
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 30 s; closing");
+    }
+}
+
+/// Runs a server from a config on an already-bound listener (used by tests and benchmarks).
+pub async fn run(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    kms: Arc<Kms>,
+    auth: Authenticator,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) {
+    let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
+    let (router, _) = app(kms, auth, config);
+    serve(listener, tls, router, header_timeout, shutdown).await;
+}
