@@ -1,0 +1,214 @@
+//! `sovra-bench`: measures a running Sovra server over HTTPS beside two baselines from the
+//! same run: raw AES-256-GCM in-process (Sovra's own envelope code, no network) and the same
+//! server's trivial `/health` endpoint. Prints a Markdown table.
+//!
+//! Each scenario runs `--concurrency` closed-loop workers (each with its own keep-alive
+//! connection) for `--seconds`, after a warm-up, and records every request's latency.
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::Parser;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+struct Args {
+    /// The dev.env written by `sovra server --dev` (SOVRA_ADDR, SOVRA_TOKEN, SOVRA_CACERT).
+    #[arg(long)]
+    env_file: PathBuf,
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Plaintext size in bytes.
+    #[arg(long, default_value_t = 1024)]
+    size: usize,
+    /// Label for the table heading (e.g. "SQLite").
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+struct Stats {
+    ops: usize,
+    secs: f64,
+    lat: Vec<Duration>,
+}
+
+impl Stats {
+    fn row(&self, name: &str) -> String {
+        let mut l = self.lat.clone();
+        l.sort();
+        let pct = |p: f64| {
+            if l.is_empty() {
+                0.0
+            } else {
+                l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e3
+            }
+        };
+        format!(
+            "| {name} | {:.0} | {:.3} | {:.3} | {} |",
+            self.ops as f64 / self.secs,
+            pct(0.50),
+            pct(0.99),
+            self.ops
+        )
+    }
+}
+
+fn read_env(path: &PathBuf) -> Result<HashMap<String, String>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect())
+}
+
+/// In-process baseline: Sovra's envelope encryption with AES-256-GCM, one thread per worker
+/// up to the core count.
+fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
+    let key = Arc::new(sovra_crypto::aead::AeadKey::new(sovra_crypto::aead::AeadAlg::Aes256Gcm, &[7u8; 32])?);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let key = key.clone();
+            std::thread::spawn(move || {
+                let pt = vec![0x5au8; size];
+                let ctx = Default::default();
+                let id = uuid::Uuid::new_v4();
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t = Instant::now();
+                    let ct = sovra_crypto::envelope::seal(&key, id, 1, &pt, &ctx).expect("seal");
+                    std::hint::black_box(ct);
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut lat = Vec::new();
+    for h in handles {
+        lat.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?);
+    }
+    Ok(Stats { ops: lat.len(), secs: started.elapsed().as_secs_f64(), lat })
+}
+
+#[derive(Clone)]
+enum Req {
+    Get(String),
+    Post(String, Value),
+}
+
+async fn load(clients: &[reqwest::Client], token: &str, req: Req, seconds: u64) -> Result<Stats> {
+    // Warm-up: establish connections and caches.
+    for c in clients {
+        send(c, token, &req).await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in clients {
+        let (c, req, token) = (c.clone(), req.clone(), token.to_string());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                send(&c, &token, &req).await?;
+                lat.push(t.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    Ok(Stats { ops: lat.len(), secs: started.elapsed().as_secs_f64(), lat })
+}
+
+async fn send(c: &reqwest::Client, token: &str, req: &Req) -> Result<Value> {
+    let resp = match req {
+        Req::Get(url) => c.get(url).send().await?,
+        Req::Post(url, body) => c.post(url).bearer_auth(token).json(body).send().await?,
+    };
+    let status = resp.status();
+    let v: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("HTTP {status}: {v}");
+    }
+    Ok(v)
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let env = read_env(&args.env_file)?;
+    let addr = env.get("SOVRA_ADDR").context("SOVRA_ADDR missing")?.clone();
+    let token = env.get("SOVRA_TOKEN").context("SOVRA_TOKEN missing")?.clone();
+    let ca = std::fs::read(env.get("SOVRA_CACERT").context("SOVRA_CACERT missing")?)?;
+    let cert = reqwest::Certificate::from_pem(&ca)?;
+    let clients: Vec<reqwest::Client> = (0..args.concurrency)
+        .map(|_| {
+            reqwest::Client::builder()
+                .tls_certs_only([cert.clone()])
+                .http1_only()
+                .pool_max_idle_per_host(1)
+                .build()
+        })
+        .collect::<Result<_, _>>()?;
+
+    let key_name = format!("bench-{}", uuid::Uuid::new_v4().simple());
+    let key = send(
+        &clients[0],
+        &token,
+        &Req::Post(format!("{addr}/api/v1/keys"), json!({"name": key_name, "type": "aes-256-gcm"})),
+    )
+    .await?;
+    let id = key["id"].as_str().context("key id")?.to_string();
+    let plaintext = STANDARD.encode(vec![0x5au8; args.size]);
+    let ct = send(
+        &clients[0],
+        &token,
+        &Req::Post(format!("{addr}/api/v1/keys/{id}/encrypt"), json!({"plaintext": plaintext})),
+    )
+    .await?;
+
+    let raw = raw_aes(args.seconds, args.size)?;
+    let health = load(&clients, &token, Req::Get(format!("{addr}/health")), args.seconds).await?;
+    let enc = load(
+        &clients,
+        &token,
+        Req::Post(format!("{addr}/api/v1/keys/{id}/encrypt"), json!({"plaintext": plaintext})),
+        args.seconds,
+    )
+    .await?;
+    let dec = load(
+        &clients,
+        &token,
+        Req::Post(format!("{addr}/api/v1/decrypt"), json!({"ciphertext": ct["ciphertext"]})),
+        args.seconds,
+    )
+    .await?;
+
+    println!(
+        "{} {} B payload, {} workers, {} s per scenario\n",
+        args.label, args.size, args.concurrency, args.seconds
+    );
+    println!("| scenario | ops/s | p50 ms | p99 ms | operations |");
+    println!("|---|---:|---:|---:|---:|");
+    println!("{}", raw.row("baseline: raw AES-256-GCM envelope in-process"));
+    println!("{}", health.row("baseline: HTTPS GET /health (same server)"));
+    println!("{}", enc.row("encrypt via HTTPS (dev token, ownership check)"));
+    println!("{}", dec.row("decrypt via HTTPS (dev token, ownership check)"));
+    println!(
+        "\nencrypt reaches {:.0} % of the trivial endpoint's rate.",
+        100.0 * (enc.ops as f64 / enc.secs) / (health.ops as f64 / health.secs)
+    );
+    Ok(())
+}
