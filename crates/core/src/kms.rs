@@ -47,7 +47,7 @@ impl Default for KmsConfig {
 /// A key version ready for use.
 pub(crate) enum LoadedKey {
     Aead(AeadKey),
-    Mac(MacKey),
+    Mac(Box<MacKey>),
     Sign(SigningKey),
 }
 
@@ -453,7 +453,7 @@ impl Kms {
                 kt.aead().ok_or(CoreError::Internal)?,
                 material.expose(),
             )?),
-            KeyUsage::Mac => LoadedKey::Mac(MacKey::new(material.expose())?),
+            KeyUsage::Mac => LoadedKey::Mac(Box::new(MacKey::new(material.expose())?)),
             KeyUsage::SignVerify if kt.is_cpu_heavy() => {
                 // Parsing an RSA key checks it, which costs: keep it off the async threads.
                 LoadedKey::Sign(

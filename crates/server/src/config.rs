@@ -160,7 +160,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         for j in &cfg.auth.jwt {
-            if !(j.jwks.starts_with("https://") || !j.jwks.contains("://")) {
+            if !j.jwks.starts_with("https://") && j.jwks.contains("://") {
                 return Err(format!(
                     "jwks for issuer {} must be a file path or an https URL",
                     j.issuer
