@@ -60,18 +60,27 @@ impl Stats {
 }
 
 fn read_env(path: &PathBuf) -> Result<HashMap<String, String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     Ok(text
         .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())))
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
         .collect())
 }
 
 /// In-process baseline: Sovra's envelope encryption with AES-256-GCM, one thread per worker
 /// up to the core count.
 fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
-    let key = Arc::new(sovra_crypto::aead::AeadKey::new(sovra_crypto::aead::AeadAlg::Aes256Gcm, &[7u8; 32])?);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let key = Arc::new(sovra_crypto::aead::AeadKey::new(
+        sovra_crypto::aead::AeadAlg::Aes256Gcm,
+        &[7u8; 32],
+    )?);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
@@ -96,7 +105,11 @@ fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
     for h in handles {
         lat.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?);
     }
-    Ok(Stats { ops: lat.len(), secs: started.elapsed().as_secs_f64(), lat })
+    Ok(Stats {
+        ops: lat.len(),
+        secs: started.elapsed().as_secs_f64(),
+        lat,
+    })
 }
 
 #[derive(Clone)]
@@ -129,7 +142,11 @@ async fn load(clients: &[reqwest::Client], token: &str, req: Req, seconds: u64) 
     for t in tasks {
         lat.extend(t.await??);
     }
-    Ok(Stats { ops: lat.len(), secs: started.elapsed().as_secs_f64(), lat })
+    Ok(Stats {
+        ops: lat.len(),
+        secs: started.elapsed().as_secs_f64(),
+        lat,
+    })
 }
 
 async fn send(c: &reqwest::Client, token: &str, req: &Req) -> Result<Value> {
@@ -150,7 +167,10 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let env = read_env(&args.env_file)?;
     let addr = env.get("SOVRA_ADDR").context("SOVRA_ADDR missing")?.clone();
-    let token = env.get("SOVRA_TOKEN").context("SOVRA_TOKEN missing")?.clone();
+    let token = env
+        .get("SOVRA_TOKEN")
+        .context("SOVRA_TOKEN missing")?
+        .clone();
     let ca = std::fs::read(env.get("SOVRA_CACERT").context("SOVRA_CACERT missing")?)?;
     let cert = reqwest::Certificate::from_pem(&ca)?;
     let clients: Vec<reqwest::Client> = (0..args.concurrency)
@@ -167,7 +187,10 @@ async fn main() -> Result<()> {
     let key = send(
         &clients[0],
         &token,
-        &Req::Post(format!("{addr}/api/v1/keys"), json!({"name": key_name, "type": "aes-256-gcm"})),
+        &Req::Post(
+            format!("{addr}/api/v1/keys"),
+            json!({"name": key_name, "type": "aes-256-gcm"}),
+        ),
     )
     .await?;
     let id = key["id"].as_str().context("key id")?.to_string();
@@ -175,23 +198,38 @@ async fn main() -> Result<()> {
     let ct = send(
         &clients[0],
         &token,
-        &Req::Post(format!("{addr}/api/v1/keys/{id}/encrypt"), json!({"plaintext": plaintext})),
+        &Req::Post(
+            format!("{addr}/api/v1/keys/{id}/encrypt"),
+            json!({"plaintext": plaintext}),
+        ),
     )
     .await?;
 
     let raw = raw_aes(args.seconds, args.size)?;
-    let health = load(&clients, &token, Req::Get(format!("{addr}/health")), args.seconds).await?;
+    let health = load(
+        &clients,
+        &token,
+        Req::Get(format!("{addr}/health")),
+        args.seconds,
+    )
+    .await?;
     let enc = load(
         &clients,
         &token,
-        Req::Post(format!("{addr}/api/v1/keys/{id}/encrypt"), json!({"plaintext": plaintext})),
+        Req::Post(
+            format!("{addr}/api/v1/keys/{id}/encrypt"),
+            json!({"plaintext": plaintext}),
+        ),
         args.seconds,
     )
     .await?;
     let dec = load(
         &clients,
         &token,
-        Req::Post(format!("{addr}/api/v1/decrypt"), json!({"ciphertext": ct["ciphertext"]})),
+        Req::Post(
+            format!("{addr}/api/v1/decrypt"),
+            json!({"ciphertext": ct["ciphertext"]}),
+        ),
         args.seconds,
     )
     .await?;
@@ -202,10 +240,22 @@ async fn main() -> Result<()> {
     );
     println!("| scenario | ops/s | p50 ms | p99 ms | operations |");
     println!("|---|---:|---:|---:|---:|");
-    println!("{}", raw.row("baseline: raw AES-256-GCM envelope in-process"));
-    println!("{}", health.row("baseline: HTTPS GET /health (same server)"));
-    println!("{}", enc.row("encrypt via HTTPS (dev token, ownership check)"));
-    println!("{}", dec.row("decrypt via HTTPS (dev token, ownership check)"));
+    println!(
+        "{}",
+        raw.row("baseline: raw AES-256-GCM envelope in-process")
+    );
+    println!(
+        "{}",
+        health.row("baseline: HTTPS GET /health (same server)")
+    );
+    println!(
+        "{}",
+        enc.row("encrypt via HTTPS (dev token, ownership check)")
+    );
+    println!(
+        "{}",
+        dec.row("decrypt via HTTPS (dev token, ownership check)")
+    );
     println!(
         "\nencrypt reaches {:.0} % of the trivial endpoint's rate.",
         100.0 * (enc.ops as f64 / enc.secs) / (health.ops as f64 / health.secs)

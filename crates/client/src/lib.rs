@@ -106,6 +106,18 @@ pub struct InitResult {
     pub threshold: u32,
 }
 
+/// A transport error with its whole cause chain (e.g. the TLS reason), not just the top line.
+fn transport(e: reqwest::Error) -> ClientError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    ClientError::Transport(msg)
+}
+
 pub fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
@@ -163,15 +175,9 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
             let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
             let e = &v["error"];

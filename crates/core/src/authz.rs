@@ -39,13 +39,14 @@ pub enum Resource<'a> {
     System,
 }
 
-/// Base rules: a key is visible and usable only by its owner in its org. A key that is not the
+/// Base rules: a key is visible and usable only by its owner in its org; rotating an org's KEK
+/// takes an admin of that org; sealing the server takes an operator. A key that is not the
 /// caller's answers `NotFound`, exactly like a key that does not exist, so ids reveal nothing.
 pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Result<(), CoreError> {
     match (action, resource) {
         (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org_id => Ok(()),
         (Action::KeyRead | Action::KeyManage | Action::KeyUse, Resource::Key(k)) => {
-            if k.org_id == p.org_id && k.owner == p.subject {
+            if k.org_id == p.org_id && k.owner == p.owner_id() {
                 Ok(())
             } else {
                 Err(CoreError::NotFound)
@@ -56,7 +57,7 @@ pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Resul
         {
             Ok(())
         }
-        (Action::SysSeal, Resource::System) if p.has_role(Role::Admin) => Ok(()),
+        (Action::SysSeal, Resource::System) if p.has_role(Role::Operator) => Ok(()),
         _ => Err(CoreError::Forbidden),
     }
 }

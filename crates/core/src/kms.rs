@@ -236,7 +236,7 @@ impl Kms {
         let key = KeyRecord {
             id: Uuid::new_v4(),
             org_id: p.org_id.clone(),
-            owner: p.subject.clone(),
+            owner: p.owner_id(),
             name: req.name,
             key_type,
             description: req.description,
@@ -292,7 +292,7 @@ impl Kms {
         authorize(p, Action::KeyList, Resource::Org(&p.org_id))?;
         Ok(self
             .store
-            .list_keys(&p.org_id, &p.subject)
+            .list_keys(&p.org_id, &p.owner_id())
             .await?
             .iter()
             .map(KeyInfo::from)

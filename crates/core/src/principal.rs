@@ -20,8 +20,10 @@ impl AuthMethod {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
-    /// Administers the organization (KEK rotation) and the server (seal).
+    /// Administers its organization (KEK rotation).
     Admin,
+    /// Operates the server itself (seal); server-wide, so distinct from an org admin.
+    Operator,
     /// Uses and manages its own keys.
     User,
 }
@@ -30,6 +32,7 @@ impl Role {
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
+            "operator" => Some(Role::Operator),
             "user" => Some(Role::User),
             _ => None,
         }
@@ -51,6 +54,16 @@ pub struct Principal {
 impl Principal {
     pub fn has_role(&self, role: Role) -> bool {
         self.roles.contains(&role)
+    }
+
+    /// The identity that owns keys: the subject namespaced by where it was authenticated, so
+    /// the same `sub` from two issuers (or a JWT imitating the dev identity) are two owners.
+    /// Issuers cannot contain `#` (checked when the config loads), so the form is unambiguous.
+    pub fn owner_id(&self) -> String {
+        match &self.auth_method {
+            AuthMethod::Jwt { issuer } => format!("{issuer}#{}", self.subject),
+            AuthMethod::DevToken => format!("dev-token#{}", self.subject),
+        }
     }
 }
 

@@ -173,7 +173,7 @@ impl Authenticator {
             return Ok(Principal {
                 org_id: DEV_ORG.into(),
                 subject: DEV_SUBJECT.into(),
-                roles: vec![Role::Admin, Role::User],
+                roles: vec![Role::Operator, Role::Admin, Role::User],
                 auth_method: AuthMethod::DevToken,
                 cert_fingerprint: None,
             });

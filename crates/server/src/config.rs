@@ -46,7 +46,8 @@ pub struct JwtIssuerConfig {
     /// The claim that names the user's organization.
     #[serde(default = "default_org_claim")]
     pub org_claim: String,
-    /// The claim (array of strings) that lists roles: `admin`, `user`.
+    /// The claim (array of strings) that lists roles: `user`, `admin` (of the org), `operator`
+    /// (may seal the server).
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
     /// How often the JWKS is fetched again.
@@ -160,6 +161,12 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         for j in &cfg.auth.jwt {
+            if j.issuer.is_empty() || j.issuer.contains('#') {
+                return Err(format!(
+                    "issuer {:?} must be non-empty and must not contain '#'",
+                    j.issuer
+                ));
+            }
             if !j.jwks.starts_with("https://") && j.jwks.contains("://") {
                 return Err(format!(
                     "jwks for issuer {} must be a file path or an https URL",

@@ -65,9 +65,15 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         let value = header
             .to_str()
             .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
-        let token = value
-            .strip_prefix("Bearer ")
-            .ok_or_else(|| ApiError::unauthenticated("expected Authorization: Bearer <token>"))?;
+        // The scheme name is case-insensitive (RFC 9110 section 11.1).
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
+            _ => {
+                return Err(ApiError::unauthenticated(
+                    "expected Authorization: Bearer <token>",
+                ));
+            }
+        };
         let principal = state.auth.authenticate(token.trim()).await?;
         Ok(Auth(principal))
     }

@@ -15,6 +15,7 @@ use sovra_core::kms::KmsConfig;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -27,6 +28,8 @@ pub struct AppState {
     pub config: Config,
     pub metrics: PrometheusHandle,
     pub openapi_json: String,
+    /// Requests being processed; shutdown waits for these, not for idle connections.
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,29 +80,58 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
     let (routes, doc) = openapi::router();
     let openapi_json = doc.to_json().unwrap_or_else(|_| "{}".into());
     let limits = config.limits.clone();
+    let in_flight = Arc::new(AtomicUsize::new(0));
     let state = Arc::new(AppState {
         kms,
         auth,
         config,
         metrics: metrics_handle(),
         openapi_json,
+        in_flight: in_flight.clone(),
     });
     let router = routes
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
-        .route_layer(axum::middleware::from_fn(middleware::record_metrics))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::seal_gate,
         ))
+        // Outside the seal gate so that 503s while sealed are counted too.
+        .layer(axum::middleware::from_fn(middleware::record_metrics))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(limits.request_timeout_seconds),
         ))
         .layer(axum::middleware::from_fn(middleware::request_id_and_log))
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let guard = InFlightGuard::new(in_flight.clone());
+                async move {
+                    let resp = next.run(req).await;
+                    drop(guard);
+                    resp
+                }
+            },
+        ))
         .with_state(state.clone());
     (router, state)
+}
+
+/// Counts a request as in flight until dropped (also when the request future is cancelled).
+struct InFlightGuard(Arc<AtomicUsize>);
+
+impl InFlightGuard {
+    fn new(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(counter)
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// Starts Sovra as configured and serves until SIGINT/SIGTERM.
@@ -167,6 +199,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
     let (router, state) = app(kms.clone(), auth, config);
     spawn_background(state.clone());
+    let in_flight = state.in_flight.clone();
     tracing::info!(addr = %local, dev = opts.dev, sealed = !kms.is_unsealed(), "sovra listening (TLS 1.3)");
     if let Some(d) = &dev_setup {
         dev::print_banner(&data_dir, local, d);
@@ -175,6 +208,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
         listener,
         tls_config,
         router,
+        in_flight,
         header_timeout,
         shutdown_signal(),
     )
@@ -234,12 +268,18 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-/// The accept loop: TLS handshakes (bounded in time) and connections run in their own tasks;
-/// on shutdown new connections stop and open ones get up to 30 s to finish.
+/// How long shutdown waits for requests in flight.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
+/// The accept loop: TLS handshakes (bounded in time) and connections run in their own tasks.
+/// On shutdown it stops accepting, asks every connection to close, and returns once all have
+/// closed or no request is in flight any more (an idle client that never answers HTTP/2's
+/// GOAWAY does not hold the process), at most [`SHUTDOWN_GRACE`] later.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     router: Router,
+    in_flight: Arc<AtomicUsize>,
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -298,11 +338,24 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(30), graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("connections still open after 30 s; closing");
+    let requests_done = async {
+        while in_flight.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the last responses flush.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let drained = async {
+        tokio::select! {
+            _ = graceful.shutdown() => {},
+            _ = requests_done => {},
+        }
+    };
+    if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
+        tracing::warn!(
+            in_flight = in_flight.load(Ordering::SeqCst),
+            "requests still running after the shutdown grace; exiting"
+        );
     }
 }
 
@@ -316,6 +369,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) {
     let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
-    let (router, _) = app(kms, auth, config);
-    serve(listener, tls, router, header_timeout, shutdown).await;
+    let (router, state) = app(kms, auth, config);
+    serve(
+        listener,
+        tls,
+        router,
+        state.in_flight.clone(),
+        header_timeout,
+        shutdown,
+    )
+    .await;
 }

@@ -34,6 +34,11 @@ fn admin(org: &str, subject: &str) -> Principal {
     principal(org, subject, vec![Role::Admin])
 }
 
+/// A server operator (may seal); not tied to any org's keys.
+fn operator() -> Principal {
+    principal("ops", "operator", vec![Role::Operator])
+}
+
 fn ctx(pairs: &[(&str, &str)]) -> EncryptionContext {
     pairs
         .iter()
@@ -67,7 +72,7 @@ async fn unseal(kms: &Kms, shares: &[SecretBytes]) {
 
 /// Seals and unseals again, dropping every cached KEK and key so the next use reads the store.
 async fn reseal(kms: &Kms, shares: &[SecretBytes]) {
-    kms.seal(&admin("ops", "operator")).unwrap();
+    kms.seal(&operator()).unwrap();
     assert!(kms.seal_status().sealed);
     unseal(kms, &shares[2..5]).await;
 }
@@ -86,7 +91,7 @@ async fn create(kms: &Kms, p: &Principal, name: &str, key_type: KeyType) -> Uuid
         .unwrap_or_else(|e| panic!("create {key_type} key {name}: {e:?}"));
     assert_eq!(info.key_type, key_type.as_str());
     assert_eq!(info.latest_version, 1);
-    assert_eq!(info.owner, p.subject);
+    assert_eq!(info.owner, p.owner_id());
     info.id
 }
 
@@ -128,6 +133,14 @@ fn b64_decode(s: &str) -> Vec<u8> {
 fn pem_to_der(pem: &str) -> Vec<u8> {
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     b64_decode(&body)
+}
+
+/// `rewrap_org` with a deadline, so a sweep that stops making progress fails instead of hanging.
+async fn rewrap_org(kms: &Kms, org: &str) -> usize {
+    tokio::time::timeout(std::time::Duration::from_secs(60), kms.rewrap_org(org))
+        .await
+        .unwrap_or_else(|_| panic!("rewrap_org({org}) did not finish within 60 s"))
+        .unwrap_or_else(|e| panic!("rewrap_org({org}): {e:?}"))
 }
 
 fn key_versions_of_org_sql(org: &str) -> String {
@@ -271,12 +284,14 @@ both!(seal_drops_keys_and_unseal_restores_them, |db| async move {
         .ciphertext;
     let (tag, _) = kms.mac(&alice, mac_id, b"message").await.unwrap();
 
-    // Only an admin may seal.
-    let r = kms.seal(&alice);
-    assert!(matches!(r, Err(CoreError::Forbidden)), "{r:?}");
-    assert!(!kms.seal_status().sealed);
+    // Only a server operator may seal: neither a user nor an org admin.
+    for p in [&alice, &admin("acme", "root")] {
+        let r = kms.seal(p);
+        assert!(matches!(r, Err(CoreError::Forbidden)), "{p:?}: {r:?}");
+        assert!(!kms.seal_status().sealed);
+    }
 
-    kms.seal(&admin("acme", "root")).unwrap();
+    kms.seal(&operator()).unwrap();
     assert!(kms.seal_status().sealed);
     assert!(!kms.is_unsealed());
     let r = kms.encrypt(&alice, aes_id, b"x", &c).await;
@@ -526,6 +541,13 @@ both!(
         let b = user("acme", "bob");
         let c = user("globex", "alice"); // same subject name, another org
         let b_admin = admin("acme", "bob-admin");
+        // Same org and subject, authenticated elsewhere: another owner.
+        let jwt_alice = Principal {
+            auth_method: AuthMethod::Jwt {
+                issuer: "https://idp.example".into(),
+            },
+            ..user("acme", "alice")
+        };
         let c1 = ctx(&[("k", "v")]);
         let aes_id = create(&kms, &a, "mine", KeyType::Aes256Gcm).await;
         let sig_id = create(&kms, &a, "signer", KeyType::Ed25519).await;
@@ -550,6 +572,7 @@ both!(
             ("bob", &b),
             ("other org", &c),
             ("admin of the org", &b_admin),
+            ("same subject from a JWT issuer", &jwt_alice),
         ] {
             nf(kms.get_key(p, aes_id).await, &format!("{who} get"));
             nf(
@@ -592,7 +615,7 @@ both!(
             assert!(
                 listed
                     .iter()
-                    .all(|k| k.owner == p.subject && ![aes_id, sig_id, mac_id].contains(&k.id)),
+                    .all(|k| k.owner == p.owner_id() && ![aes_id, sig_id, mac_id].contains(&k.id)),
                 "{who} lists alice's keys"
             );
         }
@@ -973,6 +996,7 @@ both!(no_plaintext_or_key_material_in_any_table, |db| async move {
         ids.push((t, create(&kms, &a, t.as_str(), t).await));
     }
     let mut data_keys = Vec::new();
+    let mut public_keys = Vec::new();
     for (t, id) in &ids {
         match t.usage() {
             sovra_crypto::keytype::KeyUsage::EncryptDecrypt => {
@@ -986,6 +1010,8 @@ both!(no_plaintext_or_key_material_in_any_table, |db| async move {
                 kms.sign(&a, *id, SignInput::Message(&plaintext), None)
                     .await
                     .unwrap();
+                let (pem, _) = kms.public_key_pem(&a, *id, None).await.unwrap();
+                public_keys.push((*t, pem_to_der(&pem)));
             }
             sovra_crypto::keytype::KeyUsage::Mac => {
                 kms.mac(&a, *id, &plaintext).await.unwrap();
@@ -995,7 +1021,7 @@ both!(no_plaintext_or_key_material_in_any_table, |db| async move {
     // Another user and a KEK rotation with rewrap, so every table has several rows.
     create(&kms, &p, "bobs", KeyType::Aes256Gcm).await;
     kms.rotate_org_kek(&admin("acme", "root")).await.unwrap();
-    kms.rewrap_org("acme").await.unwrap();
+    rewrap_org(&kms, "acme").await;
 
     let cells = db.dump_all().await;
     for (table, min_rows) in [("seal", 1), ("orgs", 1), ("org_keks", 2), ("keys", 8)] {
@@ -1025,6 +1051,16 @@ both!(no_plaintext_or_key_material_in_any_table, |db| async move {
     for (i, s) in shares.iter().enumerate() {
         // A share is its id byte followed by the share value.
         secrets.push((format!("unseal share {i}"), s.expose()[1..].to_vec()));
+    }
+    // Canaries for private key material: the PKCS#8 Sovra generates embeds the public key
+    // (Ed25519 PKCS#8 v2, the RSA modulus and exponent, the EC point when present), and no
+    // column stores public keys today, so a public key's bytes in a column mean unwrapped
+    // private material. (If a public-key column is ever added, skip that column here.)
+    for (t, der) in &public_keys {
+        secrets.push((
+            format!("{t} public key (canary for its private key)"),
+            der[der.len() - 32..].to_vec(),
+        ));
     }
     // Every 16-byte (and 32-byte, for hex) window of every stored value.
     let mut windows16 = std::collections::HashSet::new();
@@ -1155,7 +1191,7 @@ both!(kek_rotation_lazy_and_sweep_rewrap, |db| async move {
     );
 
     // The sweep rewraps the rest: aes v1, v2, sig v1, mac v1.
-    assert_eq!(kms.rewrap_org("acme").await.unwrap(), 4);
+    assert_eq!(rewrap_org(&kms, "acme").await, 4);
     assert_eq!(db.i64s(&acme_versions).await, vec![2; 6]);
     assert!(
         db.store
@@ -1164,7 +1200,7 @@ both!(kek_rotation_lazy_and_sweep_rewrap, |db| async move {
             .unwrap()
             .is_empty()
     );
-    assert_eq!(kms.rewrap_org("acme").await.unwrap(), 0);
+    assert_eq!(rewrap_org(&kms, "acme").await, 0);
     assert_eq!(
         db.i64s(&key_versions_of_org_sql("globex")).await,
         vec![1],
@@ -1200,7 +1236,7 @@ both!(kek_rotation_lazy_and_sweep_rewrap, |db| async move {
 
     // A second rotation goes to 3.
     assert_eq!(kms.rotate_org_kek(&root).await.unwrap(), 3);
-    assert_eq!(kms.rewrap_org("acme").await.unwrap(), 6);
+    assert_eq!(rewrap_org(&kms, "acme").await, 6);
     assert_eq!(db.i64s(&acme_versions).await, vec![3; 6]);
     reseal(&kms, &shares).await;
     assert_eq!(decrypt_ok(&kms, &a, &ct_aes, &c1).await, b"aes data");

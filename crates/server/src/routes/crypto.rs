@@ -165,7 +165,7 @@ fn ctx(c: Option<EncryptionContext>) -> EncryptionContext {
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/encrypt", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = EncryptRequest,
-    responses((status = 200, body = EncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 200, body = EncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -189,7 +189,7 @@ pub async fn encrypt(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/encrypt/batch", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = BatchEncryptRequest,
-    responses((status = 200, body = BatchEncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 200, body = BatchEncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -236,7 +236,7 @@ fn check_batch(st: &AppState, n: usize) -> ApiResult<()> {
 }
 
 #[utoipa::path(post, path = "/api/v1/decrypt", tag = "crypto", request_body = DecryptRequest,
-    responses((status = 200, body = DecryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 200, body = DecryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
               (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
@@ -255,7 +255,7 @@ pub async fn decrypt(
 }
 
 #[utoipa::path(post, path = "/api/v1/decrypt/batch", tag = "crypto", request_body = BatchDecryptRequest,
-    responses((status = 200, body = BatchDecryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 200, body = BatchDecryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn decrypt_batch(
@@ -294,7 +294,7 @@ pub async fn decrypt_batch(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/reencrypt", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = DecryptRequest,
-    responses((status = 200, body = EncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = EncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn reencrypt(
@@ -347,7 +347,7 @@ async fn data_key(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/datakey", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = DataKeyRequest,
-    responses((status = 200, body = DataKeyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = DataKeyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn datakey(
@@ -361,7 +361,7 @@ pub async fn datakey(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/datakey-without-plaintext", tag = "crypto",
     params(("id" = String, Path, description = "key id")), request_body = DataKeyRequest,
-    responses((status = 200, body = DataKeyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = DataKeyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn datakey_without_plaintext(
@@ -395,7 +395,7 @@ fn as_input(bytes: &[u8], is_digest: bool) -> SignInput<'_> {
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/sign", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = SignRequest,
-    responses((status = 200, body = SignResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = SignResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn sign(
@@ -423,7 +423,7 @@ pub async fn sign(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/verify", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = VerifyRequest,
-    responses((status = 200, body = VerifyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = VerifyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn verify(
@@ -450,7 +450,7 @@ pub async fn verify(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/mac", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = MacRequest,
-    responses((status = 200, body = MacResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = MacResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn mac(
@@ -469,7 +469,7 @@ pub async fn mac(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/verify-mac", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = VerifyMacRequest,
-    responses((status = 200, body = VerifyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = VerifyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn verify_mac(

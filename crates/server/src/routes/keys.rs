@@ -43,7 +43,7 @@ pub struct ScheduleDeletionRequest {
 }
 
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKeyRequest,
-    responses((status = 201, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 201, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create_key(
@@ -88,7 +88,7 @@ pub async fn get_key(
 
 #[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "key id")),
     request_body = UpdateKeyRequest,
-    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn update_key(
@@ -142,7 +142,7 @@ pub async fn enable_key(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/schedule-deletion", tag = "keys",
     params(("id" = String, Path, description = "key id")), request_body = ScheduleDeletionRequest,
-    responses((status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub async fn schedule_deletion(

@@ -44,7 +44,7 @@ pub async fn seal_status(State(st): State<Arc<AppState>>) -> Json<SealStatus> {
 }
 
 #[utoipa::path(post, path = "/api/v1/sys/init", tag = "sys", request_body = InitRequest,
-    responses((status = 200, body = InitResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = InitResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 503, body = ErrorBody)))]
 pub async fn init(
     State(st): State<Arc<AppState>>,
@@ -66,7 +66,7 @@ pub async fn init(
 }
 
 #[utoipa::path(post, path = "/api/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
-    responses((status = 200, body = SealStatus), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = SealStatus), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn unseal(
     State(st): State<Arc<AppState>>,
     ApiJson(req): ApiJson<UnsealRequest>,

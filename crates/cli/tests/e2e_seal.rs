@@ -1,0 +1,515 @@
+//! A non-dev server with the Shamir seal, end to end: `sovra operator init|unseal|seal|status`
+//! against the real binary on loopback, with an openssl certificate, a SQLite database from the
+//! config and JWT users whose tokens an independent issuer (Python `cryptography`) signs.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use common::{Server, TempDir};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const ISSUER: &str = "https://idp.sovra-e2e.test";
+const AUDIENCE: &str = "sovra-e2e";
+
+fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A self-signed P-256 certificate for 127.0.0.1 made by openssl: (cert, key).
+///
+/// `openssl req -x509` marks the certificate `CA:TRUE` by default, and rustls (webpki) refuses
+/// a CA certificate as a server's end-entity certificate (`CaUsedAsEndEntity`), so unless
+/// `as_ca` the certificate is explicitly `CA:FALSE`.
+fn make_cert(dir: &Path, tag: &str, as_ca: bool) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{tag}-cert.pem"));
+    let key = dir.join(format!("{tag}-key.pem"));
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-days",
+        "2",
+    ]);
+    if !as_ca {
+        cmd.args(["-addext", "basicConstraints=critical,CA:FALSE"]);
+    }
+    cmd.arg("-keyout").arg(&key).arg("-out").arg(&cert);
+    run_ok(&mut cmd);
+    (cert, key)
+}
+
+fn jwt_tool() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/jwt_tool.py")
+}
+
+/// An identity provider: an RSA key (openssl), its JWKS file and RS256 tokens, both made by
+/// Python `cryptography`, independently of the server's JWT library.
+struct Idp {
+    key: PathBuf,
+    jwks: PathBuf,
+}
+
+impl Idp {
+    fn new(dir: &Path) -> Idp {
+        let key = dir.join("idp-rsa.pem");
+        run_ok(
+            Command::new("openssl")
+                .args(["genpkey", "-algorithm", "RSA", "-pkeyopt"])
+                .arg("rsa_keygen_bits:2048")
+                .arg("-out")
+                .arg(&key),
+        );
+        let jwks = dir.join("jwks.json");
+        let out = run_ok(
+            Command::new("python3")
+                .arg(jwt_tool())
+                .arg("jwks")
+                .arg(&key)
+                .arg("e2e-1"),
+        );
+        let set: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(set["keys"][0]["kty"], "RSA");
+        std::fs::write(&jwks, &out.stdout).unwrap();
+        Idp { key, jwks }
+    }
+
+    fn token(&self, sub: &str, org: &str, roles: &[&str]) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = serde_json::json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "org": org,
+            "roles": roles, "iat": now, "exp": now + 3600,
+        });
+        let out = run_ok(
+            Command::new("python3")
+                .arg(jwt_tool())
+                .arg("token")
+                .arg(&self.key)
+                .arg("e2e-1")
+                .arg(claims.to_string()),
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+}
+
+/// One non-dev server's files: config (own port, own SQLite database, TLS, optional JWT issuer).
+struct Node {
+    dir: PathBuf,
+    config: PathBuf,
+    addr: String,
+    cacert: PathBuf,
+}
+
+impl Node {
+    fn new(parent: &Path, tag: &str, idp: Option<&Idp>) -> Node {
+        Self::with_cert(parent, tag, idp, false)
+    }
+
+    fn with_cert(parent: &Path, tag: &str, idp: Option<&Idp>, ca_cert: bool) -> Node {
+        let dir = parent.join(tag);
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, key) = make_cert(&dir, tag, ca_cert);
+        let port = free_port();
+        let mut cfg = format!(
+            "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://{}\"\n\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("s.db").display(),
+            cert.display(),
+            key.display()
+        );
+        if let Some(idp) = idp {
+            cfg.push_str(&format!(
+                "\n[[auth.jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks = \"{}\"\n",
+                idp.jwks.display()
+            ));
+        }
+        let config = dir.join("sovra.toml");
+        std::fs::write(&config, cfg).unwrap();
+        Node {
+            addr: format!("https://127.0.0.1:{port}"),
+            config,
+            cacert: cert,
+            dir,
+        }
+    }
+
+    fn start(&self) -> Server {
+        Server::start_config(&self.config, &self.addr, &self.cacert, &self.dir)
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// Runs the CLI; asserts success; parses stdout as JSON when `--output json` was given.
+fn cli_ok(s: &Server, args: &[&str], token: Option<&str>) -> String {
+    let out = s.cli_token(args, None, token);
+    assert!(
+        out.status.success(),
+        "sovra {args:?} failed: {}\nserver log:\n{}",
+        text(&out.stderr),
+        s.log_text()
+    );
+    text(&out.stdout)
+}
+
+fn cli_json(s: &Server, args: &[&str], token: Option<&str>) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = cli_ok(s, &all, token);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
+}
+
+/// Runs the CLI expecting failure; returns stderr.
+fn cli_err(s: &Server, args: &[&str], token: Option<&str>) -> String {
+    let out = s.cli_token(args, None, token);
+    assert!(
+        !out.status.success(),
+        "sovra {args:?} should fail, printed {}",
+        text(&out.stdout)
+    );
+    let err = text(&out.stderr);
+    assert!(err.starts_with("error: "), "{err}");
+    err
+}
+
+fn status(s: &Server) -> Value {
+    cli_json(s, &["operator", "status"], None)
+}
+
+fn assert_progress(s: &Server, sealed: bool, progress: u64) {
+    let st = status(s);
+    assert_eq!(st["sealed"], sealed, "{st}");
+    assert_eq!(st["progress"], progress, "{st}");
+}
+
+async fn get(
+    s: &Server,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    let mut req = s.http().get(s.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let code = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let body = resp.bytes().await.unwrap();
+    (
+        code,
+        headers,
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+fn share_id(share: &str) -> u8 {
+    STANDARD.decode(share).unwrap()[0]
+}
+
+fn init(s: &Server) -> Vec<String> {
+    let init = cli_json(
+        s,
+        &["operator", "init", "--shares", "5", "--threshold", "3"],
+        None,
+    );
+    assert_eq!(init["threshold"], 3);
+    let shares: Vec<String> = init["shares"]
+        .as_array()
+        .expect("shares array")
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(shares.len(), 5);
+    let ids: std::collections::HashSet<u8> = shares.iter().map(|s| share_id(s)).collect();
+    assert_eq!(ids.len(), 5, "every share has its own identifier");
+    for sh in &shares {
+        assert_eq!(
+            STANDARD.decode(sh).unwrap().len(),
+            33,
+            "id byte + 32-byte unseal key share"
+        );
+    }
+    shares
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shamir_init_unseal_seal_and_restart() {
+    let dir = TempDir::new("seal");
+    let idp = Idp::new(dir.path());
+    let node = Node::new(dir.path(), "a", Some(&idp));
+    let s = node.start();
+    let user = idp.token("alice", "acme", &["user"]);
+    let admin = idp.token("ops-admin", "acme", &["operator"]);
+
+    // Before init: nothing works but status, and status says so.
+    let st = status(&s);
+    assert_eq!(st["initialized"], false, "{st}");
+    assert_eq!(st["sealed"], true, "{st}");
+    let t = cli_ok(&s, &["operator", "status"], None);
+    assert!(t.contains("initialized: false"), "{t}");
+    let (code, _, body) = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_initialized", "{body}");
+    assert_eq!(get(&s, "/ready", None).await.0, 503);
+
+    // Init prints 5 distinct shares, once.
+    let shares = init(&s);
+    let err = cli_err(
+        &s,
+        &["operator", "init", "--shares", "5", "--threshold", "3"],
+        None,
+    );
+    assert!(err.contains("already initialized"), "{err}");
+    let st = status(&s);
+    assert_eq!(st["initialized"], true);
+    assert_eq!(st["sealed"], true);
+    assert_eq!(st["seal_type"], "shamir");
+    assert_eq!(st["shares"], 5);
+    assert_eq!(st["threshold"], 3);
+    assert_eq!(st["progress"], 0);
+
+    // Sealed: liveness yes, readiness no, the API answers 503 `sealed`.
+    let (code, _, body) = get(&s, "/health", None).await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
+    let (code, _, body) = get(&s, "/ready", None).await;
+    assert_eq!((code, body["status"].as_str()), (503, Some("sealed")));
+    let (code, headers, body) = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body["error"]["code"], "sealed", "{body}");
+    assert!(headers.contains_key("retry-after"));
+    let err = cli_err(&s, &["key", "list"], Some(&user));
+    assert!(err.contains("sealed") && err.contains("HTTP 503"), "{err}");
+
+    // Unseal, one share at a time.
+    let st = cli_json(&s, &["operator", "unseal", &shares[0]], None);
+    assert_eq!(st["sealed"], true, "{st}");
+    assert_eq!(st["progress"], 1, "{st}");
+    let t = cli_ok(&s, &["operator", "unseal", &shares[1]], None);
+    assert!(t.contains("progress:    2/3"), "{t}");
+    assert_progress(&s, true, 2);
+
+    // A share given twice is refused and the progress is kept.
+    let err = cli_err(&s, &["operator", "unseal", &shares[0]], None);
+    assert!(err.contains("already submitted"), "{err}");
+    assert!(err.contains("HTTP 400"), "{err}");
+    assert_progress(&s, true, 2);
+    // Garbage: not base64, too short to be a share, the wrong length.
+    let err = cli_err(&s, &["operator", "unseal", "not a share!!"], None);
+    assert!(err.contains("share is not valid standard base64"), "{err}");
+    assert_progress(&s, true, 2);
+    let err = cli_err(&s, &["operator", "unseal", "AA=="], None);
+    assert!(err.contains("malformed share"), "{err}");
+    let short = STANDARD.encode([9u8; 10]);
+    let err = cli_err(&s, &["operator", "unseal", &short], None);
+    assert!(err.contains("wrong length"), "{err}");
+    assert_progress(&s, true, 2);
+    assert_eq!(get(&s, "/ready", None).await.0, 503);
+
+    // The third distinct share (from stdin this time) unseals.
+    let out = s.cli_token(
+        &["operator", "unseal", "--output", "json"],
+        Some(format!("{}\n", shares[2]).as_bytes()),
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let st: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st["sealed"], false, "{st}");
+    let (code, _, body) = get(&s, "/ready", None).await;
+    assert_eq!((code, body["status"].as_str()), (200, Some("ready")));
+    assert!(cli_ok(&s, &["operator", "status"], None).contains("sealed:      false"));
+
+    // Use it: a JWT user creates a key and encrypts.
+    let key = cli_json(
+        &s,
+        &[
+            "key",
+            "create",
+            "--name",
+            "sealed-app",
+            "--type",
+            "aes-256-gcm",
+        ],
+        Some(&user),
+    );
+    let key_id = key["id"].as_str().unwrap().to_string();
+    assert!(key["owner"].as_str().unwrap().ends_with("#alice"), "{key}");
+    let pt_file = dir.path().join("pt.bin");
+    let ct_file = dir.path().join("ct.bin");
+    let back = dir.path().join("back.bin");
+    std::fs::write(&pt_file, b"made before the seal and the restart").unwrap();
+    let enc_args = [
+        "encrypt",
+        "--key",
+        &key_id,
+        "--context",
+        "purpose=e2e",
+        "--in",
+        pt_file.to_str().unwrap(),
+        "--out",
+        ct_file.to_str().unwrap(),
+    ];
+    cli_ok(&s, &enc_args, Some(&user));
+    let dec_args = [
+        "decrypt",
+        "--context",
+        "purpose=e2e",
+        "--in",
+        ct_file.to_str().unwrap(),
+        "--out",
+        back.to_str().unwrap(),
+    ];
+    cli_ok(&s, &dec_args, Some(&user));
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&pt_file).unwrap()
+    );
+
+    // Sealing takes a token, and an admin's.
+    let err = cli_err(&s, &["operator", "seal"], None);
+    assert!(err.contains("HTTP 401"), "{err}");
+    let err = cli_err(&s, &["operator", "seal"], Some(&user));
+    assert!(
+        err.contains("HTTP 403") && err.contains("permission denied"),
+        "{err}"
+    );
+    assert_eq!(get(&s, "/ready", None).await.0, 200, "still unsealed");
+    let st = cli_json(&s, &["operator", "seal"], Some(&admin));
+    assert_eq!(st["sealed"], true, "{st}");
+    assert_eq!(st["progress"], 0, "{st}");
+    assert_eq!(get(&s, "/ready", None).await.0, 503);
+    let (code, _, body) = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (503, Some("sealed"))
+    );
+    let err = cli_err(&s, &dec_args, Some(&user));
+    assert!(err.contains("sealed"), "{err}");
+
+    // The same shares (any three) unseal again.
+    for i in [3, 1, 4] {
+        cli_ok(&s, &["operator", "unseal", &shares[i]], None);
+    }
+    assert_progress(&s, false, 0);
+    std::fs::remove_file(&back).unwrap();
+    cli_ok(&s, &dec_args, Some(&user));
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        std::fs::read(&pt_file).unwrap()
+    );
+
+    // A restarted process comes up sealed and needs the shares again.
+    assert!(s.stop(), "graceful shutdown exits 0");
+    let s = node.start();
+    let st = status(&s);
+    assert_eq!(st["initialized"], true, "{st}");
+    assert_eq!(st["sealed"], true, "{st}");
+    assert_eq!(st["progress"], 0, "{st}");
+    let (code, _, body) = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(
+        (code, body["error"]["code"].as_str()),
+        (503, Some("sealed"))
+    );
+    let err = cli_err(&s, &dec_args, Some(&user));
+    assert!(err.contains("sealed"), "{err}");
+    for (n, i) in [4, 2, 0].into_iter().enumerate() {
+        let st = cli_json(&s, &["operator", "unseal", &shares[i]], None);
+        assert_eq!(st["sealed"], n < 2, "{st}");
+    }
+    std::fs::remove_file(&back).unwrap();
+    cli_ok(&s, &dec_args, Some(&user));
+    assert_eq!(
+        std::fs::read(&back).unwrap(),
+        b"made before the seal and the restart"
+    );
+    let list = cli_json(&s, &["key", "list"], Some(&user));
+    assert_eq!(list[0]["id"], key_id.as_str(), "{list}");
+    // The context is still bound after the restart.
+    let err = cli_err(
+        &s,
+        &[
+            "decrypt",
+            "--context",
+            "purpose=other",
+            "--in",
+            ct_file.to_str().unwrap(),
+        ],
+        Some(&user),
+    );
+    assert!(err.contains("decryption failed"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_from_another_server_do_not_reconstruct() {
+    let dir = TempDir::new("seal-mix");
+    let a_node = Node::new(dir.path(), "a", None);
+    let b_node = Node::new(dir.path(), "b", None);
+    let a = a_node.start();
+    let b = b_node.start();
+    let a_shares = init(&a);
+    let b_shares = init(&b);
+    let used = [share_id(&a_shares[0]), share_id(&a_shares[1])];
+    let foreign = b_shares
+        .iter()
+        .find(|s| !used.contains(&share_id(s)))
+        .unwrap();
+
+    cli_ok(&a, &["operator", "unseal", &a_shares[0]], None);
+    cli_ok(&a, &["operator", "unseal", &a_shares[1]], None);
+    assert_progress(&a, true, 2);
+    let err = cli_err(&a, &["operator", "unseal", foreign], None);
+    assert!(
+        err.contains("do not reconstruct the unseal key") && err.contains("progress was reset"),
+        "{err}"
+    );
+    assert_progress(&a, true, 0);
+    assert_eq!(get(&a, "/ready", None).await.0, 503);
+    // B is untouched by A's failure.
+    assert_progress(&b, true, 0);
+
+    // After the reset the right three shares (including ones given before) unseal.
+    cli_ok(&a, &["operator", "unseal", &a_shares[1]], None);
+    cli_ok(&a, &["operator", "unseal", &a_shares[0]], None);
+    assert_progress(&a, true, 2);
+    cli_ok(&a, &["operator", "unseal", &a_shares[4]], None);
+    assert_progress(&a, false, 0);
+    assert_eq!(get(&a, "/ready", None).await.0, 200);
+    assert_eq!(get(&b, "/ready", None).await.0, 503);
+}
+
+/// With the certificate the plain `openssl req -x509` command makes (CA:TRUE), the CLI cannot
+/// connect; it should say why (the certificate), not only "error sending request".
+#[test]
+fn cli_transport_error_names_the_cause() {
+    let dir = TempDir::new("seal-ca");
+    let node = Node::with_cert(dir.path(), "ca", None, true);
+    let s = node.start();
+    let err = cli_err(&s, &["operator", "status"], None);
+    assert!(err.contains("cannot reach Sovra"), "{err}");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+}
