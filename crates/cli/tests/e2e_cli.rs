@@ -108,7 +108,7 @@ fn key_subcommands_in_text_and_json() {
     assert_eq!(field(&t, "state").as_deref(), Some("enabled"));
     assert_eq!(field(&t, "versions").as_deref(), Some("1"));
     assert_eq!(field(&t, "min decryption version").as_deref(), Some("1"));
-    assert_eq!(field(&t, "owner").as_deref(), Some("dev-admin"));
+    assert_eq!(field(&t, "owner").as_deref(), Some("dev-token#dev-admin"));
     assert_eq!(field(&t, "description").as_deref(), Some("first key"));
     assert!(field(&t, "created").unwrap().starts_with("20"), "{t}");
     assert_eq!(field(&t, "deletion date"), None);
