@@ -169,14 +169,23 @@ impl Kms {
             if batch.is_empty() {
                 return Ok(total);
             }
+            // A version that does not unwrap is logged and skipped, so one bad row does not
+            // block the org; a batch that moves nothing ends the sweep (no endless loop).
             let mut progressed = false;
             for v in batch {
                 let Some(key) = self.store.get_key(org_id, v.key_id).await? else {
                     continue;
                 };
-                self.unwrap_material(&key, &v).await?;
-                progressed = true;
-                total += 1;
+                // Unwrapping rewraps under the active KEK (the lazy path).
+                match self.unwrap_material(&key, &v).await {
+                    Ok(_) => {
+                        progressed = true;
+                        total += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(key_id = %v.key_id, version = v.version, error = %e, "rewrap skipped")
+                    }
+                }
             }
             if !progressed {
                 return Ok(total);

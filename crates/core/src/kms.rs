@@ -582,7 +582,7 @@ impl Kms {
         ctx: &EncryptionContext,
         include_plaintext: bool,
     ) -> Result<DataKey, CoreError> {
-        if !(16..=64).contains(&bytes) {
+        if ![16, 32, 64].contains(&bytes) {
             return Err(CoreError::InvalidInput(
                 "bits must be 128, 256 or 512".into(),
             ));

@@ -363,9 +363,13 @@ macro_rules! sql_store {
 
             async fn delete_key(&self, org_id: &str, key_id: Uuid) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
-                sqlx::query("DELETE FROM key_versions WHERE key_id = $1")
-                    .bind(key_id.to_string())
-                    .execute(&mut *tx)
+                // Versions only of a key of this org: another org's key id touches nothing.
+                sqlx::query(
+                    "DELETE FROM key_versions WHERE key_id IN (SELECT id FROM keys WHERE id = $1 AND org_id = $2)",
+                )
+                .bind(key_id.to_string())
+                .bind(org_id)
+                .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
                 sqlx::query("DELETE FROM keys WHERE id = $1 AND org_id = $2")

@@ -644,25 +644,20 @@ both!(deletion_due_and_delete_key, |db| async move {
     setup_key(&db, "acme", "alice", "due", 20).await;
 });
 
-// Known bug, kept visible: `cargo test -p sovra-store -- --ignored` runs it.
-both!(
-    #[ignore = "BUG in sovra-store src/sql.rs delete_key: versions are deleted by key id alone, \
-                before the org-scoped DELETE of the key"]
-    delete_key_is_scoped_by_org,
-    |db| async move {
-        setup_org(&db, "acme").await;
-        setup_org(&db, "globex").await;
-        let k = setup_key(&db, "acme", "alice", "k", 10).await;
-        // Naming the wrong org must not destroy anything: neither the key nor its versions.
-        let _ = db.store.delete_key("globex", k.id).await;
-        assert_eq!(
-            db.store.get_key("acme", k.id).await.unwrap(),
-            Some(k.clone())
-        );
-        assert_eq!(
-            db.store.get_key_version(k.id, 1).await.unwrap(),
-            Some(version(k.id, 1, 1)),
-            "delete_key with another org's id destroyed the key's versions"
-        );
-    }
-);
+// Deleting with another org's id must touch nothing (versions included).
+both!(delete_key_is_scoped_by_org, |db| async move {
+    setup_org(&db, "acme").await;
+    setup_org(&db, "globex").await;
+    let k = setup_key(&db, "acme", "alice", "k", 10).await;
+    // Naming the wrong org must not destroy anything: neither the key nor its versions.
+    let _ = db.store.delete_key("globex", k.id).await;
+    assert_eq!(
+        db.store.get_key("acme", k.id).await.unwrap(),
+        Some(k.clone())
+    );
+    assert_eq!(
+        db.store.get_key_version(k.id, 1).await.unwrap(),
+        Some(version(k.id, 1, 1)),
+        "delete_key with another org's id destroyed the key's versions"
+    );
+});
