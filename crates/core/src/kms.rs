@@ -330,16 +330,27 @@ impl Kms {
         ))
     }
 
+    /// Applies `change` to the key's metadata with optimistic concurrency: if another request
+    /// changed the key meanwhile, the change is re-applied to the fresh row (a few times).
     async fn set_state(
         &self,
         p: &Principal,
         id: Uuid,
-        change: impl FnOnce(&mut KeyRecord) -> Result<(), CoreError>,
+        change: impl Fn(&mut KeyRecord) -> Result<(), CoreError>,
     ) -> Result<KeyInfo, CoreError> {
-        let mut key = self.key_for(p, id, Action::KeyManage).await?;
-        change(&mut key)?;
-        self.store.update_key(&key).await?;
-        Ok(KeyInfo::from(&key))
+        for _ in 0..5 {
+            let before = self.key_for(p, id, Action::KeyManage).await?;
+            let mut after = before.clone();
+            change(&mut after)?;
+            match self.store.update_key(&before, &after).await {
+                Ok(()) => return Ok(KeyInfo::from(&after)),
+                Err(StoreError::Conflict(_)) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(CoreError::Conflict(
+            "the key is changing concurrently; retry".into(),
+        ))
     }
 
     pub async fn disable_key(&self, p: &Principal, id: Uuid) -> Result<KeyInfo, CoreError> {
@@ -418,7 +429,7 @@ impl Kms {
                 k.min_decryption_version = min;
             }
             if update.description.is_some() {
-                k.description = update.description;
+                k.description.clone_from(&update.description);
             }
             Ok(())
         })

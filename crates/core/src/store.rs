@@ -39,8 +39,10 @@ pub trait Store: Send + Sync + 'static {
     -> Result<(), StoreError>;
     async fn get_key(&self, org_id: &str, key_id: Uuid) -> Result<Option<KeyRecord>, StoreError>;
     async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Updates the mutable metadata (state, min_decryption_version, description, deletion date).
-    async fn update_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
+    /// Updates the mutable metadata (state, min_decryption_version, description, deletion date)
+    /// from `before` to `after`, if the stored row still holds `before`'s values; conflict
+    /// otherwise, so a concurrent change (another request or node) is never silently undone.
+    async fn update_key(&self, before: &KeyRecord, after: &KeyRecord) -> Result<(), StoreError>;
     /// Adds a version if the key's latest version is still `version.version - 1`; conflict
     /// otherwise, so concurrent rotations never produce two equal version numbers.
     async fn add_key_version(

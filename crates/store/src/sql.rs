@@ -250,10 +250,11 @@ macro_rules! sql_store {
                 rows.iter().map(Self::key_from_row).collect()
             }
 
-            async fn update_key(&self, k: &KeyRecord) -> Result<(), StoreError> {
-                sqlx::query(
+            async fn update_key(&self, before: &KeyRecord, k: &KeyRecord) -> Result<(), StoreError> {
+                let done = sqlx::query(
                     "UPDATE keys SET state = $1, min_decryption_version = $2, description = $3, deletion_date = $4 \
-                     WHERE id = $5 AND org_id = $6",
+                     WHERE id = $5 AND org_id = $6 AND state = $7 AND min_decryption_version = $8 \
+                     AND description IS NOT DISTINCT FROM $9 AND deletion_date IS NOT DISTINCT FROM $10",
                 )
                 .bind(k.state.as_str())
                 .bind(k.min_decryption_version as i64)
@@ -261,9 +262,16 @@ macro_rules! sql_store {
                 .bind(k.deletion_date)
                 .bind(k.id.to_string())
                 .bind(&k.org_id)
+                .bind(before.state.as_str())
+                .bind(before.min_decryption_version as i64)
+                .bind(&before.description)
+                .bind(before.deletion_date)
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
+                if done.rows_affected() != 1 {
+                    return Err(StoreError::Conflict("key changed concurrently".into()));
+                }
                 Ok(())
             }
 

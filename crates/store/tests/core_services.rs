@@ -1331,3 +1331,34 @@ both!(moved_wrapped_blobs_fail_to_unwrap, |db| async move {
     );
     assert_eq!(decrypt_ok(&kms, &a, &ct1, &c1).await, b"one");
 });
+
+// Concurrent metadata changes never undo each other: a disable racing a description update
+// ends with both applied (optimistic concurrency in the store, retried by the core).
+both!(concurrent_metadata_changes_are_not_lost, |db| async move {
+    let (kms, _) = unsealed_kms(&db).await;
+    let a = user("acme", "alice");
+    for round in 0..10 {
+        let id = create(&kms, &a, &format!("race-{round}"), KeyType::Aes256Gcm).await;
+        let (k1, k2, a1, a2) = (kms.clone(), kms.clone(), a.clone(), a.clone());
+        let disable = tokio::spawn(async move { k1.disable_key(&a1, id).await });
+        let describe = tokio::spawn(async move {
+            let update = KeyUpdate {
+                min_decryption_version: None,
+                description: Some(format!("round {round}")),
+            };
+            k2.update_key(&a2, id, update).await
+        });
+        disable.await.unwrap().unwrap();
+        describe.await.unwrap().unwrap();
+        let info = kms.get_key(&a, id).await.unwrap();
+        assert_eq!(
+            info.state,
+            sovra_core::model::KeyState::Disabled,
+            "round {round}"
+        );
+        assert_eq!(
+            info.description.as_deref(),
+            Some(format!("round {round}").as_str())
+        );
+    }
+});

@@ -314,7 +314,7 @@ both!(update_key_changes_only_mutable_metadata, |db| async move {
     changed.min_decryption_version = 1;
     changed.description = None;
     changed.deletion_date = Some(99_999);
-    db.store.update_key(&changed).await.unwrap();
+    db.store.update_key(&k, &changed).await.unwrap();
     assert_eq!(
         db.store.get_key("acme", k.id).await.unwrap(),
         Some(changed.clone())
@@ -331,7 +331,14 @@ both!(update_key_changes_only_mutable_metadata, |db| async move {
     changed2.latest_version = 9;
     changed2.created_at = 1;
     changed2.rotated_at = Some(5);
-    db.store.update_key(&changed2).await.unwrap();
+    // A writer still holding the old row is refused: it would undo the change above.
+    let mut stale = k.clone();
+    stale.state = KeyState::Enabled;
+    assert!(matches!(
+        db.store.update_key(&k, &stale).await,
+        Err(StoreError::Conflict(_))
+    ));
+    db.store.update_key(&changed, &changed2).await.unwrap();
     let stored = db.store.get_key("acme", k.id).await.unwrap().unwrap();
     assert_eq!(stored.state, KeyState::Disabled);
     assert_eq!(stored.deletion_date, None);
@@ -347,7 +354,7 @@ both!(update_key_changes_only_mutable_metadata, |db| async move {
     let mut foreign = stored.clone();
     foreign.org_id = "globex".into();
     foreign.state = KeyState::Enabled;
-    let _ = db.store.update_key(&foreign).await;
+    let _ = db.store.update_key(&foreign, &foreign).await;
     assert_eq!(db.store.get_key("acme", k.id).await.unwrap(), Some(stored));
 });
 
@@ -598,9 +605,10 @@ both!(deletion_due_and_delete_key, |db| async move {
         // A date without the pending state is not a deletion.
         (&mut disabled, KeyState::Disabled, Some(now - 1)),
     ] {
+        let before = k.clone();
         k.state = state;
         k.deletion_date = date;
-        db.store.update_key(k).await.unwrap();
+        db.store.update_key(&before, k).await.unwrap();
     }
 
     let mut found = db.store.keys_due_for_deletion(now).await.unwrap();
