@@ -126,26 +126,39 @@ impl Issuer {
     }
 }
 
+/// The HTTPS client that fetches an issuer's JWKS: system roots, or only the CA the config
+/// names (an internal IdP of an air-gapped site).
+fn jwks_client(config: &JwtIssuerConfig) -> Result<reqwest::Client, JwksError> {
+    let err = |message: String| JwksError::Load {
+        source_name: config.jwks.clone(),
+        message,
+    };
+    let mut b = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .https_only(true);
+    if let Some(ca) = &config.jwks_ca_file {
+        let pem = std::fs::read(ca)
+            .map_err(|e| err(format!("cannot read jwks_ca_file {}: {e}", ca.display())))?;
+        let cert =
+            reqwest::Certificate::from_pem(&pem).map_err(|e| err(format!("jwks_ca_file: {e}")))?;
+        b = b.tls_certs_only([cert]);
+    }
+    b.build().map_err(|e| err(e.to_string()))
+}
+
 impl Authenticator {
     pub async fn new(
         issuers: &[JwtIssuerConfig],
         dev_token: Option<sovra_crypto::SecretBytes>,
     ) -> Result<Authenticator, JwksError> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .https_only(true)
-            .build()
-            .map_err(|e| JwksError::Load {
-                source_name: "http client".into(),
-                message: e.to_string(),
-            })?;
         let mut out = Vec::new();
         for config in issuers {
+            let http = jwks_client(config)?;
             let set = Issuer::fetch(config, &http).await?;
             out.push(Issuer {
                 config: config.clone(),
                 jwks: RwLock::new((set, Instant::now())),
-                http: http.clone(),
+                http,
             });
         }
         Ok(Authenticator {

@@ -50,6 +50,8 @@ pub struct JwtIssuerConfig {
     /// (may seal the server).
     #[serde(default = "default_roles_claim")]
     pub roles_claim: String,
+    /// PEM CA that the https JWKS URL's certificate must chain to (default: system roots).
+    pub jwks_ca_file: Option<PathBuf>,
     /// How often the JWKS is fetched again.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
