@@ -618,8 +618,13 @@ impl Kms {
         require_usage(&key, KeyUsage::SignVerify)?;
         require_usable(&key)?;
         let version = version.unwrap_or(key.latest_version);
-        if version < 1 || version > key.latest_version {
-            return Err(CoreError::InvalidInput("no such key version".into()));
+        // As for decryption and MAC verification: versions below min_decryption_version are
+        // retired for verification too.
+        if version < key.min_decryption_version.max(1) || version > key.latest_version {
+            return Err(CoreError::InvalidInput(format!(
+                "key version must be between min_decryption_version {} and the latest version {}",
+                key.min_decryption_version, key.latest_version
+            )));
         }
         let loaded = self.loaded(&key, version).await?;
         Ok((key, version, loaded))

@@ -1362,3 +1362,51 @@ both!(concurrent_metadata_changes_are_not_lost, |db| async move {
         );
     }
 });
+
+// A signature made with a version below min_decryption_version no longer verifies against it.
+both!(
+    verification_respects_min_decryption_version,
+    |db| async move {
+        let (kms, _) = unsealed_kms(&db).await;
+        let a = user("acme", "alice");
+        let id = create(&kms, &a, "signer", KeyType::Ed25519).await;
+        let old = kms
+            .sign(&a, id, SignInput::Message(b"m"), None)
+            .await
+            .unwrap();
+        assert_eq!(old.key_version, 1);
+        kms.rotate_key(&a, id).await.unwrap();
+        let ok = kms
+            .verify(
+                &a,
+                id,
+                SignInput::Message(b"m"),
+                &old.signature,
+                None,
+                Some(1),
+            )
+            .await
+            .unwrap();
+        assert!(ok, "version 1 verifies while it is allowed");
+        let update = KeyUpdate {
+            min_decryption_version: Some(2),
+            description: None,
+        };
+        kms.update_key(&a, id, update).await.unwrap();
+        let r = kms
+            .verify(
+                &a,
+                id,
+                SignInput::Message(b"m"),
+                &old.signature,
+                None,
+                Some(1),
+            )
+            .await;
+        assert!(
+            matches!(r, Err(CoreError::InvalidInput(_))),
+            "{:?}",
+            r.err()
+        );
+    }
+);
