@@ -6,35 +6,11 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir};
-use serde_json::Value;
+use common::{Server, TempDir, ok, ok_json, text};
 use std::path::Path;
-use std::process::Output;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn ok(s: &Server, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let out = s.cli(args, stdin);
-    assert!(
-        out.status.success(),
-        "sovra {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    out
-}
 
 fn ok_text(s: &Server, args: &[&str]) -> String {
     text(&ok(s, args, None).stdout)
-}
-
-fn ok_json(s: &Server, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["--output", "json"]);
-    let out = ok(s, &all, None);
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
 }
 
 /// Runs the CLI expecting a failure with the usual `error: ...` line; returns stderr.

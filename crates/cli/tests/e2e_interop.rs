@@ -6,33 +6,12 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir};
-use serde_json::Value;
+use common::{Server, TempDir, ok, ok_json, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
 fn p(path: &Path) -> &str {
     path.to_str().unwrap()
-}
-
-fn ok(s: &Server, args: &[&str], stdin: Option<&[u8]>) -> Output {
-    let out = s.cli(args, stdin);
-    assert!(
-        out.status.success(),
-        "sovra {args:?} failed: {}",
-        text(&out.stderr)
-    );
-    out
-}
-
-fn ok_json(s: &Server, args: &[&str]) -> Value {
-    let mut all = args.to_vec();
-    all.extend(["--output", "json"]);
-    serde_json::from_slice(&ok(s, &all, None).stdout).unwrap()
 }
 
 fn create(s: &Server, name: &str, key_type: &str) -> String {

@@ -268,3 +268,27 @@ pub fn fresh_pg_database() -> String {
     let base = admin.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap();
     format!("{base}/{name}")
 }
+
+// ---- CLI helpers shared by the end-to-end tests ----
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+pub fn ok(s: &Server, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+    let out = s.cli(args, stdin);
+    assert!(
+        out.status.success(),
+        "sovra {args:?} failed: {}",
+        text(&out.stderr)
+    );
+    out
+}
+
+pub fn ok_json(s: &Server, args: &[&str]) -> serde_json::Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = ok(s, &all, None);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
