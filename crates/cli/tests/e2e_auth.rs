@@ -256,7 +256,7 @@ impl Env {
         jwt::write_jwks(&jwks2, &[es2.jwk_without_alg()]);
         let cfg = format!(
             "{}{}",
-            jwt::issuer_toml(ISSUER, AUDIENCE, &jwks1, ""),
+            jwt::issuer_toml(ISSUER, AUDIENCE, &jwks1, "allow_operator = true"),
             jwt::issuer_toml(
                 ISSUER2,
                 "sovra-partner",
@@ -1266,4 +1266,54 @@ async fn sleep_until(t: Instant) {
     if t > now {
         tokio::time::sleep(t - now).await;
     }
+}
+
+// ---- what an issuer may assert -------------------------------------------------------------
+
+/// An issuer speaks only for its `allowed_orgs`, and its `operator` role counts only with
+/// `allow_operator = true` (sealing is server-wide; an org's IdP must not be able to seal).
+#[tokio::test]
+async fn issuers_are_limited_to_their_orgs_and_operator_needs_allowing() {
+    let dir = TempDir::new("auth-issuer-limits");
+    let k = Signer::es256("limits");
+    let path: PathBuf = dir.path().join("jwks.json");
+    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
+    let s = Server::start_dev(
+        dir.path(),
+        &jwt::issuer_toml(ISSUER, AUDIENCE, &path, "allowed_orgs = [\"acme\"]"),
+    );
+    let http = s.http();
+    let call = |token: String, method: Method, path: &str| {
+        let req = http.request(method, s.url(path)).bearer_auth(token);
+        async move {
+            let r = req.send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (st, _) = call(
+        k.token(&claims("alice", "acme")),
+        Method::GET,
+        "/api/v1/keys",
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, body) = call(
+        k.token(&claims("alice", "globex")),
+        Method::GET,
+        "/api/v1/keys",
+    )
+    .await;
+    assert_eq!(st, 401, "{body}");
+    assert_eq!(body["error"]["code"], "unauthenticated");
+    let operator = k.token(&claims_with_roles("ops", "acme", &["operator", "admin"]));
+    let (st, body) = call(operator, Method::POST, "/api/v1/sys/seal").await;
+    assert_eq!(st, 403, "{body}");
+    let (_, status) = call(
+        k.token(&claims("alice", "acme")),
+        Method::GET,
+        "/api/v1/sys/seal-status",
+    )
+    .await;
+    assert_eq!(status["sealed"], false, "still unsealed");
 }

@@ -78,14 +78,14 @@ pub struct Encrypted {
     pub key_version: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct Decrypted {
     pub plaintext: String,
     pub key_id: String,
     pub key_version: u32,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct DataKey {
     pub plaintext: Option<String>,
     pub ciphertext: String,
@@ -100,7 +100,7 @@ pub struct Signed {
     pub algorithm: String,
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Clone, Deserialize, Serialize)]
 pub struct InitResult {
     pub shares: Vec<String>,
     pub threshold: u32,
@@ -117,6 +117,18 @@ fn transport(e: reqwest::Error) -> ClientError {
     }
     ClientError::Transport(msg)
 }
+
+/// Plaintexts, data keys and unseal shares never appear in `Debug` output.
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl std::fmt::Debug for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, concat!(stringify!($t), " {{ [REDACTED] }}"))
+            }
+        }
+    )*};
+}
+redacted_debug!(Decrypted, DataKey, InitResult);
 
 pub fn b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)

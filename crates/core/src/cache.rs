@@ -26,7 +26,9 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
         if self.map.len() >= self.capacity {
             // Random-ish eviction: drop the first entry the map yields. Cheap, and hot keys
             // simply come back on the next use.
-            if let Some(victim) = self.map.iter().next().map(|e| e.key().clone()) {
+            // The iterator holds a shard read lock: let it go before removing (same shard).
+            let victim = self.map.iter().next().map(|e| e.key().clone());
+            if let Some(victim) = victim {
                 self.map.remove(&victim);
             }
         }
@@ -39,5 +41,24 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
 
     pub fn clear(&self) {
         self.map.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eviction_at_capacity_keeps_the_bound_and_does_not_block() {
+        let c: BoundedCache<u32, u32> = BoundedCache::new(2);
+        for i in 0..100 {
+            c.insert(i, Arc::new(i));
+            assert!(c.map.len() <= 2);
+        }
+        assert!(c.get(&99).is_some(), "the newest entry is kept");
+        let one: BoundedCache<u32, u32> = BoundedCache::new(1);
+        one.insert(1, Arc::new(1));
+        one.insert(2, Arc::new(2));
+        assert!(one.get(&1).is_none() && one.get(&2).is_some());
     }
 }

@@ -90,6 +90,11 @@ impl Kms {
             })?;
         let kek = Arc::new(WrappingKey::new(&kek)?);
         self.keks.insert(cache_key, kek.clone());
+        // A seal that ran meanwhile must not leave the KEK cached.
+        if !self.is_unsealed() {
+            self.keks.clear();
+            return Err(CoreError::Sealed);
+        }
         Ok(kek)
     }
 

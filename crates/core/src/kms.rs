@@ -438,12 +438,16 @@ impl Kms {
 
     /// Destroys keys whose deletion date has passed. Returns how many.
     pub async fn purge_due_keys(&self) -> Result<usize, CoreError> {
-        let due = self.store.keys_due_for_deletion(now_ms()).await?;
+        let now = now_ms();
+        let due = self.store.keys_due_for_deletion(now).await?;
+        let mut destroyed = 0;
         for (org, id) in &due {
-            self.store.delete_key(org, *id).await?;
+            if self.store.delete_key(org, *id, now).await? {
+                destroyed += 1;
+            }
             self.keys.remove_if(|(k, _)| k == id);
         }
-        Ok(due.len())
+        Ok(destroyed)
     }
 
     // ---- cryptographic operations --------------------------------------------------------
@@ -476,6 +480,11 @@ impl Kms {
         };
         let loaded = Arc::new(loaded);
         self.keys.insert((key.id, version), loaded.clone());
+        // A seal that ran while this key was being loaded must not leave it cached.
+        if !self.is_unsealed() {
+            self.keys.clear();
+            return Err(CoreError::Sealed);
+        }
         Ok(loaded)
     }
 

@@ -152,6 +152,13 @@ impl Seal {
         share: SecretBytes,
     ) -> Result<SealStatus, CoreError> {
         self.refresh_if_uninitialized(store).await?;
+        // A share is its id byte and the unseal key's length: refuse anything else before
+        // keeping it in memory.
+        if share.len() != 1 + UNSEAL_KEY_LEN {
+            return Err(CoreError::InvalidShare(
+                "share has the wrong length; progress is kept".into(),
+            ));
+        }
         let id = shamir::share_id(&share)?;
         {
             let mut st = self.state.write().unwrap_or_else(|e| e.into_inner());

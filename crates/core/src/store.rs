@@ -73,6 +73,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<KeyVersionRecord>, StoreError>;
     /// Keys pending deletion whose date has passed.
     async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError>;
-    /// Destroys a key and all its versions.
-    async fn delete_key(&self, org_id: &str, key_id: Uuid) -> Result<(), StoreError>;
+    /// Destroys a key and all its versions if it is still pending deletion with its date at or
+    /// before `now_ms` (a cancellation that raced the purge wins). Returns whether it did.
+    async fn delete_key(&self, org_id: &str, key_id: Uuid, now_ms: i64)
+    -> Result<bool, StoreError>;
 }

@@ -75,17 +75,22 @@ impl AeadKey {
             return Err(CryptoError::Decrypt);
         }
         let mut buf = ciphertext_and_tag.to_vec();
-        let len = self
-            .key
-            .open_in_place(
-                Nonce::assume_unique_for_key(nonce),
-                Aad::from(aad),
-                &mut buf,
-            )
-            .map_err(|_| CryptoError::Decrypt)?
-            .len();
-        buf.truncate(len);
-        Ok(buf)
+        match self.key.open_in_place(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(aad),
+            &mut buf,
+        ) {
+            Ok(pt) => {
+                let len = pt.len();
+                buf.truncate(len);
+                Ok(buf)
+            }
+            Err(_) => {
+                // A failed open may leave unauthenticated plaintext in the buffer.
+                zeroize::Zeroize::zeroize(&mut buf);
+                Err(CryptoError::Decrypt)
+            }
+        }
     }
 }
 

@@ -122,7 +122,8 @@ pub fn seal(
     .to_bytes();
     let mut out = Vec::with_capacity(HEADER_LEN + plaintext.len() + TAG_LEN);
     out.extend_from_slice(&header);
-    let mut body = plaintext.to_vec();
+    let mut body = zeroize::Zeroizing::new(Vec::with_capacity(plaintext.len() + TAG_LEN));
+    body.extend_from_slice(plaintext);
     key.seal_in_place(nonce, &aad(&header, ctx), &mut body)?;
     out.extend_from_slice(&body);
     Ok(out)

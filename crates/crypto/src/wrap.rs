@@ -28,7 +28,9 @@ impl WrappingKey {
         let mut buf = Vec::with_capacity(1 + NONCE_LEN + secret.len() + TAG_LEN);
         buf.push(WRAP_FORMAT_V1);
         buf.extend_from_slice(&nonce);
-        let mut body = secret.expose().to_vec();
+        // Room for the tag up front, so the buffer holding the secret never reallocates.
+        let mut body = zeroize::Zeroizing::new(Vec::with_capacity(secret.len() + TAG_LEN));
+        body.extend_from_slice(secret.expose());
         self.aead.seal_in_place(nonce, context, &mut body)?;
         buf.extend_from_slice(&body);
         Ok(buf)

@@ -17,6 +17,8 @@ pub const CLOCK_SKEW_SECONDS: u64 = 30;
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// An unknown `kid` triggers at most one JWKS reload per this interval.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Largest JWKS document accepted from an issuer.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
 const ALLOWED_ALGS: [Algorithm; 9] = [
     Algorithm::RS256,
@@ -68,7 +70,17 @@ impl Issuer {
             if !resp.status().is_success() {
                 return Err(err(format!("HTTP {}", resp.status())));
             }
-            resp.text().await.map_err(|e| err(e.to_string()))?
+            if resp
+                .content_length()
+                .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
+            {
+                return Err(err("JWKS document is too large".into()));
+            }
+            let body = resp.bytes().await.map_err(|e| err(e.to_string()))?;
+            if body.len() > MAX_JWKS_BYTES {
+                return Err(err("JWKS document is too large".into()));
+            }
+            String::from_utf8(body.to_vec()).map_err(|_| err("JWKS is not UTF-8".into()))?
         } else {
             tokio::fs::read_to_string(&config.jwks)
                 .await
@@ -82,13 +94,16 @@ impl Issuer {
         at.elapsed() >= Duration::from_secs(self.config.jwks_refresh_seconds)
     }
 
-    /// Reloads the JWKS; on failure keeps the last good set (and logs).
+    /// Reloads the JWKS; on failure keeps the last good set (and logs). A forced reload (an
+    /// unknown kid) claims the reload slot before fetching, so a burst of forged tokens causes
+    /// at most one fetch per interval.
     async fn reload(&self, force: bool) {
-        {
-            let (_, at) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
-            if force && at.elapsed() < MIN_RELOAD_INTERVAL {
+        if force {
+            let mut guard = self.jwks.write().unwrap_or_else(|e| e.into_inner());
+            if guard.1.elapsed() < MIN_RELOAD_INTERVAL {
                 return;
             }
+            guard.1 = Instant::now();
         }
         match Self::fetch(&self.config, &self.http).await {
             Ok(set) => {
@@ -255,6 +270,11 @@ impl Authenticator {
             .and_then(|v| v.as_str())
             .filter(|o| validate_org_id(o))
             .ok_or_else(|| invalid("missing or invalid organization claim"))?;
+        if !issuer.config.allowed_orgs.is_empty()
+            && !issuer.config.allowed_orgs.iter().any(|o| o == org)
+        {
+            return Err(invalid("organization not allowed for this issuer"));
+        }
         let mut roles: Vec<Role> = claims
             .get(&issuer.config.roles_claim)
             .and_then(|v| v.as_array())
@@ -264,6 +284,9 @@ impl Authenticator {
                     .collect()
             })
             .unwrap_or_default();
+        if !issuer.config.allow_operator {
+            roles.retain(|r| *r != Role::Operator);
+        }
         if !roles.contains(&Role::User) {
             roles.push(Role::User);
         }

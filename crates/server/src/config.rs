@@ -52,6 +52,13 @@ pub struct JwtIssuerConfig {
     pub roles_claim: String,
     /// PEM CA that the https JWKS URL's certificate must chain to (default: system roots).
     pub jwks_ca_file: Option<PathBuf>,
+    /// Organizations this issuer may speak for (its tokens' org claim must be one of them);
+    /// empty: any.
+    #[serde(default)]
+    pub allowed_orgs: Vec<String>,
+    /// Whether this issuer's `operator` role is honoured (sealing is server-wide).
+    #[serde(default)]
+    pub allow_operator: bool,
     /// How often the JWKS is fetched again.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
@@ -163,7 +170,7 @@ impl Config {
     pub fn parse(text: &str) -> Result<Config, String> {
         let cfg: Config = toml::from_str(text).map_err(|e| e.to_string())?;
         for j in &cfg.auth.jwt {
-            if j.issuer.is_empty() || j.issuer.contains('#') {
+            if j.issuer.is_empty() || j.issuer.contains('#') || j.issuer == "dev-token" {
                 return Err(format!(
                     "issuer {:?} must be non-empty and must not contain '#'",
                     j.issuer

@@ -369,24 +369,31 @@ macro_rules! sql_store {
                     .collect()
             }
 
-            async fn delete_key(&self, org_id: &str, key_id: Uuid) -> Result<(), StoreError> {
+            async fn delete_key(&self, org_id: &str, key_id: Uuid, now_ms: i64) -> Result<bool, StoreError> {
                 let mut tx = self.pool.begin().await.map_err(map_err)?;
-                // Versions only of a key of this org: another org's key id touches nothing.
+                // Versions only of a key of this org that is still due: another org's key id,
+                // or a key whose deletion was cancelled meanwhile, touches nothing.
                 sqlx::query(
-                    "DELETE FROM key_versions WHERE key_id IN (SELECT id FROM keys WHERE id = $1 AND org_id = $2)",
+                    "DELETE FROM key_versions WHERE key_id IN (SELECT id FROM keys WHERE id = $1 AND org_id = $2 \
+                     AND state = 'pending_deletion' AND deletion_date <= $3)",
                 )
                 .bind(key_id.to_string())
                 .bind(org_id)
+                .bind(now_ms)
                 .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                sqlx::query("DELETE FROM keys WHERE id = $1 AND org_id = $2")
-                    .bind(key_id.to_string())
-                    .bind(org_id)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                tx.commit().await.map_err(map_err)
+                .await
+                .map_err(map_err)?;
+                let done = sqlx::query(
+                    "DELETE FROM keys WHERE id = $1 AND org_id = $2 AND state = 'pending_deletion' AND deletion_date <= $3",
+                )
+                .bind(key_id.to_string())
+                .bind(org_id)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(done.rows_affected() == 1)
             }
         }
 

@@ -627,7 +627,18 @@ both!(deletion_due_and_delete_key, |db| async move {
             .is_empty()
     );
 
-    db.store.delete_key("acme", due.id).await.unwrap();
+    // A key that is not pending deletion (or not yet due) is never destroyed.
+    assert!(!db.store.delete_key("acme", enabled.id, now).await.unwrap());
+    assert!(!db.store.delete_key("acme", later.id, now).await.unwrap());
+    assert!(
+        db.store
+            .get_key("acme", enabled.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(db.store.get_key("acme", later.id).await.unwrap().is_some());
+    assert!(db.store.delete_key("acme", due.id, now).await.unwrap());
     assert_eq!(db.store.get_key("acme", due.id).await.unwrap(), None);
     assert_eq!(db.store.get_key_version(due.id, 1).await.unwrap(), None);
     assert_eq!(db.store.get_key_version(due.id, 2).await.unwrap(), None);
@@ -658,7 +669,7 @@ both!(delete_key_is_scoped_by_org, |db| async move {
     setup_org(&db, "globex").await;
     let k = setup_key(&db, "acme", "alice", "k", 10).await;
     // Naming the wrong org must not destroy anything: neither the key nor its versions.
-    let _ = db.store.delete_key("globex", k.id).await;
+    let _ = db.store.delete_key("globex", k.id, i64::MAX).await;
     assert_eq!(
         db.store.get_key("acme", k.id).await.unwrap(),
         Some(k.clone())
