@@ -67,11 +67,69 @@ enum Command {
     Verify(client_cmds::VerifyArgs),
     /// Generate a data key.
     Datakey(client_cmds::DatakeyArgs),
+    /// Offline audit tools (need no server).
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Print a signing key's public key (SPKI PEM).
     PublicKey {
         /// Key id.
         id: String,
     },
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// Check an audit export (JSON lines) offline; names the first broken link.
+    Verify {
+        /// The export file.
+        file: PathBuf,
+        /// The server's audit public key (SPKI PEM).
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+}
+
+/// Decodes a PEM `PUBLIC KEY` block to DER.
+fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
+    use base64::Engine;
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .map(str::trim)
+        .collect();
+    if !pem.contains("-----BEGIN PUBLIC KEY-----") {
+        anyhow::bail!("not a PEM public key (expected -----BEGIN PUBLIC KEY-----)");
+    }
+    base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .context("the PEM public key is not valid base64")
+}
+
+fn audit_verify(file: &PathBuf, public_key: &PathBuf) -> Result<()> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let pem = std::fs::read_to_string(public_key)
+        .with_context(|| format!("cannot read {}", public_key.display()))?;
+    let report = sovra_core::audit::verify_export(&text, &pem_to_der(&pem)?)
+        .map_err(|e| anyhow::anyhow!("audit export is NOT intact: {e}"))?;
+    println!(
+        "audit export intact: {} events, {} checkpoints, signed through sequence {}{}",
+        report.events,
+        report.checkpoints,
+        report
+            .last_checkpoint_seq
+            .map(|s| s.to_string())
+            .unwrap_or_else(|| "none".into()),
+        if report.unsigned_tail > 0 {
+            format!(
+                " ({} later events chained but not yet checkpointed)",
+                report.unsigned_tail
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 fn init_logging() {
@@ -134,6 +192,7 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             Ok(())
         }
+        Command::Audit(AuditCmd::Verify { file, public_key }) => audit_verify(&file, &public_key),
         command => {
             let ca = match &cli.cacert {
                 Some(p) => Some(

@@ -2,6 +2,7 @@
 //! cryptographic operations on them, and the one authorization function every call goes
 //! through. No HTTP here; the store sits behind the [`store::Store`] trait.
 
+pub mod audit;
 pub mod authz;
 pub mod error;
 pub mod kms;

@@ -18,3 +18,11 @@ pub mod wrap;
 pub use error::CryptoError;
 pub use keytype::KeyType;
 pub use secret::SecretBytes;
+
+/// SHA-256 of `data` (aws-lc-rs).
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
