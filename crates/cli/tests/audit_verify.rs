@@ -31,7 +31,7 @@ fn export(key: &SigningKey) -> Vec<String> {
         }
         .seal_after(i, &prev);
         prev = ev.hash.clone();
-        lines.push(serde_json::to_string(&ExportLine::Event(ev)).unwrap());
+        lines.push(serde_json::to_string(&ExportLine::Event(Box::new(ev))).unwrap());
     }
     let cp = Checkpoint::sign(key, 4, &prev, 1).unwrap();
     lines.push(serde_json::to_string(&ExportLine::Checkpoint(cp)).unwrap());

@@ -48,7 +48,7 @@ pub struct Checkpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExportLine {
-    Event(AuditEvent),
+    Event(Box<AuditEvent>),
     Checkpoint(Checkpoint),
 }
 
@@ -296,7 +296,7 @@ mod tests {
         for i in 1..=10 {
             let ev = event(i).seal_after(i, &prev);
             prev = ev.hash.clone();
-            lines.push(serde_json::to_string(&ExportLine::Event(ev)).unwrap());
+            lines.push(serde_json::to_string(&ExportLine::Event(Box::new(ev))).unwrap());
             if i % 5 == 0 {
                 let cp = Checkpoint::sign(key, i, &prev, 42).unwrap();
                 lines.push(serde_json::to_string(&ExportLine::Checkpoint(cp)).unwrap());
