@@ -424,3 +424,84 @@ mod tests {
         assert!(e.problem.contains("not an audit export line"), "{e}");
     }
 }
+
+/// Events queued for the writer, each with the channel its request waits on.
+type Pending = (
+    AuditEvent,
+    tokio::sync::oneshot::Sender<Result<u64, crate::StoreError>>,
+);
+
+/// Group commit: requests hand their event to one writer task, which appends everything queued
+/// in one transaction and then answers each waiter with its sequence number. A request is
+/// answered only after its event is durable, and one commit serves many requests.
+#[derive(Clone)]
+pub struct AuditWriter {
+    tx: tokio::sync::mpsc::Sender<Pending>,
+}
+
+/// Most events in one commit.
+const MAX_BATCH: usize = 512;
+
+impl AuditWriter {
+    /// Starts the writer task on the current runtime.
+    pub fn start(store: std::sync::Arc<dyn crate::Store>) -> AuditWriter {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending>(8192);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(p) => batch.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                let result = append_with_retry(store.as_ref(), events).await;
+                match result {
+                    Ok(stored) => {
+                        for (ev, w) in stored.iter().zip(waiters) {
+                            let _ = w.send(Ok(ev.seq));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "audit append failed; the requests fail with it");
+                        for w in waiters {
+                            let _ = w.send(Err(crate::StoreError::Unavailable(
+                                "audit log unavailable".into(),
+                            )));
+                        }
+                    }
+                }
+            }
+        });
+        AuditWriter { tx }
+    }
+
+    /// Appends one event and returns its sequence number once it is durable.
+    pub async fn record(&self, event: AuditEvent) -> Result<u64, crate::StoreError> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.tx
+            .send((event, done))
+            .await
+            .map_err(|_| crate::StoreError::Unavailable("audit writer stopped".into()))?;
+        wait.await
+            .map_err(|_| crate::StoreError::Unavailable("audit writer stopped".into()))?
+    }
+}
+
+/// Another node appending at the same moment makes the commit conflict; retry on the new head.
+async fn append_with_retry(
+    store: &dyn crate::Store,
+    events: Vec<AuditEvent>,
+) -> Result<Vec<AuditEvent>, crate::StoreError> {
+    let mut attempt = 0;
+    loop {
+        match store.append_audit(events.clone()).await {
+            Err(crate::StoreError::Conflict(_)) if attempt < 20 => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(2 * attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! The storage interface of the core. Implementations (SQLite, PostgreSQL) live in
 //! `sovra-store` and pass the same test-suite.
 
+use crate::audit::AuditEvent;
 use crate::model::{KekRecord, KeyRecord, KeyVersionRecord, OrgRecord, SealRecord};
 use async_trait::async_trait;
 use thiserror::Error;
@@ -71,6 +72,12 @@ pub trait Store: Send + Sync + 'static {
         kek_version: u32,
         limit: u32,
     ) -> Result<Vec<KeyVersionRecord>, StoreError>;
+    /// Appends events to the audit chain in one transaction: each gets the next sequence number
+    /// and is linked to the current head. Returns them as stored. A concurrent append from
+    /// another node makes this a conflict (the caller retries), never a fork.
+    async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Audit events with `seq >= from_seq`, in order, at most `limit`.
+    async fn audit_events(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
     /// Keys pending deletion whose date has passed.
     async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError>;
     /// Destroys a key and all its versions if it is still pending deletion with its date at or

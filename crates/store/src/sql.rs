@@ -2,6 +2,7 @@
 
 use async_trait::async_trait;
 use sovra_core::StoreError;
+use sovra_core::audit::{AuditEvent, GENESIS};
 use sovra_core::model::{
     KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, SealKind, SealRecord,
 };
@@ -348,6 +349,86 @@ macro_rules! sql_store {
                 .await
                 .map_err(map_err)?;
                 rows.iter().map(Self::version_from_row).collect()
+            }
+
+            async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError> {
+                use sqlx::Row;
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let (mut seq, mut prev) = match head {
+                    Some(r) => (
+                        r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
+                        r.try_get::<String, _>("hash").map_err(map_err)?,
+                    ),
+                    None => (0, GENESIS.to_string()),
+                };
+                let mut stored = Vec::with_capacity(events.len());
+                for ev in events {
+                    seq += 1;
+                    let ev = ev.seal_after(seq, &prev);
+                    sqlx::query(
+                        "INSERT INTO audit_events (seq, time_ms, org_id, actor, auth_method, cert_fingerprint, action, \
+                         resource, outcome, error_code, request_id, source, prev_hash, hash) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                    )
+                    .bind(ev.seq as i64)
+                    .bind(ev.time_ms)
+                    .bind(&ev.org)
+                    .bind(&ev.actor)
+                    .bind(&ev.auth_method)
+                    .bind(&ev.cert_fingerprint)
+                    .bind(&ev.action)
+                    .bind(&ev.resource)
+                    .bind(&ev.outcome)
+                    .bind(&ev.error_code)
+                    .bind(&ev.request_id)
+                    .bind(&ev.source)
+                    .bind(&ev.prev_hash)
+                    .bind(&ev.hash)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    prev = ev.hash.clone();
+                    stored.push(ev);
+                }
+                tx.commit().await.map_err(map_err)?;
+                Ok(stored)
+            }
+
+            async fn audit_events(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT seq, time_ms, org_id, actor, auth_method, cert_fingerprint, action, resource, outcome, \
+                     error_code, request_id, source, prev_hash, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(from_seq as i64)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter()
+                    .map(|r| {
+                        Ok(AuditEvent {
+                            seq: r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
+                            time_ms: r.try_get("time_ms").map_err(map_err)?,
+                            org: r.try_get("org_id").map_err(map_err)?,
+                            actor: r.try_get("actor").map_err(map_err)?,
+                            auth_method: r.try_get("auth_method").map_err(map_err)?,
+                            cert_fingerprint: r.try_get("cert_fingerprint").map_err(map_err)?,
+                            action: r.try_get("action").map_err(map_err)?,
+                            resource: r.try_get("resource").map_err(map_err)?,
+                            outcome: r.try_get("outcome").map_err(map_err)?,
+                            error_code: r.try_get("error_code").map_err(map_err)?,
+                            request_id: r.try_get("request_id").map_err(map_err)?,
+                            source: r.try_get("source").map_err(map_err)?,
+                            prev_hash: r.try_get("prev_hash").map_err(map_err)?,
+                            hash: r.try_get("hash").map_err(map_err)?,
+                        })
+                    })
+                    .collect()
             }
 
             async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError> {
