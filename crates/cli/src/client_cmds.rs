@@ -4,7 +4,7 @@ use crate::{Cmd, Output};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use sovra_client::{Client, Context, KeyInfo, b64, unb64};
+use sovra_client::{Client, Context, KeyInfo, unb64};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -379,6 +379,5 @@ pub async fn run(client: &Client, output: Output, command: Cmd) -> Result<()> {
             }
         }
     }
-    let _ = b64;
     Ok(())
 }

@@ -123,7 +123,7 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-pub fn print_banner(data_dir: &Path, addr: SocketAddr, _d: &DevSetup) {
+pub fn print_banner(data_dir: &Path, addr: SocketAddr) {
     let env = absolute(&data_dir.join("dev.env"));
     println!(
         "\nSovra dev server: https://{addr}  (organization `dev`, data in {dir})\n\

@@ -172,7 +172,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     let tls_config = match (&config.tls, &dev_setup) {
         (Some(t), _) => tls::load(&t.cert_file, &t.key_file)?,
         (None, Some(d)) => tls::load(&d.cert_file, &d.key_file)?,
-        (None, None) => unreachable_config()?,
+        (None, None) => return Err(ServeError::Config("no TLS certificate configured".into())),
     };
     if dev_setup.is_some() {
         dev::unseal(&kms, &data_dir).await?;
@@ -201,8 +201,8 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     spawn_background(state.clone());
     let in_flight = state.in_flight.clone();
     tracing::info!(addr = %local, dev = opts.dev, sealed = !kms.is_unsealed(), "sovra listening (TLS 1.3)");
-    if let Some(d) = &dev_setup {
-        dev::print_banner(&data_dir, local, d);
+    if dev_setup.is_some() {
+        dev::print_banner(&data_dir, local);
     }
     serve(
         listener,
@@ -215,10 +215,6 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     .await;
     tracing::info!("shut down");
     Ok(())
-}
-
-fn unreachable_config() -> Result<Arc<rustls::ServerConfig>, ServeError> {
-    Err(ServeError::Config("no TLS certificate configured".into()))
 }
 
 fn spawn_background(state: Arc<AppState>) {

@@ -148,14 +148,7 @@ macro_rules! sql_store {
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
-                sqlx::query("INSERT INTO org_keks (org_id, version, wrapped_kek, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&kek.org_id)
-                    .bind(kek.version as i64)
-                    .bind(&kek.wrapped_kek)
-                    .bind(kek.created_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
+                Self::insert_kek(&mut tx, kek).await?;
                 tx.commit().await.map_err(map_err)
             }
 
@@ -190,14 +183,7 @@ macro_rules! sql_store {
                 if moved.rows_affected() != 1 {
                     return Err(StoreError::Conflict("active KEK version changed".into()));
                 }
-                sqlx::query("INSERT INTO org_keks (org_id, version, wrapped_kek, created_at) VALUES ($1, $2, $3, $4)")
-                    .bind(&kek.org_id)
-                    .bind(kek.version as i64)
-                    .bind(&kek.wrapped_kek)
-                    .bind(kek.created_at)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
+                Self::insert_kek(&mut tx, kek).await?;
                 tx.commit().await.map_err(map_err)
             }
 
@@ -479,6 +465,18 @@ macro_rules! sql_store {
         }
 
         impl $name {
+            async fn insert_kek(tx: &mut sqlx::Transaction<'_, $db>, kek: &KekRecord) -> Result<(), StoreError> {
+                sqlx::query("INSERT INTO org_keks (org_id, version, wrapped_kek, created_at) VALUES ($1, $2, $3, $4)")
+                    .bind(&kek.org_id)
+                    .bind(kek.version as i64)
+                    .bind(&kek.wrapped_kek)
+                    .bind(kek.created_at)
+                    .execute(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
             async fn insert_version(
                 tx: &mut sqlx::Transaction<'_, $db>,
                 v: &KeyVersionRecord,
