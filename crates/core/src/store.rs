@@ -76,6 +76,8 @@ pub trait Store: Send + Sync + 'static {
     /// and is linked to the current head. Returns them as stored. A concurrent append from
     /// another node makes this a conflict (the caller retries), never a fork.
     async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError>;
+    /// The chain head: the highest sequence number and its hash (`None` while empty).
+    async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// Audit events with `seq >= from_seq`, in order, at most `limit`.
     async fn audit_events(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
     /// Keys pending deletion whose date has passed.

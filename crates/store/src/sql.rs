@@ -384,6 +384,21 @@ macro_rules! sql_store {
                 Ok(stored)
             }
 
+            async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
+                use sqlx::Row;
+                let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                head.map(|r| {
+                    Ok((
+                        r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
+                        r.try_get::<String, _>("hash").map_err(map_err)?,
+                    ))
+                })
+                .transpose()
+            }
+
             async fn audit_events(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
                 use sqlx::Row;
                 let rows = sqlx::query(

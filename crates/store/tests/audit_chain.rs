@@ -71,6 +71,12 @@ both!(
         let spki = key.public_key_spki_der().unwrap();
         let report = verify_export(&export_text(&db).await, &spki).unwrap();
         assert_eq!(report.events, 300);
+        let events = db.store.audit_events(300, 1).await.unwrap();
+        assert_eq!(
+            db.store.audit_head().await.unwrap(),
+            Some((300, events[0].hash.clone())),
+            "the head is the last event"
+        );
 
         // Someone with database access rewrites one event: the verifier names it.
         let original = db.store.audit_events(120, 1).await.unwrap().remove(0);
