@@ -15,6 +15,8 @@ pub enum Action {
     KeyUse,
     OrgKekRotate,
     SysSeal,
+    /// Read the org's audit log (list, export, keyed-hash lookups).
+    AuditRead,
 }
 
 impl Action {
@@ -27,6 +29,7 @@ impl Action {
             Action::KeyUse => "key.use",
             Action::OrgKekRotate => "org.kek.rotate",
             Action::SysSeal => "sys.seal",
+            Action::AuditRead => "audit.read",
         }
     }
 }
@@ -54,6 +57,11 @@ pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Resul
         }
         (Action::OrgKekRotate, Resource::Org(org))
             if org == p.org_id && p.has_role(Role::Admin) =>
+        {
+            Ok(())
+        }
+        (Action::AuditRead, Resource::Org(org))
+            if org == p.org_id && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) =>
         {
             Ok(())
         }

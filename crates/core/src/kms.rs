@@ -57,6 +57,7 @@ pub struct Kms {
     pub(crate) keks: BoundedCache<(String, u32), WrappingKey>,
     keys: BoundedCache<(Uuid, u32), LoadedKey>,
     heavy: Arc<Semaphore>,
+    audit_keys: std::sync::RwLock<Option<Arc<crate::audit::AuditKeys>>>,
 }
 
 /// Key metadata as the API shows it.
@@ -151,7 +152,19 @@ impl Kms {
             keks: BoundedCache::new(1024),
             keys: BoundedCache::new(config.key_cache_capacity),
             heavy: Arc::new(Semaphore::new(config.heavy_ops_concurrency.max(1))),
+            audit_keys: std::sync::RwLock::new(None),
         })
+    }
+
+    pub(crate) fn audit_keys_cache(&self) -> Option<Arc<crate::audit::AuditKeys>> {
+        self.audit_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_audit_keys_cache(&self, keys: Arc<crate::audit::AuditKeys>) {
+        *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = Some(keys);
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -198,6 +211,7 @@ impl Kms {
         self.seal.seal()?;
         self.keks.clear();
         self.keys.clear();
+        *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = None;
         Ok(())
     }
 

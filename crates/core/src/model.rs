@@ -109,3 +109,14 @@ pub struct KeyVersionRecord {
     pub wrapped_material: Vec<u8>,
     pub created_at: i64,
 }
+
+/// The audit keys as stored: both private keys wrapped by the root key, the public key plain
+/// (served while sealed, so auditors can always fetch it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditKeyRecord {
+    pub wrapped_signing_key: Vec<u8>,
+    pub wrapped_hmac_key: Vec<u8>,
+    /// SPKI DER of the Ed25519 checkpoint key.
+    pub public_key: Vec<u8>,
+    pub created_at: i64,
+}

@@ -26,6 +26,8 @@ pub enum Role {
     Operator,
     /// Uses and manages its own keys.
     User,
+    /// Reads its organization's audit log.
+    Auditor,
 }
 
 impl Role {
@@ -34,6 +36,7 @@ impl Role {
             "admin" => Some(Role::Admin),
             "operator" => Some(Role::Operator),
             "user" => Some(Role::User),
+            "auditor" => Some(Role::Auditor),
             _ => None,
         }
     }

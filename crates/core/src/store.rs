@@ -1,8 +1,8 @@
 //! The storage interface of the core. Implementations (SQLite, PostgreSQL) live in
 //! `sovra-store` and pass the same test-suite.
 
-use crate::audit::AuditEvent;
-use crate::model::{KekRecord, KeyRecord, KeyVersionRecord, OrgRecord, SealRecord};
+use crate::audit::{AuditEvent, AuditQuery, Checkpoint};
+use crate::model::{AuditKeyRecord, KekRecord, KeyRecord, KeyVersionRecord, OrgRecord, SealRecord};
 use async_trait::async_trait;
 use thiserror::Error;
 use uuid::Uuid;
@@ -80,6 +80,19 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// Audit events with `seq >= from_seq`, in order, at most `limit`.
     async fn audit_events(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+    /// One org's events matching the filters, newest first.
+    async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Stores a signed checkpoint; one that already exists for the sequence is kept.
+    async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// Checkpoints with `from_seq <= seq <= to_seq`, in order.
+    async fn audit_checkpoints(
+        &self,
+        from_seq: u64,
+        to_seq: u64,
+    ) -> Result<Vec<Checkpoint>, StoreError>;
+    async fn get_audit_keys(&self) -> Result<Option<AuditKeyRecord>, StoreError>;
+    /// Stores the audit keys once; a second creation (another node) is a conflict.
+    async fn create_audit_keys(&self, keys: &AuditKeyRecord) -> Result<(), StoreError>;
     /// Keys pending deletion whose date has passed.
     async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError>;
     /// Destroys a key and all its versions if it is still pending deletion with its date at or

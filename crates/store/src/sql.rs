@@ -2,9 +2,10 @@
 
 use async_trait::async_trait;
 use sovra_core::StoreError;
-use sovra_core::audit::{AuditEvent, GENESIS};
+use sovra_core::audit::{AuditEvent, AuditQuery, Checkpoint, GENESIS};
 use sovra_core::model::{
-    KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, SealKind, SealRecord,
+    AuditKeyRecord, KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, SealKind,
+    SealRecord,
 };
 use sovra_crypto::KeyType;
 use uuid::Uuid;
@@ -41,6 +42,14 @@ macro_rules! key_columns {
     };
 }
 
+/// The columns of `audit_events`, in the order `event_from_row` reads them.
+macro_rules! event_columns {
+    () => {
+        "seq, time_ms, org_id, actor, auth_method, cert_fingerprint, action, resource, outcome, \
+         error_code, request_id, source, hashed, prev_hash, hash"
+    };
+}
+
 macro_rules! sql_store {
     ($name:ident, $db:ty, $row:ty) => {
         /// The store on this sqlx driver.
@@ -73,6 +82,31 @@ macro_rules! sql_store {
                     created_at: get_i64("created_at")?,
                     rotated_at: r.try_get("rotated_at").map_err(map_err)?,
                     deletion_date: r.try_get("deletion_date").map_err(map_err)?,
+                })
+            }
+
+            fn event_from_row(r: &$row) -> Result<AuditEvent, StoreError> {
+                use sqlx::Row;
+                let hashed = match r.try_get::<Option<String>, _>("hashed").map_err(map_err)? {
+                    Some(j) => serde_json::from_str(&j).map_err(|_| corrupt("audit hashed values"))?,
+                    None => Default::default(),
+                };
+                Ok(AuditEvent {
+                    seq: r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
+                    time_ms: r.try_get("time_ms").map_err(map_err)?,
+                    org: r.try_get("org_id").map_err(map_err)?,
+                    actor: r.try_get("actor").map_err(map_err)?,
+                    auth_method: r.try_get("auth_method").map_err(map_err)?,
+                    cert_fingerprint: r.try_get("cert_fingerprint").map_err(map_err)?,
+                    action: r.try_get("action").map_err(map_err)?,
+                    resource: r.try_get("resource").map_err(map_err)?,
+                    outcome: r.try_get("outcome").map_err(map_err)?,
+                    error_code: r.try_get("error_code").map_err(map_err)?,
+                    request_id: r.try_get("request_id").map_err(map_err)?,
+                    source: r.try_get("source").map_err(map_err)?,
+                    hashed,
+                    prev_hash: r.try_get("prev_hash").map_err(map_err)?,
+                    hash: r.try_get("hash").map_err(map_err)?,
                 })
             }
 
@@ -356,9 +390,8 @@ macro_rules! sql_store {
                     seq += 1;
                     let ev = ev.seal_after(seq, &prev);
                     sqlx::query(
-                        "INSERT INTO audit_events (seq, time_ms, org_id, actor, auth_method, cert_fingerprint, action, \
-                         resource, outcome, error_code, request_id, source, prev_hash, hash) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+                        concat!("INSERT INTO audit_events (", event_columns!(), ") \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"),
                     )
                     .bind(ev.seq as i64)
                     .bind(ev.time_ms)
@@ -372,6 +405,7 @@ macro_rules! sql_store {
                     .bind(&ev.error_code)
                     .bind(&ev.request_id)
                     .bind(&ev.source)
+                    .bind((!ev.hashed.is_empty()).then(|| serde_json::to_string(&ev.hashed).unwrap_or_default()))
                     .bind(&ev.prev_hash)
                     .bind(&ev.hash)
                     .execute(&mut *tx)
@@ -400,36 +434,109 @@ macro_rules! sql_store {
             }
 
             async fn audit_events(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
-                use sqlx::Row;
-                let rows = sqlx::query(
-                    "SELECT seq, time_ms, org_id, actor, auth_method, cert_fingerprint, action, resource, outcome, \
-                     error_code, request_id, source, prev_hash, hash FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2",
-                )
+                let rows = sqlx::query(concat!(
+                    "SELECT ", event_columns!(), " FROM audit_events WHERE seq >= $1 ORDER BY seq LIMIT $2"
+                ))
                 .bind(from_seq as i64)
                 .bind(limit as i64)
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
+                rows.iter().map(Self::event_from_row).collect()
+            }
+
+            async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError> {
+                // One static statement: an absent filter is a NULL parameter that matches all.
+                let rows = sqlx::query(concat!(
+                    "SELECT ", event_columns!(), " FROM audit_events WHERE org_id = $1 \
+                     AND ($2 IS NULL OR seq < $2) AND ($3 IS NULL OR time_ms >= $3) \
+                     AND ($4 IS NULL OR time_ms < $4) AND ($5 IS NULL OR actor = $5) \
+                     AND ($6 IS NULL OR action = $6) AND ($7 IS NULL OR outcome = $7) \
+                     ORDER BY seq DESC LIMIT $8"
+                ))
+                .bind(&q.org)
+                .bind(q.before_seq.map(|s| s.min(i64::MAX as u64) as i64))
+                .bind(q.from_time_ms)
+                .bind(q.to_time_ms)
+                .bind(&q.actor)
+                .bind(&q.action)
+                .bind(&q.outcome)
+                .bind(q.limit as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter().map(Self::event_from_row).collect()
+            }
+
+            async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (seq) DO NOTHING",
+                )
+                .bind(cp.seq as i64)
+                .bind(&cp.head)
+                .bind(cp.time_ms)
+                .bind(&cp.signature)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn audit_checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
+                use sqlx::Row;
+                let rows = sqlx::query(
+                    "SELECT seq, head, time_ms, signature FROM audit_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
+                )
+                .bind(from_seq.min(i64::MAX as u64) as i64)
+                .bind(to_seq.min(i64::MAX as u64) as i64)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
                 rows.iter()
                     .map(|r| {
-                        Ok(AuditEvent {
+                        Ok(Checkpoint {
                             seq: r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
+                            head: r.try_get("head").map_err(map_err)?,
                             time_ms: r.try_get("time_ms").map_err(map_err)?,
-                            org: r.try_get("org_id").map_err(map_err)?,
-                            actor: r.try_get("actor").map_err(map_err)?,
-                            auth_method: r.try_get("auth_method").map_err(map_err)?,
-                            cert_fingerprint: r.try_get("cert_fingerprint").map_err(map_err)?,
-                            action: r.try_get("action").map_err(map_err)?,
-                            resource: r.try_get("resource").map_err(map_err)?,
-                            outcome: r.try_get("outcome").map_err(map_err)?,
-                            error_code: r.try_get("error_code").map_err(map_err)?,
-                            request_id: r.try_get("request_id").map_err(map_err)?,
-                            source: r.try_get("source").map_err(map_err)?,
-                            prev_hash: r.try_get("prev_hash").map_err(map_err)?,
-                            hash: r.try_get("hash").map_err(map_err)?,
+                            signature: r.try_get("signature").map_err(map_err)?,
                         })
                     })
                     .collect()
+            }
+
+            async fn get_audit_keys(&self) -> Result<Option<AuditKeyRecord>, StoreError> {
+                use sqlx::Row;
+                let row = sqlx::query(
+                    "SELECT wrapped_signing_key, wrapped_hmac_key, public_key, created_at FROM audit_keys WHERE id = 1",
+                )
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+                row.map(|r| {
+                    Ok(AuditKeyRecord {
+                        wrapped_signing_key: r.try_get("wrapped_signing_key").map_err(map_err)?,
+                        wrapped_hmac_key: r.try_get("wrapped_hmac_key").map_err(map_err)?,
+                        public_key: r.try_get("public_key").map_err(map_err)?,
+                        created_at: r.try_get("created_at").map_err(map_err)?,
+                    })
+                })
+                .transpose()
+            }
+
+            async fn create_audit_keys(&self, k: &AuditKeyRecord) -> Result<(), StoreError> {
+                sqlx::query(
+                    "INSERT INTO audit_keys (id, wrapped_signing_key, wrapped_hmac_key, public_key, created_at) \
+                     VALUES (1, $1, $2, $3, $4)",
+                )
+                .bind(&k.wrapped_signing_key)
+                .bind(&k.wrapped_hmac_key)
+                .bind(&k.public_key)
+                .bind(k.created_at)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
             }
 
             async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError> {

@@ -1410,3 +1410,49 @@ both!(
         );
     }
 );
+
+both!(
+    audit_keys_are_shared_by_nodes_and_dropped_when_sealed,
+    |db| async move {
+        let (kms, shares) = unsealed_kms(&db).await;
+        let keys = kms.audit_keys().await.unwrap();
+        // A second node on the same store uses the same keys (and unwraps them from the store).
+        let node2 = Kms::new(db.store.clone(), KmsConfig::default())
+            .await
+            .unwrap();
+        unseal(&node2, &shares[1..4]).await;
+        let keys2 = node2.audit_keys().await.unwrap();
+        assert_eq!(keys.public_key_spki(), keys2.public_key_spki());
+        assert_eq!(
+            keys.keyed_hash("token", b"t"),
+            keys2.keyed_hash("token", b"t")
+        );
+        assert_ne!(
+            keys.keyed_hash("token", b"t"),
+            keys.keyed_hash("context", b"t"),
+            "the field name separates keyed hashes"
+        );
+        // Neither private key is stored in the clear.
+        let pem = kms.audit_public_key_pem().await.unwrap();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----"));
+        let cp = node2.audit_checkpoint(7, "head").await.unwrap();
+        assert!(
+            sovra_crypto::sign::verify_spki(
+                sovra_crypto::sign::SignatureAlgorithm::Ed25519,
+                keys.public_key_spki(),
+                sovra_crypto::sign::SignInput::Message(
+                    &sovra_core::audit::Checkpoint::signed_bytes(cp.seq, &cp.head, cp.time_ms)
+                ),
+                &b64_decode(&cp.signature),
+            )
+            .unwrap()
+        );
+        // Sealed: the keys are gone from memory, the public key is still served.
+        kms.seal(&operator()).unwrap();
+        assert!(matches!(
+            kms.audit_keys().await,
+            Err(sovra_core::CoreError::Sealed)
+        ));
+        assert_eq!(kms.audit_public_key_pem().await.unwrap(), pem);
+    }
+);

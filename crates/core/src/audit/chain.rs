@@ -9,6 +9,7 @@
 use serde::{Deserialize, Serialize};
 use sovra_crypto::sign::{SignInput, SignatureAlgorithm, SigningKey, verify_spki};
 use sovra_crypto::wrap::context;
+use std::collections::BTreeMap;
 
 /// The hash before the first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -28,9 +29,26 @@ pub struct AuditEvent {
     pub error_code: Option<String>,
     pub request_id: String,
     pub source: String,
+    /// Keyed hashes (hex HMAC-SHA256 under the audit HMAC key) of sensitive values the request
+    /// carried, by name (`token`, `context`): an auditor can match a known value through
+    /// `POST /api/v1/audit/hash` without the log revealing it.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub hashed: BTreeMap<String, String>,
     /// Hex SHA-256 of the previous event ([`GENESIS`] for the first).
     pub prev_hash: String,
-    /// Hex SHA-256 of this event's fields and `prev_hash`.
+    /// Hex SHA-256 linking `seq`, the digest of this event's fields and `prev_hash`.
+    pub hash: String,
+}
+
+/// An event of another organization in an export: only what the chain needs, so an org's
+/// auditor can verify the whole chain without seeing other orgs' events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedactedEvent {
+    pub seq: u64,
+    /// Hex SHA-256 of the hidden fields ([`AuditEvent::body_digest`]).
+    pub body_digest: String,
+    pub prev_hash: String,
     pub hash: String,
 }
 
@@ -49,6 +67,7 @@ pub struct Checkpoint {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExportLine {
     Event(Box<AuditEvent>),
+    Redacted(RedactedEvent),
     Checkpoint(Checkpoint),
 }
 
@@ -61,12 +80,16 @@ fn opt(s: &Option<String>) -> Vec<u8> {
 }
 
 impl AuditEvent {
-    /// The hash this event must carry, given its fields and `prev_hash`.
-    pub fn compute_hash(&self) -> String {
+    /// SHA-256 of every field except the chain links (seq, prev_hash, hash).
+    pub fn body_digest(&self) -> String {
+        let hashed: Vec<u8> = self
+            .hashed
+            .iter()
+            .flat_map(|(k, v)| context("", &[k.as_bytes(), v.as_bytes()]))
+            .collect();
         let bytes = context(
             "sovra/audit-event/v1",
             &[
-                &self.seq.to_be_bytes(),
                 &self.time_ms.to_be_bytes(),
                 &opt(&self.org),
                 self.actor.as_bytes(),
@@ -78,10 +101,25 @@ impl AuditEvent {
                 &opt(&self.error_code),
                 self.request_id.as_bytes(),
                 self.source.as_bytes(),
-                self.prev_hash.as_bytes(),
+                &hashed,
             ],
         );
         hex(&sovra_crypto::sha256(&bytes))
+    }
+
+    /// The hash this event must carry, given its fields and `prev_hash`.
+    pub fn compute_hash(&self) -> String {
+        link_hash(self.seq, &self.body_digest(), &self.prev_hash)
+    }
+
+    /// The event as another organization's auditor sees it in an export.
+    pub fn redacted(&self) -> RedactedEvent {
+        RedactedEvent {
+            seq: self.seq,
+            body_digest: self.body_digest(),
+            prev_hash: self.prev_hash.clone(),
+            hash: self.hash.clone(),
+        }
     }
 
     /// Links this event after `prev_hash` at `seq` and sets its hash.
@@ -121,14 +159,33 @@ impl Checkpoint {
     }
 }
 
-fn hex(b: &[u8]) -> String {
+/// One link of the chain: sequence, body digest and the previous hash.
+fn link_hash(seq: u64, body_digest: &str, prev_hash: &str) -> String {
+    let bytes = context(
+        "sovra/audit-link/v1",
+        &[
+            &seq.to_be_bytes(),
+            body_digest.as_bytes(),
+            prev_hash.as_bytes(),
+        ],
+    );
+    hex(&sovra_crypto::sha256(&bytes))
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// What a successful verification covered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
+    /// Sequence of the first event: 1 when the export starts at the beginning of the chain.
+    /// A later start is anchored only by that event's `prev_hash`.
+    pub first_seq: u64,
+    /// Events verified, full or redacted.
     pub events: u64,
+    /// Events of other organizations, verified as links only.
+    pub redacted: u64,
     pub checkpoints: u64,
     /// Highest sequence covered by a valid checkpoint.
     pub last_checkpoint_seq: Option<u64>,
@@ -144,17 +201,80 @@ pub struct VerifyError {
     pub problem: String,
 }
 
+struct ChainState {
+    prev_hash: Option<String>,
+    next_seq: Option<u64>,
+    heads: Vec<(u64, String)>,
+    report: VerifyReport,
+}
+
+/// Checks one event (full or redacted) against the chain so far and appends it.
+fn link(
+    st: &mut ChainState,
+    line: usize,
+    seq: u64,
+    computed: &str,
+    prev: &str,
+    hash: &str,
+) -> Result<(), VerifyError> {
+    let fail = |problem: String| Err(VerifyError { line, problem });
+    if let Some(expected) = st.next_seq
+        && seq != expected
+    {
+        return fail(if seq > expected {
+            format!(
+                "sequence jumps from {} to {seq}: events deleted",
+                expected - 1
+            )
+        } else {
+            format!(
+                "sequence {seq} after {}: events reordered or duplicated",
+                expected - 1
+            )
+        });
+    }
+    if computed != hash {
+        return fail(format!(
+            "event {seq} was altered: its hash does not match its fields"
+        ));
+    }
+    match &st.prev_hash {
+        Some(p) if p != prev => {
+            return fail(format!(
+                "event {seq} does not link to the previous event (chain broken)"
+            ));
+        }
+        None if seq == 1 && prev != GENESIS => {
+            return fail("event 1 does not start from the genesis hash".into());
+        }
+        _ => {}
+    }
+    if st.next_seq.is_none() {
+        st.report.first_seq = seq;
+    }
+    st.prev_hash = Some(hash.to_string());
+    st.next_seq = Some(seq + 1);
+    st.heads.push((seq, hash.to_string()));
+    st.report.events += 1;
+    st.report.unsigned_tail += 1;
+    Ok(())
+}
+
 /// Verifies an export against the audit public key (SPKI DER).
 pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport, VerifyError> {
     let fail = |line: usize, problem: String| Err(VerifyError { line, problem });
-    let mut prev_hash = GENESIS.to_string();
-    let mut next_seq: Option<u64> = None;
-    let mut heads: Vec<(u64, String)> = Vec::new();
-    let mut report = VerifyReport {
-        events: 0,
-        checkpoints: 0,
-        last_checkpoint_seq: None,
-        unsigned_tail: 0,
+    let mut st = ChainState {
+        prev_hash: None,
+        next_seq: None,
+        heads: Vec::new(),
+        report: VerifyReport {
+            first_seq: 0,
+            events: 0,
+            redacted: 0,
+            checkpoints: 0,
+            last_checkpoint_seq: None,
+            unsigned_tail: 0,
+        },
     };
     let mut last_line = 0;
     for (i, raw) in text.lines().enumerate() {
@@ -169,49 +289,13 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
         };
         match parsed {
             ExportLine::Event(ev) => {
-                if let Some(expected) = next_seq
-                    && ev.seq != expected
-                {
-                    return fail(
-                        line,
-                        if ev.seq > expected {
-                            format!(
-                                "sequence jumps from {} to {}: events deleted",
-                                expected - 1,
-                                ev.seq
-                            )
-                        } else {
-                            format!(
-                                "sequence {} after {}: events reordered or duplicated",
-                                ev.seq,
-                                expected - 1
-                            )
-                        },
-                    );
-                }
-                if ev.compute_hash() != ev.hash {
-                    return fail(
-                        line,
-                        format!(
-                            "event {} was altered: its hash does not match its fields",
-                            ev.seq
-                        ),
-                    );
-                }
-                if ev.prev_hash != prev_hash {
-                    return fail(
-                        line,
-                        format!(
-                            "event {} does not link to the previous event (chain broken)",
-                            ev.seq
-                        ),
-                    );
-                }
-                prev_hash = ev.hash.clone();
-                next_seq = Some(ev.seq + 1);
-                heads.push((ev.seq, ev.hash));
-                report.events += 1;
-                report.unsigned_tail += 1;
+                let computed = ev.compute_hash();
+                link(&mut st, line, ev.seq, &computed, &ev.prev_hash, &ev.hash)?;
+            }
+            ExportLine::Redacted(r) => {
+                let computed = link_hash(r.seq, &r.body_digest, &r.prev_hash);
+                link(&mut st, line, r.seq, &computed, &r.prev_hash, &r.hash)?;
+                st.report.redacted += 1;
             }
             ExportLine::Checkpoint(cp) => {
                 use base64::Engine;
@@ -235,7 +319,7 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
                         ),
                     );
                 }
-                match heads.iter().rev().find(|(s, _)| *s == cp.seq) {
+                match st.heads.iter().rev().find(|(s, _)| *s == cp.seq) {
                     Some((_, h)) if *h == cp.head => {}
                     Some(_) => {
                         return fail(
@@ -253,16 +337,17 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
                         );
                     }
                 }
-                report.checkpoints += 1;
-                report.last_checkpoint_seq = Some(cp.seq);
-                report.unsigned_tail = next_seq.map(|n| n - 1 - cp.seq).unwrap_or(0);
+                let r = &mut st.report;
+                r.checkpoints += 1;
+                r.last_checkpoint_seq = Some(cp.seq);
+                r.unsigned_tail = st.next_seq.map(|n| n - 1 - cp.seq).unwrap_or(0);
             }
         }
     }
-    if report.events == 0 {
+    if st.report.events == 0 {
         return fail(last_line.max(1), "the export holds no audit events".into());
     }
-    Ok(report)
+    Ok(st.report)
 }
 
 #[cfg(test)]
@@ -284,6 +369,7 @@ mod tests {
             error_code: None,
             request_id: format!("req-{i}"),
             source: "127.0.0.1".into(),
+            hashed: BTreeMap::new(),
             prev_hash: String::new(),
             hash: String::new(),
         }
@@ -329,6 +415,73 @@ mod tests {
             ),
             (10, 2, Some(10), 0)
         );
+    }
+
+    #[test]
+    fn redacted_events_of_other_orgs_still_verify_as_links() {
+        let (k, spki) = keypair();
+        let mut lines = export(&k);
+        let redact = |l: &str| {
+            let ExportLine::Event(ev) = serde_json::from_str(l).unwrap() else {
+                panic!()
+            };
+            serde_json::to_string(&ExportLine::Redacted(ev.redacted())).unwrap()
+        };
+        lines[1] = redact(&lines[1]);
+        lines[7] = redact(&lines[7]);
+        assert!(
+            !lines[1].contains("idp#user2"),
+            "a redacted line hides the fields"
+        );
+        let r = verify(&lines, &spki).unwrap();
+        assert_eq!((r.events, r.redacted, r.checkpoints), (10, 2, 2));
+        // A forged digest in a redacted line breaks its hash.
+        lines[1] = lines[1].replacen("\"body_digest\":\"", "\"body_digest\":\"00", 1);
+        let e = verify(&lines, &spki).unwrap_err();
+        assert_eq!(e.line, 2);
+        assert!(e.problem.contains("event 2 was altered"), "{e}");
+    }
+
+    #[test]
+    fn an_export_may_start_mid_chain_and_says_so() {
+        let (k, spki) = keypair();
+        let lines = export(&k);
+        // Events 7..10 and the checkpoint at 10.
+        let r = verify(&lines[7..], &spki).unwrap();
+        assert_eq!(
+            (r.first_seq, r.events, r.last_checkpoint_seq),
+            (7, 4, Some(10))
+        );
+        // A chain that claims to begin at event 1 must start from the genesis hash.
+        let mut ev = event(1).seal_after(1, "ab");
+        ev.hash = ev.compute_hash();
+        let line = serde_json::to_string(&ExportLine::Event(Box::new(ev))).unwrap();
+        let e = verify_export(&line, &spki).unwrap_err();
+        assert!(e.problem.contains("genesis"), "{e}");
+    }
+
+    #[test]
+    fn an_altered_keyed_hash_is_named() {
+        let (k, spki) = keypair();
+        let mut prev = GENESIS.to_string();
+        let mut lines = Vec::new();
+        for i in 1..=3 {
+            let mut ev = event(i);
+            ev.hashed.insert("token".into(), format!("{i:064x}"));
+            let ev = ev.seal_after(i, &prev);
+            prev = ev.hash.clone();
+            lines.push(serde_json::to_string(&ExportLine::Event(Box::new(ev))).unwrap());
+        }
+        lines.push(
+            serde_json::to_string(&ExportLine::Checkpoint(
+                Checkpoint::sign(&k, 3, &prev, 1).unwrap(),
+            ))
+            .unwrap(),
+        );
+        verify(&lines, &spki).unwrap();
+        lines[1] = lines[1].replace(&format!("{:064x}", 2), &format!("{:064x}", 9));
+        let e = verify(&lines, &spki).unwrap_err();
+        assert!(e.problem.contains("event 2 was altered"), "{e}");
     }
 
     #[test]
@@ -422,86 +575,5 @@ mod tests {
         let e = verify_export("{not json", &spki).unwrap_err();
         assert_eq!(e.line, 1);
         assert!(e.problem.contains("not an audit export line"), "{e}");
-    }
-}
-
-/// Events queued for the writer, each with the channel its request waits on.
-type Pending = (
-    AuditEvent,
-    tokio::sync::oneshot::Sender<Result<u64, crate::StoreError>>,
-);
-
-/// Group commit: requests hand their event to one writer task, which appends everything queued
-/// in one transaction and then answers each waiter with its sequence number. A request is
-/// answered only after its event is durable, and one commit serves many requests.
-#[derive(Clone)]
-pub struct AuditWriter {
-    tx: tokio::sync::mpsc::Sender<Pending>,
-}
-
-/// Most events in one commit.
-const MAX_BATCH: usize = 512;
-
-impl AuditWriter {
-    /// Starts the writer task on the current runtime.
-    pub fn start(store: std::sync::Arc<dyn crate::Store>) -> AuditWriter {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending>(8192);
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
-                let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                let result = append_with_retry(store.as_ref(), events).await;
-                match result {
-                    Ok(stored) => {
-                        for (ev, w) in stored.iter().zip(waiters) {
-                            let _ = w.send(Ok(ev.seq));
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "audit append failed; the requests fail with it");
-                        for w in waiters {
-                            let _ = w.send(Err(crate::StoreError::Unavailable(
-                                "audit log unavailable".into(),
-                            )));
-                        }
-                    }
-                }
-            }
-        });
-        AuditWriter { tx }
-    }
-
-    /// Appends one event and returns its sequence number once it is durable.
-    pub async fn record(&self, event: AuditEvent) -> Result<u64, crate::StoreError> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((event, done))
-            .await
-            .map_err(|_| crate::StoreError::Unavailable("audit writer stopped".into()))?;
-        wait.await
-            .map_err(|_| crate::StoreError::Unavailable("audit writer stopped".into()))?
-    }
-}
-
-/// Another node appending at the same moment makes the commit conflict; retry on the new head.
-async fn append_with_retry(
-    store: &dyn crate::Store,
-    events: Vec<AuditEvent>,
-) -> Result<Vec<AuditEvent>, crate::StoreError> {
-    let mut attempt = 0;
-    loop {
-        match store.append_audit(events.clone()).await {
-            Err(crate::StoreError::Conflict(_)) if attempt < 20 => {
-                attempt += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(2 * attempt)).await;
-            }
-            other => return other,
-        }
     }
 }

@@ -1,0 +1,111 @@
+//! The audit keys: an Ed25519 key that signs checkpoints and an HMAC key that turns sensitive
+//! values into keyed hashes. Both are created once per deployment (every node sharing the
+//! store uses the same pair), stored wrapped by the root key, and exist unwrapped only while
+//! the server is unsealed.
+
+use super::Checkpoint;
+use super::chain::hex;
+use crate::error::CoreError;
+use crate::kms::Kms;
+use crate::model::AuditKeyRecord;
+use crate::now_ms;
+use crate::store::StoreError;
+use sovra_crypto::mac::MacKey;
+use sovra_crypto::sign::{SigningKey, pem_encode};
+use sovra_crypto::wrap::context;
+use sovra_crypto::{KeyType, SecretBytes, rng};
+use std::sync::Arc;
+
+fn aad(purpose: &str) -> Vec<u8> {
+    context("sovra/audit-key/v1", &[purpose.as_bytes()])
+}
+
+pub struct AuditKeys {
+    signing: SigningKey,
+    hmac: MacKey,
+    public_key_spki: Vec<u8>,
+}
+
+impl std::fmt::Debug for AuditKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuditKeys([REDACTED])")
+    }
+}
+
+impl AuditKeys {
+    /// Hex HMAC-SHA256 of a sensitive value, bound to its field name so that equal bytes in
+    /// two fields (a token and a context) hash differently.
+    pub fn keyed_hash(&self, field: &str, value: &[u8]) -> String {
+        hex(&self
+            .hmac
+            .sign(&context("sovra/audit-hash/v1", &[field.as_bytes(), value])))
+    }
+
+    pub fn sign_checkpoint(&self, seq: u64, head: &str) -> Result<Checkpoint, CoreError> {
+        Ok(Checkpoint::sign(&self.signing, seq, head, now_ms())?)
+    }
+
+    pub fn public_key_spki(&self) -> &[u8] {
+        &self.public_key_spki
+    }
+}
+
+impl Kms {
+    /// The audit keys, unwrapped on first use after unsealing; created on first use ever.
+    pub async fn audit_keys(&self) -> Result<Arc<AuditKeys>, CoreError> {
+        let root = self.seal.root()?;
+        if let Some(k) = self.audit_keys_cache() {
+            return Ok(k);
+        }
+        let record = match self.store.get_audit_keys().await? {
+            Some(r) => r,
+            None => {
+                let signing = KeyType::Ed25519.generate()?;
+                let hmac = SecretBytes::new(rng::random_vec(32)?);
+                let public_key =
+                    SigningKey::from_pkcs8(KeyType::Ed25519, &signing)?.public_key_spki_der()?;
+                let rec = AuditKeyRecord {
+                    wrapped_signing_key: root.wrap(&signing, &aad("signing"))?,
+                    wrapped_hmac_key: root.wrap(&hmac, &aad("hmac"))?,
+                    public_key,
+                    created_at: now_ms(),
+                };
+                match self.store.create_audit_keys(&rec).await {
+                    Ok(()) => rec,
+                    // Another node created them first: use theirs.
+                    Err(StoreError::Conflict(_)) => self
+                        .store
+                        .get_audit_keys()
+                        .await?
+                        .ok_or(CoreError::Internal)?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        let signing = root.unwrap(&record.wrapped_signing_key, &aad("signing"))?;
+        let hmac = root.unwrap(&record.wrapped_hmac_key, &aad("hmac"))?;
+        let keys = Arc::new(AuditKeys {
+            signing: SigningKey::from_pkcs8(KeyType::Ed25519, &signing)?,
+            hmac: MacKey::new(hmac.expose())?,
+            public_key_spki: record.public_key,
+        });
+        self.set_audit_keys_cache(keys.clone());
+        Ok(keys)
+    }
+
+    /// The audit public key as PEM. Served while sealed too, once the keys exist.
+    pub async fn audit_public_key_pem(&self) -> Result<String, CoreError> {
+        let spki = match self.store.get_audit_keys().await? {
+            Some(r) => r.public_key,
+            None => self.audit_keys().await?.public_key_spki.clone(),
+        };
+        Ok(pem_encode("PUBLIC KEY", &spki))
+    }
+
+    /// Signs a checkpoint over `(seq, head)` and stores it.
+    pub async fn audit_checkpoint(&self, seq: u64, head: &str) -> Result<Checkpoint, CoreError> {
+        let cp = self.audit_keys().await?.sign_checkpoint(seq, head)?;
+        self.store.add_audit_checkpoint(&cp).await?;
+        Ok(cp)
+    }
+}

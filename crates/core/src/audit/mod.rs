@@ -1,0 +1,28 @@
+//! The audit log: the chain's format and offline verifier ([`chain`]), group commit into the
+//! store ([`writer`]) and the audit keys that sign checkpoints and hash sensitive values
+//! ([`keys`]).
+
+mod chain;
+mod keys;
+mod writer;
+
+pub use chain::{
+    AuditEvent, Checkpoint, ExportLine, GENESIS, RedactedEvent, VerifyError, VerifyReport,
+    verify_export,
+};
+pub use keys::AuditKeys;
+pub use writer::AuditWriter;
+
+/// Filters of `GET /api/v1/audit`: one org's events, newest first, paged by sequence.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditQuery {
+    pub org: String,
+    /// Only events with a sequence below this (the next page of a newest-first listing).
+    pub before_seq: Option<u64>,
+    pub from_time_ms: Option<i64>,
+    pub to_time_ms: Option<i64>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub limit: u32,
+}
