@@ -26,6 +26,7 @@ fn export(key: &SigningKey) -> Vec<String> {
             error_code: None,
             request_id: format!("r{i}"),
             source: "127.0.0.1".into(),
+            hashed: Default::default(),
             prev_hash: String::new(),
             hash: String::new(),
         }

@@ -349,6 +349,10 @@ const OPERATIONS: &[(&str, &str, &[u16])] = &[
         &[400, 401, 404, 409, 503],
     ),
     ("get", "/api/v1/keys/{id}/public-key", &[400, 401, 404, 503]),
+    ("get", "/api/v1/audit/public-key", &[503]),
+    ("get", "/api/v1/audit", &[400, 401, 403, 503]),
+    ("get", "/api/v1/audit/export", &[400, 401, 403, 503]),
+    ("post", "/api/v1/audit/hash", &[400, 401, 403, 503]),
 ];
 
 /// Paths the seal gate lets through (crates/server/src/middleware.rs).
@@ -360,6 +364,7 @@ const OPEN_WHILE_SEALED: &[&str] = &[
     "/api/v1/sys/seal-status",
     "/api/v1/sys/init",
     "/api/v1/sys/unseal",
+    "/api/v1/audit/public-key",
 ];
 
 /// A well-formed request body for an operation, naming key `id` where it names one.
@@ -378,6 +383,7 @@ fn valid_body(method: &str, path: &str, ct_b64: &str) -> Option<String> {
         ("post", "sign" | "mac") => json!({"message": "aGk="}),
         ("post", "verify") => json!({"message": "aGk=", "signature": "aGk="}),
         ("post", "verify-mac") => json!({"message": "aGk=", "mac": "aGk="}),
+        ("post", "hash") => json!({"token": "t"}),
         _ => return None,
     };
     Some(b.to_string())

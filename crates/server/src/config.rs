@@ -20,6 +20,36 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: the request audit log.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// One durable event per request. Turning it off is for benchmarks only.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// How often the chain head is signed (also on shutdown).
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval_seconds: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            enabled: true,
+            checkpoint_interval_seconds: default_checkpoint_interval(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_checkpoint_interval() -> u64 {
+    60
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +181,7 @@ impl Default for Config {
             tls: None,
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -182,6 +213,9 @@ impl Config {
                     j.issuer
                 ));
             }
+        }
+        if cfg.audit.checkpoint_interval_seconds == 0 {
+            return Err("audit.checkpoint_interval_seconds must be at least 1".into());
         }
         if cfg.limits.max_batch_items == 0 || cfg.limits.max_body_bytes < 1024 {
             return Err("limits are too small to serve any request".into());

@@ -48,6 +48,20 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// Query parameters; a wrong type or an unknown parameter is a JSON 400.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
+    }
+}
+
 /// The caller, authenticated from its bearer token.
 pub struct Auth(pub Principal);
 
@@ -75,6 +89,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             }
         };
         let principal = state.auth.authenticate(token.trim()).await?;
+        crate::audit::note_principal(&principal);
         Ok(Auth(principal))
     }
 }

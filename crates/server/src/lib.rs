@@ -1,6 +1,7 @@
 //! Sovra's HTTP layer: it parses, authenticates and maps errors; every decision is made in
 //! `sovra-core`.
 
+pub mod audit;
 pub mod auth;
 pub mod config;
 pub mod dev;

@@ -70,6 +70,7 @@ fn allowed_while_sealed(path: &str) -> bool {
             | "/api/v1/sys/seal-status"
             | "/api/v1/sys/init"
             | "/api/v1/sys/unseal"
+            | "/api/v1/audit/public-key"
     )
 }
 

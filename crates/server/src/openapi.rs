@@ -1,6 +1,6 @@
 //! The router and its OpenAPI document come from the same route list, so they cannot drift.
 
-use crate::routes::{crypto, keys, meta, sys};
+use crate::routes::{audit, crypto, keys, meta, sys};
 use crate::serve::AppState;
 use axum::Router;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use utoipa_axum::routes;
 #[openapi(
     info(title = "Sovra", description = "Sovereign key management service"),
     modifiers(&BearerAuth),
-    tags((name = "keys"), (name = "crypto"), (name = "sys"), (name = "meta"))
+    tags((name = "keys"), (name = "crypto"), (name = "sys"), (name = "audit"), (name = "meta"))
 )]
 struct ApiDoc;
 
@@ -64,5 +64,9 @@ pub fn router() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(crypto::mac))
         .routes(routes!(crypto::verify_mac))
         .routes(routes!(crypto::public_key))
+        .routes(routes!(audit::public_key))
+        .routes(routes!(audit::list))
+        .routes(routes!(audit::export))
+        .routes(routes!(audit::hash))
         .split_for_parts()
 }

@@ -11,6 +11,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sovra_core::Kms;
+use sovra_core::audit::AuditWriter;
 use sovra_core::kms::KmsConfig;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub openapi_json: String,
     /// Requests being processed; shutdown waits for these, not for idle connections.
     pub in_flight: Arc<AtomicUsize>,
+    /// The request audit log's writer; `None` when auditing is turned off.
+    pub audit: Option<AuditWriter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,10 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
     let openapi_json = doc.to_json().unwrap_or_else(|_| "{}".into());
     let limits = config.limits.clone();
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let audit = config
+        .audit
+        .enabled
+        .then(|| AuditWriter::start(kms.store().clone()));
     let state = Arc::new(AppState {
         kms,
         auth,
@@ -88,6 +95,7 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         metrics: metrics_handle(),
         openapi_json,
         in_flight: in_flight.clone(),
+        audit,
     });
     let router = routes
         .fallback(middleware::not_found)
@@ -102,6 +110,11 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             Duration::from_secs(limits.request_timeout_seconds),
+        ))
+        // Outside the timeout, so a request that times out is audited too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::audit::audit_requests,
         ))
         .layer(axum::middleware::from_fn(middleware::request_id_and_log))
         .layer(axum::middleware::from_fn(
@@ -119,10 +132,10 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
 }
 
 /// Counts a request as in flight until dropped (also when the request future is cancelled).
-struct InFlightGuard(Arc<AtomicUsize>);
+pub(crate) struct InFlightGuard(Arc<AtomicUsize>);
 
 impl InFlightGuard {
-    fn new(counter: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(counter: Arc<AtomicUsize>) -> Self {
         counter.fetch_add(1, Ordering::SeqCst);
         InFlightGuard(counter)
     }
@@ -213,11 +226,28 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
         shutdown_signal(),
     )
     .await;
+    final_checkpoint(&state).await;
     tracing::info!("shut down");
     Ok(())
 }
 
+/// Signs the chain head once more as the server stops, so the export ends on a checkpoint.
+async fn final_checkpoint(state: &AppState) {
+    let mut last = 0;
+    crate::audit::checkpoint(state, &mut last).await;
+}
+
 fn spawn_background(state: Arc<AppState>) {
+    let s = state.clone();
+    tokio::spawn(async move {
+        let every = Duration::from_secs(s.config.audit.checkpoint_interval_seconds);
+        let mut tick = tokio::time::interval(every);
+        let mut last_signed = 0;
+        loop {
+            tick.tick().await;
+            crate::audit::checkpoint(&s, &mut last_signed).await;
+        }
+    });
     let s = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(30));
@@ -375,4 +405,5 @@ pub async fn run(
         shutdown,
     )
     .await;
+    final_checkpoint(&state).await;
 }

@@ -51,7 +51,7 @@ macro_rules! event_columns {
 }
 
 macro_rules! sql_store {
-    ($name:ident, $db:ty, $row:ty) => {
+    ($name:ident, $db:ty, $row:ty, $begin:literal) => {
         /// The store on this sqlx driver.
         #[derive(Clone)]
         pub struct $name {
@@ -174,7 +174,7 @@ macro_rules! sql_store {
             }
 
             async fn create_org(&self, org: &OrgRecord, kek: &KekRecord) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 sqlx::query("INSERT INTO orgs (id, active_kek_version, created_at) VALUES ($1, $2, $3)")
                     .bind(&org.id)
                     .bind(org.active_kek_version as i64)
@@ -206,7 +206,7 @@ macro_rules! sql_store {
             }
 
             async fn add_kek_version(&self, kek: &KekRecord) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 let moved = sqlx::query("UPDATE orgs SET active_kek_version = $1 WHERE id = $2 AND active_kek_version = $3")
                     .bind(kek.version as i64)
                     .bind(&kek.org_id)
@@ -222,7 +222,7 @@ macro_rules! sql_store {
             }
 
             async fn create_key(&self, k: &KeyRecord, first: &KeyVersionRecord) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 sqlx::query(concat!(
                     "INSERT INTO keys (",
                     key_columns!(),
@@ -297,7 +297,7 @@ macro_rules! sql_store {
             }
 
             async fn add_key_version(&self, org_id: &str, v: &KeyVersionRecord) -> Result<(), StoreError> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 let moved = sqlx::query(
                     "UPDATE keys SET latest_version = $1, rotated_at = $2 WHERE id = $3 AND org_id = $4 AND latest_version = $5",
                 )
@@ -373,7 +373,7 @@ macro_rules! sql_store {
 
             async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError> {
                 use sqlx::Row;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
                     .fetch_optional(&mut *tx)
                     .await
@@ -559,7 +559,7 @@ macro_rules! sql_store {
             }
 
             async fn delete_key(&self, org_id: &str, key_id: Uuid, now_ms: i64) -> Result<bool, StoreError> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 // Versions only of a key of this org that is still due: another org's key id,
                 // or a key whose deletion was cancelled meanwhile, touches nothing.
                 sqlx::query(
@@ -621,5 +621,18 @@ macro_rules! sql_store {
     };
 }
 
-sql_store!(SqliteStore, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
-sql_store!(PostgresStore, sqlx::Postgres, sqlx::postgres::PgRow);
+// IMMEDIATE: a SQLite transaction that reads and then writes takes the write lock up front;
+// otherwise a write committed by another connection in between fails it at once
+// (SQLITE_BUSY_SNAPSHOT), which the busy timeout does not retry.
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    "BEGIN IMMEDIATE"
+);
+sql_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    "BEGIN"
+);

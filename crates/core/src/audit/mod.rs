@@ -4,6 +4,7 @@
 
 mod chain;
 mod keys;
+mod read;
 mod writer;
 
 pub use chain::{
@@ -11,6 +12,7 @@ pub use chain::{
     verify_export,
 };
 pub use keys::AuditKeys;
+pub use read::MAX_PAGE;
 pub use writer::AuditWriter;
 
 /// Filters of `GET /api/v1/audit`: one org's events, newest first, paged by sequence.

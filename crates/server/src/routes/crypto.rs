@@ -159,8 +159,20 @@ pub struct PublicKeyResponse {
     pub key_version: u32,
 }
 
+/// The request's encryption context; a non-empty one goes to the audit event as a keyed hash.
 fn ctx(c: Option<EncryptionContext>) -> EncryptionContext {
-    c.unwrap_or_default()
+    let c = c.unwrap_or_default();
+    if !c.is_empty() {
+        crate::audit::note_sensitive("context", &sovra_crypto::envelope::encode_context(&c));
+    }
+    c
+}
+
+/// A ciphertext names its key in its header: that key is the audited resource.
+fn note_ciphertext_key(ciphertext: &[u8]) {
+    if let Ok(h) = sovra_crypto::envelope::Header::parse(ciphertext) {
+        crate::audit::note_resource(format!("key/{}", h.key_id));
+    }
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/encrypt", tag = "crypto", params(("id" = String, Path, description = "key id")),
@@ -246,6 +258,7 @@ pub async fn decrypt(
     ApiJson(req): ApiJson<DecryptRequest>,
 ) -> ApiResult<Json<DecryptResponse>> {
     let ct = b64("ciphertext", &req.ciphertext)?;
+    note_ciphertext_key(&ct);
     let out = st.kms.decrypt(&p, &ct, &ctx(req.context)).await?;
     Ok(Json(DecryptResponse {
         plaintext: to_b64(out.plaintext.expose()),

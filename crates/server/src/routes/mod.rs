@@ -1,5 +1,6 @@
 //! Route handlers: thin functions over extractors that call the core.
 
+pub mod audit;
 pub mod crypto;
 pub mod keys;
 pub mod meta;

@@ -1,0 +1,325 @@
+//! One audit event per request: the layer that builds it from what the request revealed
+//! (route, principal, resource, outcome, source) and answers only once the event is durable;
+//! and the checkpoint task that signs the chain head.
+//!
+//! Extractors and handlers add facts through a task-local slot ([`note_principal`],
+//! [`note_resource`], [`note_sensitive`]), so no handler signature changes for auditing.
+//! Sensitive values (the bearer token, encryption contexts) are stored only as keyed hashes.
+
+use crate::error::{ApiError, ErrorCode, REQUEST_ID, current_request_id};
+use crate::serve::AppState;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use sovra_core::Principal;
+use sovra_core::audit::AuditEvent;
+use sovra_crypto::SecretBytes;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+/// What the request revealed while it ran.
+#[derive(Default)]
+struct Facts {
+    org: Option<String>,
+    actor: Option<String>,
+    auth_method: Option<&'static str>,
+    cert_fingerprint: Option<String>,
+    resource: Option<String>,
+    sensitive: Vec<(&'static str, SecretBytes)>,
+}
+
+tokio::task_local! {
+    static FACTS: Arc<Mutex<Facts>>;
+}
+
+fn with_facts(f: impl FnOnce(&mut Facts)) {
+    let _ = FACTS.try_with(|slot| {
+        if let Ok(mut facts) = slot.lock() {
+            f(&mut facts);
+        }
+    });
+}
+
+/// The authenticated caller (called by the `Auth` extractor).
+pub fn note_principal(p: &Principal) {
+    with_facts(|f| {
+        f.org = Some(p.org_id.clone());
+        f.actor = Some(p.owner_id());
+        f.auth_method = Some(p.auth_method.as_str());
+        f.cert_fingerprint = p.cert_fingerprint.clone();
+    });
+}
+
+/// The resource acted on, when the path does not name it (a decrypt names its key in the
+/// ciphertext).
+pub fn note_resource(resource: String) {
+    with_facts(|f| f.resource = Some(resource));
+}
+
+/// A sensitive value the request carried; the event keeps only its keyed hash.
+pub fn note_sensitive(field: &'static str, value: &[u8]) {
+    with_facts(|f| {
+        if !f.sensitive.iter().any(|(name, _)| *name == field) {
+            f.sensitive.push((field, SecretBytes::from_slice(value)));
+        }
+    });
+}
+
+/// Probes and the API document are not requests to the service.
+fn audited(path: &str) -> bool {
+    !matches!(
+        path,
+        "/health" | "/ready" | "/metrics" | "/api/v1/openapi.json"
+    )
+}
+
+/// A stable action name from the route: `/api/v1/keys/{id}/encrypt` is `keys.encrypt`;
+/// collections and single resources take a verb from the method (`keys.create`, `keys.read`).
+pub fn action_name(method: &Method, route: Option<&str>) -> String {
+    let Some(route) = route else {
+        return "unmatched".into();
+    };
+    let raw: Vec<&str> = route
+        .trim_start_matches("/api/v1/")
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    let named: Vec<&str> = raw
+        .iter()
+        .copied()
+        .filter(|s| !s.starts_with('{'))
+        .collect();
+    let mut action = named.join(".");
+    let ends_in_param = raw.last().is_some_and(|s| s.starts_with('{'));
+    if ends_in_param || named.len() == 1 {
+        let verb = match (method.as_str(), ends_in_param) {
+            ("GET", false) => "list",
+            ("GET", true) => "read",
+            ("POST", _) => "create",
+            ("PATCH" | "PUT", _) => "update",
+            ("DELETE", _) => "delete",
+            _ => "other",
+        };
+        action.push('.');
+        action.push_str(verb);
+    }
+    action
+}
+
+/// `key/<id>` when the route names a key; otherwise the route's area (`sys`, `audit`).
+fn resource_from_path(route: Option<&str>, path: &str) -> String {
+    let Some(route) = route else {
+        return "none".into();
+    };
+    for (pattern, actual) in route.split('/').zip(path.split('/')) {
+        if pattern == "{id}" {
+            // The id is caller-chosen text: bounded, whatever was sent.
+            let id: String = actual.chars().take(64).collect();
+            return format!("key/{id}");
+        }
+    }
+    route
+        .trim_start_matches("/api/v1/")
+        .split('/')
+        .next()
+        .unwrap_or("none")
+        .to_string()
+}
+
+fn outcome(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        s if s < 400 => "success",
+        401 | 403 | 429 => "denied",
+        _ => "failure",
+    }
+}
+
+fn bearer_token(req: &Request) -> Option<SecretBytes> {
+    let value = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)?
+        .as_bytes();
+    let token = value
+        .get(7..)
+        .filter(|_| value[..7].eq_ignore_ascii_case(b"bearer "))?;
+    Some(SecretBytes::from_slice(token.trim_ascii()))
+}
+
+/// The audit layer. The request runs in its own task, so a client that disconnects cannot
+/// cancel the event of an operation that already happened; the response is returned only
+/// after the event is durable, and a failed audit write fails the request (503).
+pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let Some(writer) = st.audit.clone() else {
+        return next.run(req).await;
+    };
+    if !audited(req.uri().path()) {
+        return next.run(req).await;
+    }
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let action = action_name(req.method(), route.as_deref());
+    let path_resource = resource_from_path(route.as_deref(), req.uri().path());
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
+    let token = bearer_token(&req);
+    let request_id = current_request_id();
+    let facts = Arc::new(Mutex::new(Facts::default()));
+    let guard = crate::serve::InFlightGuard::new(st.in_flight.clone());
+    let work = async move {
+        let resp = FACTS.scope(facts.clone(), next.run(req)).await;
+        let facts = std::mem::take(&mut *facts.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut hashed = std::collections::BTreeMap::new();
+        // The HMAC key exists only while unsealed; a sealed server has nothing to hash with.
+        if st.kms.is_unsealed()
+            && let Ok(keys) = st.kms.audit_keys().await
+        {
+            for (field, value) in token
+                .iter()
+                .map(|t| ("token", t))
+                .chain(facts.sensitive.iter().map(|(f, v)| (*f, v)))
+            {
+                hashed.insert(field.to_string(), keys.keyed_hash(field, value.expose()));
+            }
+        }
+        let status = resp.status();
+        let error_code = if status.is_success() {
+            None
+        } else {
+            Some(
+                resp.extensions()
+                    .get::<ErrorCode>()
+                    .map_or_else(|| format!("http_{}", status.as_u16()), |c| c.0.to_string()),
+            )
+        };
+        let event = AuditEvent {
+            seq: 0,
+            time_ms: sovra_core::now_ms(),
+            org: facts.org,
+            actor: facts.actor.unwrap_or_else(|| "anonymous".into()),
+            auth_method: facts.auth_method.unwrap_or("none").into(),
+            cert_fingerprint: facts.cert_fingerprint,
+            action,
+            resource: facts.resource.unwrap_or(path_resource),
+            outcome: outcome(status).into(),
+            error_code,
+            request_id: current_request_id(),
+            source,
+            hashed,
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        let recorded = writer.record(event).await;
+        drop(guard);
+        match recorded {
+            Ok(_) => resp,
+            Err(e) => {
+                tracing::error!(error = %e, "audit event not durable; failing the request");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "audit_unavailable",
+                    "the audit log cannot be written; the outcome of this request is unknown",
+                )
+                .into_response()
+            }
+        }
+    };
+    let task = tokio::spawn(tracing::Instrument::in_current_span(
+        REQUEST_ID.scope(request_id, work),
+    ));
+    match task.await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error",
+        )
+        .into_response(),
+    }
+}
+
+/// Signs the newest head this node appended, if it is newer than the last one signed.
+pub async fn checkpoint(st: &AppState, last_signed: &mut u64) {
+    let Some(writer) = &st.audit else { return };
+    if !st.kms.is_unsealed() {
+        return;
+    }
+    let Some((seq, head)) = writer.last_appended() else {
+        return;
+    };
+    if seq <= *last_signed {
+        return;
+    }
+    match st.kms.audit_checkpoint(seq, &head).await {
+        Ok(_) => *last_signed = seq,
+        Err(e) => tracing::warn!(error = %e, "audit checkpoint failed; will retry"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_gets_a_distinct_action_name() {
+        let (_, doc) = crate::openapi::router();
+        let mut seen = std::collections::HashMap::new();
+        for (path, item) in doc.paths.paths.iter() {
+            for method in ["GET", "POST", "PATCH", "PUT", "DELETE"] {
+                let op = match method {
+                    "GET" => &item.get,
+                    "POST" => &item.post,
+                    "PATCH" => &item.patch,
+                    "PUT" => &item.put,
+                    _ => &item.delete,
+                };
+                if op.is_none() || !audited(path) {
+                    continue;
+                }
+                let m = Method::from_bytes(method.as_bytes()).unwrap();
+                let action = action_name(&m, Some(path));
+                assert!(!action.contains("other"), "{method} {path} -> {action}");
+                if let Some(prev) = seen.insert(action.clone(), format!("{method} {path}")) {
+                    panic!("{action} names both {prev} and {method} {path}");
+                }
+            }
+        }
+        assert_eq!(
+            action_name(&Method::POST, Some("/api/v1/keys/{id}/encrypt")),
+            "keys.encrypt"
+        );
+        assert_eq!(
+            action_name(&Method::POST, Some("/api/v1/keys")),
+            "keys.create"
+        );
+        assert_eq!(
+            action_name(&Method::GET, Some("/api/v1/keys/{id}")),
+            "keys.read"
+        );
+        assert_eq!(action_name(&Method::GET, None), "unmatched");
+    }
+
+    #[test]
+    fn resources_come_from_the_path() {
+        assert_eq!(
+            resource_from_path(
+                Some("/api/v1/keys/{id}/encrypt"),
+                "/api/v1/keys/abc/encrypt"
+            ),
+            "key/abc"
+        );
+        assert_eq!(
+            resource_from_path(Some("/api/v1/sys/seal"), "/api/v1/sys/seal"),
+            "sys"
+        );
+        let long = format!("/api/v1/keys/{}", "x".repeat(5000));
+        assert_eq!(
+            resource_from_path(Some("/api/v1/keys/{id}"), &long).len(),
+            4 + 64
+        );
+    }
+}
