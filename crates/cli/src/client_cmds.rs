@@ -223,7 +223,7 @@ fn print_status(output: Output, s: &sovra_client::SealStatus) -> Result<()> {
 
 pub async fn run(client: &Client, output: Output, command: Cmd) -> Result<()> {
     match command {
-        Cmd::Server { .. } | Cmd::Audit(_) => unreachable!("handled by main"),
+        Cmd::Server { .. } | Cmd::Audit(_) | Cmd::Db(_) => unreachable!("handled by main"),
         Cmd::Operator(op) => match op {
             OperatorCmd::Init { shares, threshold } => {
                 let r = client.init(shares, threshold).await?;

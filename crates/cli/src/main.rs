@@ -75,6 +75,20 @@ enum Command {
         /// Key id.
         id: String,
     },
+    /// Database administration (needs no server).
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Apply pending schema migrations. On PostgreSQL run it as the owner of the tables; the
+    /// server's service role may not change the schema (docs/postgres.md).
+    Migrate {
+        /// Database URL (sqlite://path or postgres://owner@host/db).
+        #[arg(long, env = "SOVRA_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -193,6 +207,15 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Audit(AuditCmd::Verify { file, public_key }) => audit_verify(&file, &public_key),
+        Command::Db(DbCmd::Migrate { database_url }) => {
+            let applied = sovra_store::migrate(&database_url).await?;
+            if applied.is_empty() {
+                println!("database schema is up to date");
+            } else {
+                println!("applied migrations: {}", applied.join(", "));
+            }
+            Ok(())
+        }
         command => {
             let ca = match &cli.cacert {
                 Some(p) => Some(

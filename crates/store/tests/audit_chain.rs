@@ -1,11 +1,12 @@
 //! The audit chain in the store: group-committed appends from many concurrent requests form
-//! one gap-free chain that the offline verifier accepts; a row altered in the database is
-//! detected. Runs on SQLite and PostgreSQL.
+//! one gap-free chain that the offline verifier accepts; a row altered in the database (by
+//! someone who first switched off the append-only triggers) is detected. Runs on SQLite and
+//! PostgreSQL.
 
 #[macro_use]
 mod common;
 
-use common::TestDb;
+use common::{Backend, TestDb};
 use sovra_core::audit::{
     AuditEvent, AuditQuery, AuditWriter, Checkpoint, ExportLine, verify_export,
 };
@@ -51,6 +52,21 @@ async fn export_text(db: &TestDb) -> String {
         .join("\n")
 }
 
+/// What an attacker with owner rights on the database does before tampering: switch off the
+/// append-only triggers, which the owner of the table (or the file) may do.
+async fn disable_append_only(db: &TestDb) {
+    match db.backend {
+        Backend::Sqlite => {
+            db.exec("DROP TRIGGER audit_events_no_update").await;
+            db.exec("DROP TRIGGER audit_events_no_delete").await;
+        }
+        Backend::Postgres => {
+            db.exec("ALTER TABLE audit_events DISABLE TRIGGER USER")
+                .await;
+        }
+    }
+}
+
 both!(
     concurrent_requests_form_one_verifiable_chain,
     |db| async move {
@@ -86,11 +102,15 @@ both!(
             "the head is the last event"
         );
 
-        // Someone with database access rewrites one event: the verifier names it.
+        // Someone with owner access to the database rewrites one event. The triggers refuse
+        // it until the attacker switches them off; then only the verifier stands in the way,
+        // and it names the event.
         let original = db.store.audit_events(120, 1).await.unwrap().remove(0);
-        let changed = db
-            .exec("UPDATE audit_events SET actor = 'idp#mallory' WHERE seq = 120")
-            .await;
+        let tamper = "UPDATE audit_events SET actor = 'idp#mallory' WHERE seq = 120";
+        let refused = db.try_exec(tamper).await.unwrap_err();
+        assert!(refused.to_string().contains("append-only"), "{refused}");
+        disable_append_only(&db).await;
+        let changed = db.exec(tamper).await;
         assert_eq!(changed, 1);
         let err = verify_export(&export_text(&db).await, &spki).unwrap_err();
         assert!(err.problem.contains("event 120 was altered"), "{err}");

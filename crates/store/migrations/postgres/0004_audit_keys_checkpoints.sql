@@ -18,3 +18,17 @@ CREATE TABLE audit_keys (
     public_key BYTEA NOT NULL,
     created_at BIGINT NOT NULL
 );
+
+-- Checkpoints and the audit keys are append-only like the events (see 0003).
+CREATE TRIGGER audit_checkpoints_append_only
+    BEFORE UPDATE OR DELETE ON audit_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION sovra_refuse_audit_change();
+CREATE TRIGGER audit_checkpoints_no_truncate
+    BEFORE TRUNCATE ON audit_checkpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION sovra_refuse_audit_change();
+CREATE TRIGGER audit_keys_append_only
+    BEFORE UPDATE OR DELETE ON audit_keys
+    FOR EACH ROW EXECUTE FUNCTION sovra_refuse_audit_change();
+CREATE TRIGGER audit_keys_no_truncate
+    BEFORE TRUNCATE ON audit_keys
+    FOR EACH STATEMENT EXECUTE FUNCTION sovra_refuse_audit_change();

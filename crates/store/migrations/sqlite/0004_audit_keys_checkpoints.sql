@@ -18,3 +18,27 @@ CREATE TABLE audit_keys (
     public_key BLOB NOT NULL,
     created_at BIGINT NOT NULL
 );
+
+CREATE TRIGGER audit_checkpoints_no_update
+BEFORE UPDATE ON audit_checkpoints
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: UPDATE on audit_checkpoints refused');
+END;
+
+CREATE TRIGGER audit_checkpoints_no_delete
+BEFORE DELETE ON audit_checkpoints
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: DELETE on audit_checkpoints refused');
+END;
+
+CREATE TRIGGER audit_keys_no_update
+BEFORE UPDATE ON audit_keys
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: UPDATE on audit_keys refused');
+END;
+
+CREATE TRIGGER audit_keys_no_delete
+BEFORE DELETE ON audit_keys
+BEGIN
+    SELECT RAISE(ABORT, 'audit log is append-only: DELETE on audit_keys refused');
+END;

@@ -184,12 +184,18 @@ impl TestDb {
 
     /// Executes a statement; returns the number of rows affected.
     pub async fn exec(&self, sql: &str) -> u64 {
+        self.try_exec(sql)
+            .await
+            .unwrap_or_else(|e| panic!("raw statement failed: {e}"))
+    }
+
+    /// Executes a statement that may be refused; returns the rows affected or the error.
+    pub async fn try_exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match &self.raw {
             Raw::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
             Raw::Postgres(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
         }
-        .unwrap_or_else(|e| panic!("raw statement failed: {e}"))
     }
 
     /// Runs a query whose first column is an integer (or NULL, returned as None).
