@@ -20,6 +20,16 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub audit: AuditConfig,
+}
+
+/// `[audit]`: forwarding the audit chain to SIEM sinks (docs/audit-sinks.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    #[serde(default)]
+    pub sinks: Vec<crate::siem::SinkConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +161,7 @@ impl Default for Config {
             tls: None,
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -186,6 +197,7 @@ impl Config {
         if cfg.limits.max_batch_items == 0 || cfg.limits.max_body_bytes < 1024 {
             return Err("limits are too small to serve any request".into());
         }
+        crate::siem::validate_sinks(&cfg.audit.sinks).map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 }
