@@ -24,7 +24,7 @@ pub struct Config {
     pub audit: AuditConfig,
 }
 
-/// `[audit]`: the request audit log.
+/// `[audit]`: the request audit log and its forwarding to SIEM sinks (docs/audit-sinks.md).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditConfig {
@@ -34,6 +34,8 @@ pub struct AuditConfig {
     /// How often the chain head is signed (also on shutdown).
     #[serde(default = "default_checkpoint_interval")]
     pub checkpoint_interval_seconds: u64,
+    #[serde(default)]
+    pub sinks: Vec<crate::siem::SinkConfig>,
 }
 
 impl Default for AuditConfig {
@@ -41,6 +43,7 @@ impl Default for AuditConfig {
         AuditConfig {
             enabled: true,
             checkpoint_interval_seconds: default_checkpoint_interval(),
+            sinks: Vec::new(),
         }
     }
 }
@@ -220,6 +223,7 @@ impl Config {
         if cfg.limits.max_batch_items == 0 || cfg.limits.max_body_bytes < 1024 {
             return Err("limits are too small to serve any request".into());
         }
+        crate::siem::validate_sinks(&cfg.audit.sinks).map_err(|e| e.to_string())?;
         Ok(cfg)
     }
 }

@@ -11,6 +11,7 @@ pub mod middleware;
 pub mod openapi;
 pub mod routes;
 pub mod serve;
+pub mod siem;
 pub mod tls;
 
 pub use config::Config;

@@ -49,6 +49,8 @@ pub enum ServeError {
     Jwks(#[from] crate::auth::JwksError),
     #[error("{0}")]
     Dev(#[from] dev::DevError),
+    #[error("{0}")]
+    Siem(#[from] crate::siem::SiemError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
@@ -210,6 +212,8 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
         dev::write_env(&data_dir, local, d)?;
     }
     let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
+    // Audit forwarding reads the durable chain; a bad sink stops startup here.
+    let sinks = crate::siem::spawn_sinks(kms.store().clone(), &config.audit.sinks, &data_dir)?;
     let (router, state) = app(kms.clone(), auth, config);
     spawn_background(state.clone());
     let in_flight = state.in_flight.clone();
@@ -227,6 +231,9 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     )
     .await;
     final_checkpoint(&state).await;
+    for s in sinks {
+        s.stop().await;
+    }
     tracing::info!("shut down");
     Ok(())
 }
