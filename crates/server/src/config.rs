@@ -20,6 +20,8 @@ pub struct Config {
     pub auth: AuthConfig,
     #[serde(default)]
     pub limits: Limits,
+    #[serde(default)]
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +153,7 @@ impl Default for Config {
             tls: None,
             auth: AuthConfig::default(),
             limits: Limits::default(),
+            rate_limits: Default::default(),
         }
     }
 }
@@ -186,6 +189,7 @@ impl Config {
         if cfg.limits.max_batch_items == 0 || cfg.limits.max_body_bytes < 1024 {
             return Err("limits are too small to serve any request".into());
         }
+        cfg.rate_limits.validate()?;
         Ok(cfg)
     }
 }

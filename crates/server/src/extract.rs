@@ -75,6 +75,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
             }
         };
         let principal = state.auth.authenticate(token.trim()).await?;
+        crate::ratelimit::admit(state, parts, &principal)?;
         Ok(Auth(principal))
     }
 }

@@ -30,6 +30,7 @@ pub struct AppState {
     pub openapi_json: String,
     /// Requests being processed; shutdown waits for these, not for idle connections.
     pub in_flight: Arc<AtomicUsize>,
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +82,9 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
     let openapi_json = doc.to_json().unwrap_or_else(|_| "{}".into());
     let limits = config.limits.clone();
     let in_flight = Arc::new(AtomicUsize::new(0));
+    let rate_limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
+    rate_limits.start_cleanup();
+    kms.set_heavy_op_admission(rate_limits.clone());
     let state = Arc::new(AppState {
         kms,
         auth,
@@ -88,6 +92,7 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         metrics: metrics_handle(),
         openapi_json,
         in_flight: in_flight.clone(),
+        rate_limits,
     });
     let router = routes
         .fallback(middleware::not_found)
@@ -95,6 +100,11 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::seal_gate,
+        ))
+        // Per source IP; inside the metrics layer so that 429s are counted.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::layer,
         ))
         // Outside the seal gate so that 503s while sealed are counted too.
         .layer(axum::middleware::from_fn(middleware::record_metrics))
