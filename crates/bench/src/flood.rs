@@ -84,6 +84,9 @@ pub struct FloodArgs<'a> {
     pub seconds: u64,
     pub size: usize,
     pub label: &'a str,
+    /// Whether client 1 waits Retry-After after a 429 (a well-behaved heavy client) instead
+    /// of sending again at once (a hostile one).
+    pub honour_retry_after: bool,
 }
 
 pub async fn run(a: FloodArgs<'_>) -> Result<()> {
@@ -133,24 +136,34 @@ pub async fn run(a: FloodArgs<'_>) -> Result<()> {
     let flood_started = Instant::now();
     let mut flood = Vec::new();
     for c in a.flooders {
-        let (c, stop, url, token) = (
+        let (c, stop, url, token, honour) = (
             c.clone(),
             stop.clone(),
             sign_url.clone(),
             flooder_token.clone(),
+            a.honour_retry_after,
         );
         flood.push(tokio::spawn(async move {
             let mut n = FloodCount::default();
             let body = json!({"message": STANDARD.encode(b"flood")});
             while !stop.load(Ordering::Relaxed) {
-                // A hostile client: it ignores Retry-After and sends again at once.
                 match c.post(&url).bearer_auth(&token).json(&body).send().await {
                     Ok(r) => {
                         let status = r.status().as_u16();
+                        let wait = r
+                            .headers()
+                            .get("retry-after")
+                            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                            .unwrap_or(1);
                         let _ = r.bytes().await;
                         match status {
                             200 => n.ok += 1,
-                            429 => n.limited += 1,
+                            429 => {
+                                n.limited += 1;
+                                if honour {
+                                    sleep_unless_stopped(&stop, Duration::from_secs(wait)).await;
+                                }
+                            }
                             s => *n.refused.entry(s).or_default() += 1,
                         }
                     }
@@ -176,11 +189,16 @@ pub async fn run(a: FloodArgs<'_>) -> Result<()> {
 
     println!(
         "{} client 2: AES-256-GCM encrypt of {} B over {} connections; client 1: RSA-4096 sign \
-         over {} connections; {who}; {} s per phase\n",
+         over {} connections, {}; {who}; {} s per phase\n",
         a.label,
         a.size,
         a.victim.len(),
         a.flooders.len(),
+        if a.honour_retry_after {
+            "waiting Retry-After after a 429"
+        } else {
+            "sending again at once after a 429"
+        },
         a.seconds
     );
     println!("| client 2 (AES encrypt) | ops/s | p50 ms | p99 ms | operations |");
@@ -208,6 +226,13 @@ pub async fn run(a: FloodArgs<'_>) -> Result<()> {
         count.errors
     );
     Ok(())
+}
+
+async fn sleep_unless_stopped(stop: &AtomicBool, d: Duration) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn summary(alone: &Stats, flooded: &Stats) -> String {

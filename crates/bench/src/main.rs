@@ -49,6 +49,9 @@ struct Args {
     /// The directory given to `--write-idp`: the two clients become two identities.
     #[arg(long)]
     idp: Option<PathBuf>,
+    /// In the flood, client 1 waits Retry-After after a 429 instead of sending at once.
+    #[arg(long)]
+    honour_retry_after: bool,
 }
 
 struct Stats {
@@ -219,6 +222,7 @@ async fn main() -> Result<()> {
             seconds: args.seconds,
             size: args.size,
             label: &args.label,
+            honour_retry_after: args.honour_retry_after,
         })
         .await;
     }
