@@ -4,6 +4,11 @@
 //!
 //! Each scenario runs `--concurrency` closed-loop workers (each with its own keep-alive
 //! connection) for `--seconds`, after a warm-up, and records every request's latency.
+//!
+//! `--flood` runs the RSA flood scenario instead (see `flood.rs`); `--write-idp DIR` writes a
+//! test identity provider's key and JWKS for it.
+
+mod flood;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -18,8 +23,8 @@ use std::time::{Duration, Instant};
 #[derive(Parser)]
 struct Args {
     /// The dev.env written by `sovra server --dev` (SOVRA_ADDR, SOVRA_TOKEN, SOVRA_CACERT).
-    #[arg(long)]
-    env_file: PathBuf,
+    #[arg(long, required_unless_present = "write_idp")]
+    env_file: Option<PathBuf>,
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     #[arg(long, default_value_t = 16)]
@@ -30,6 +35,23 @@ struct Args {
     /// Label for the table heading (e.g. "SQLite").
     #[arg(long, default_value = "")]
     label: String,
+    /// Write an identity provider's key and JWKS (issuer https://bench-idp.sovra.test,
+    /// audience sovra) to this directory and exit.
+    #[arg(long)]
+    write_idp: Option<PathBuf>,
+    /// Run the RSA flood scenario: client 2 (`--concurrency` connections) encrypts while
+    /// client 1 (`--flood-concurrency` connections) signs with an RSA-4096 key.
+    #[arg(long)]
+    flood: bool,
+    /// Connections of the flooding client.
+    #[arg(long, default_value_t = 64)]
+    flood_concurrency: usize,
+    /// The directory given to `--write-idp`: the two clients become two identities.
+    #[arg(long)]
+    idp: Option<PathBuf>,
+    /// In the flood, client 1 waits Retry-After after a 429 instead of sending at once.
+    #[arg(long)]
+    honour_retry_after: bool,
 }
 
 struct Stats {
@@ -39,21 +61,23 @@ struct Stats {
 }
 
 impl Stats {
-    fn row(&self, name: &str) -> String {
+    /// The `p` quantile of the latencies, in milliseconds.
+    fn p(&self, p: f64) -> f64 {
         let mut l = self.lat.clone();
         l.sort();
-        let pct = |p: f64| {
-            if l.is_empty() {
-                0.0
-            } else {
-                l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e3
-            }
-        };
+        if l.is_empty() {
+            0.0
+        } else {
+            l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e3
+        }
+    }
+
+    fn row(&self, name: &str) -> String {
         format!(
             "| {name} | {:.0} | {:.3} | {:.3} | {} |",
             self.ops as f64 / self.secs,
-            pct(0.50),
-            pct(0.99),
+            self.p(0.50),
+            self.p(0.99),
             self.ops
         )
     }
@@ -165,7 +189,10 @@ async fn send(c: &reqwest::Client, token: &str, req: &Req) -> Result<Value> {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
-    let env = read_env(&args.env_file)?;
+    if let Some(dir) = &args.write_idp {
+        return flood::write_idp(dir);
+    }
+    let env = read_env(args.env_file.as_ref().context("--env-file is required")?)?;
     let addr = env.get("SOVRA_ADDR").context("SOVRA_ADDR missing")?.clone();
     let token = env
         .get("SOVRA_TOKEN")
@@ -173,15 +200,32 @@ async fn main() -> Result<()> {
         .clone();
     let ca = std::fs::read(env.get("SOVRA_CACERT").context("SOVRA_CACERT missing")?)?;
     let cert = reqwest::Certificate::from_pem(&ca)?;
-    let clients: Vec<reqwest::Client> = (0..args.concurrency)
-        .map(|_| {
-            reqwest::Client::builder()
-                .tls_certs_only([cert.clone()])
-                .http1_only()
-                .pool_max_idle_per_host(1)
-                .build()
+    let connections = |n: usize| -> Result<Vec<reqwest::Client>> {
+        Ok((0..n)
+            .map(|_| {
+                reqwest::Client::builder()
+                    .tls_certs_only([cert.clone()])
+                    .http1_only()
+                    .pool_max_idle_per_host(1)
+                    .build()
+            })
+            .collect::<Result<_, _>>()?)
+    };
+    let clients = connections(args.concurrency)?;
+    if args.flood {
+        return flood::run(flood::FloodArgs {
+            addr: &addr,
+            dev_token: &token,
+            idp: args.idp.as_deref(),
+            victim: &clients,
+            flooders: &connections(args.flood_concurrency)?,
+            seconds: args.seconds,
+            size: args.size,
+            label: &args.label,
+            honour_retry_after: args.honour_retry_after,
         })
-        .collect::<Result<_, _>>()?;
+        .await;
+    }
 
     let key_name = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let key = send(

@@ -281,78 +281,108 @@ async fn sealed_rejections_are_counted_in_metrics() {
 
 // ---- OpenAPI --------------------------------------------------------------------------------
 
-/// Every operation of crates/server/src/openapi.rs with the non-2xx codes it must document.
+/// Every operation of crates/server/src/openapi.rs with the non-2xx codes it must document
+/// (429: crates/server/src/ratelimit.rs).
 const OPERATIONS: &[(&str, &str, &[u16])] = &[
     ("get", "/health", &[]),
     ("get", "/ready", &[503]),
     ("get", "/metrics", &[]),
     ("get", "/api/v1/openapi.json", &[]),
     ("get", "/api/v1/sys/seal-status", &[]),
-    ("post", "/api/v1/sys/init", &[400, 409, 503]),
-    ("post", "/api/v1/sys/unseal", &[400, 503]),
-    ("post", "/api/v1/sys/seal", &[401, 403, 503]),
-    ("post", "/api/v1/sys/kek/rotate", &[401, 403, 409, 503]),
-    ("post", "/api/v1/keys", &[400, 401, 409, 503]),
-    ("get", "/api/v1/keys", &[401, 503]),
-    ("get", "/api/v1/keys/{id}", &[401, 404, 503]),
-    ("patch", "/api/v1/keys/{id}", &[400, 401, 404, 503]),
-    ("post", "/api/v1/keys/{id}/rotate", &[401, 404, 409, 503]),
-    ("post", "/api/v1/keys/{id}/disable", &[401, 404, 409, 503]),
-    ("post", "/api/v1/keys/{id}/enable", &[401, 404, 409, 503]),
+    ("post", "/api/v1/sys/init", &[400, 409, 503, 429]),
+    ("post", "/api/v1/sys/unseal", &[400, 503, 429]),
+    ("post", "/api/v1/sys/seal", &[401, 403, 503, 429]),
+    ("post", "/api/v1/sys/kek/rotate", &[401, 403, 409, 503, 429]),
+    ("post", "/api/v1/keys", &[400, 401, 409, 503, 429]),
+    ("get", "/api/v1/keys", &[401, 503, 429]),
+    ("get", "/api/v1/keys/{id}", &[401, 404, 503, 429]),
+    ("patch", "/api/v1/keys/{id}", &[400, 401, 404, 503, 429]),
+    (
+        "post",
+        "/api/v1/keys/{id}/rotate",
+        &[401, 404, 409, 503, 429],
+    ),
+    (
+        "post",
+        "/api/v1/keys/{id}/disable",
+        &[401, 404, 409, 503, 429],
+    ),
+    (
+        "post",
+        "/api/v1/keys/{id}/enable",
+        &[401, 404, 409, 503, 429],
+    ),
     (
         "post",
         "/api/v1/keys/{id}/schedule-deletion",
-        &[400, 401, 404, 409, 503],
+        &[400, 401, 404, 409, 503, 429],
     ),
     (
         "post",
         "/api/v1/keys/{id}/cancel-deletion",
-        &[401, 404, 409, 503],
+        &[401, 404, 409, 503, 429],
     ),
     (
         "post",
         "/api/v1/keys/{id}/encrypt",
-        &[400, 401, 404, 409, 413, 503],
+        &[400, 401, 404, 409, 413, 503, 429],
     ),
     (
         "post",
         "/api/v1/keys/{id}/encrypt/batch",
-        &[400, 401, 404, 409, 413, 503],
+        &[400, 401, 404, 409, 413, 503, 429],
     ),
-    ("post", "/api/v1/decrypt", &[400, 401, 404, 409, 413, 503]),
-    ("post", "/api/v1/decrypt/batch", &[400, 401, 413, 503]),
+    (
+        "post",
+        "/api/v1/decrypt",
+        &[400, 401, 404, 409, 413, 503, 429],
+    ),
+    ("post", "/api/v1/decrypt/batch", &[400, 401, 413, 503, 429]),
     (
         "post",
         "/api/v1/keys/{id}/reencrypt",
-        &[400, 401, 404, 409, 503],
+        &[400, 401, 404, 409, 503, 429],
     ),
     (
         "post",
         "/api/v1/keys/{id}/datakey",
-        &[400, 401, 404, 409, 503],
+        &[400, 401, 404, 409, 503, 429],
     ),
     (
         "post",
         "/api/v1/keys/{id}/datakey-without-plaintext",
-        &[400, 401, 404, 409, 503],
+        &[400, 401, 404, 409, 503, 429],
     ),
-    ("post", "/api/v1/keys/{id}/sign", &[400, 401, 404, 409, 503]),
+    (
+        "post",
+        "/api/v1/keys/{id}/sign",
+        &[400, 401, 404, 409, 503, 429],
+    ),
     (
         "post",
         "/api/v1/keys/{id}/verify",
-        &[400, 401, 404, 409, 503],
+        &[400, 401, 404, 409, 503, 429],
     ),
-    ("post", "/api/v1/keys/{id}/mac", &[400, 401, 404, 409, 503]),
+    (
+        "post",
+        "/api/v1/keys/{id}/mac",
+        &[400, 401, 404, 409, 503, 429],
+    ),
     (
         "post",
         "/api/v1/keys/{id}/verify-mac",
-        &[400, 401, 404, 409, 503],
+        &[400, 401, 404, 409, 503, 429],
+    ),
+    (
+        "get",
+        "/api/v1/keys/{id}/public-key",
+        &[400, 401, 404, 503, 429],
     ),
     ("get", "/api/v1/keys/{id}/public-key", &[400, 401, 404, 503]),
     ("get", "/api/v1/audit/public-key", &[503]),
-    ("get", "/api/v1/audit", &[400, 401, 403, 503]),
-    ("get", "/api/v1/audit/export", &[400, 401, 403, 503]),
-    ("post", "/api/v1/audit/hash", &[400, 401, 403, 503]),
+    ("get", "/api/v1/audit", &[400, 401, 403, 503, 429]),
+    ("get", "/api/v1/audit/export", &[400, 401, 403, 503, 429]),
+    ("post", "/api/v1/audit/hash", &[400, 401, 403, 503, 429]),
 ];
 
 /// Paths the seal gate lets through (crates/server/src/middleware.rs).

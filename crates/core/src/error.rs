@@ -37,6 +37,9 @@ pub enum CoreError {
     Busy,
     #[error("internal error")]
     Internal,
+    /// The caller's quota for CPU-heavy work is spent; retry after this many seconds.
+    #[error("rate limit for RSA operations exceeded; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
 }
 
 impl CoreError {
@@ -60,6 +63,7 @@ impl CoreError {
             CoreError::Storage(_) => "storage_unavailable",
             CoreError::Busy => "busy",
             CoreError::Internal => "internal",
+            CoreError::RateLimited { .. } => "rate_limited",
         }
     }
 }

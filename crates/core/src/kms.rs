@@ -17,7 +17,7 @@ use sovra_crypto::mac::MacKey;
 use sovra_crypto::sign::{SignInput, SignatureAlgorithm, SigningKey, pem_encode};
 use sovra_crypto::wrap::WrappingKey;
 use sovra_crypto::{KeyType, SecretBytes, rng};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
 
@@ -44,6 +44,12 @@ impl Default for KmsConfig {
     }
 }
 
+/// Asked before CPU-heavy work (RSA key generation and private-key operations) is queued: only
+/// here is the key type known, so this is where the server charges the caller's RSA quota.
+pub trait HeavyOpAdmission: Send + Sync {
+    fn admit(&self, p: &Principal) -> Result<(), CoreError>;
+}
+
 /// A key version ready for use.
 pub(crate) enum LoadedKey {
     Aead(AeadKey),
@@ -58,6 +64,7 @@ pub struct Kms {
     keys: BoundedCache<(Uuid, u32), LoadedKey>,
     heavy: Arc<Semaphore>,
     audit_keys: std::sync::RwLock<Option<Arc<crate::audit::AuditKeys>>>,
+    heavy_admission: OnceLock<Arc<dyn HeavyOpAdmission>>,
 }
 
 /// Key metadata as the API shows it.
@@ -153,6 +160,7 @@ impl Kms {
             keys: BoundedCache::new(config.key_cache_capacity),
             heavy: Arc::new(Semaphore::new(config.heavy_ops_concurrency.max(1))),
             audit_keys: std::sync::RwLock::new(None),
+            heavy_admission: OnceLock::new(),
         })
     }
 
@@ -165,6 +173,19 @@ impl Kms {
 
     pub(crate) fn set_audit_keys_cache(&self, keys: Arc<crate::audit::AuditKeys>) {
         *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+    }
+
+    /// Installs the admission check for CPU-heavy work; only the first one counts (returns
+    /// whether this one was installed).
+    pub fn set_heavy_op_admission(&self, admission: Arc<dyn HeavyOpAdmission>) -> bool {
+        self.heavy_admission.set(admission).is_ok()
+    }
+
+    fn admit_heavy(&self, p: &Principal) -> Result<(), CoreError> {
+        match self.heavy_admission.get() {
+            Some(a) => a.admit(p),
+            None => Ok(()),
+        }
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -261,7 +282,7 @@ impl Kms {
             rotated_at: None,
             deletion_date: None,
         };
-        let material = self.generate(key_type).await?;
+        let material = self.generate(p, key_type).await?;
         let first = self.wrap_material(&key, 1, &material).await?;
         self.store
             .create_key(&key, &first)
@@ -275,8 +296,9 @@ impl Kms {
         Ok(KeyInfo::from(&key))
     }
 
-    async fn generate(&self, key_type: KeyType) -> Result<SecretBytes, CoreError> {
+    async fn generate(&self, p: &Principal, key_type: KeyType) -> Result<SecretBytes, CoreError> {
         if key_type.is_cpu_heavy() {
+            self.admit_heavy(p)?;
             self.heavy_op(move || key_type.generate().map_err(CoreError::from))
                 .await
         } else {
@@ -320,7 +342,7 @@ impl Kms {
     pub async fn rotate_key(&self, p: &Principal, id: Uuid) -> Result<KeyInfo, CoreError> {
         let mut key = self.key_for(p, id, Action::KeyManage).await?;
         require_usable(&key)?;
-        let material = self.generate(key.key_type).await?;
+        let material = self.generate(p, key.key_type).await?;
         // Optimistic concurrency: the store refuses a version that is not latest + 1, so
         // concurrent rotations (from any node) each get their own number or retry.
         for _ in 0..5 {
@@ -666,6 +688,7 @@ impl Kms {
             return Err(CoreError::Internal);
         };
         let signature = if key.key_type.is_cpu_heavy() {
+            self.admit_heavy(p)?;
             let (owned, is_digest) = match input {
                 SignInput::Message(m) => (m.to_vec(), false),
                 SignInput::Digest(d) => (d.to_vec(), true),

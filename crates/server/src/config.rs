@@ -22,6 +22,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub audit: AuditConfig,
+    #[serde(default)]
+    pub rate_limits: crate::ratelimit::RateLimitConfig,
 }
 
 /// `[audit]`: the request audit log and its forwarding to SIEM sinks (docs/audit-sinks.md).
@@ -185,6 +187,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             limits: Limits::default(),
             audit: AuditConfig::default(),
+            rate_limits: Default::default(),
         }
     }
 }
@@ -224,6 +227,7 @@ impl Config {
             return Err("limits are too small to serve any request".into());
         }
         crate::siem::validate_sinks(&cfg.audit.sinks).map_err(|e| e.to_string())?;
+        cfg.rate_limits.validate()?;
         Ok(cfg)
     }
 }

@@ -23,6 +23,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for the `Retry-After` header of a 429.
+    pub retry_after: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -44,6 +46,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -74,6 +77,7 @@ impl From<CoreError> for ApiError {
             Storage(sovra_core::StoreError::Conflict(_)) => StatusCode::CONFLICT,
             Storage(_) | Busy => StatusCode::SERVICE_UNAVAILABLE,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
         if let Storage(inner) = &e {
             // The detail goes to the log only; it may name tables or hosts.
@@ -85,10 +89,15 @@ impl From<CoreError> for ApiError {
             }
             _ => e.to_string(),
         };
+        let retry_after = match &e {
+            RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        };
         ApiError {
             status,
             code: e.code(),
             message,
+            retry_after,
         }
     }
 }
@@ -108,6 +117,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(
                 axum::http::header::RETRY_AFTER,
                 axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs.max(1)),
             );
         }
         if self.status == StatusCode::UNAUTHORIZED {

@@ -90,6 +90,7 @@ impl FromRequestParts<Arc<AppState>> for Auth {
         };
         let principal = state.auth.authenticate(token.trim()).await?;
         crate::audit::note_principal(&principal);
+        crate::ratelimit::admit(state, parts, &principal)?;
         Ok(Auth(principal))
     }
 }

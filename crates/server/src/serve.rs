@@ -33,6 +33,7 @@ pub struct AppState {
     pub in_flight: Arc<AtomicUsize>,
     /// The request audit log's writer; `None` when auditing is turned off.
     pub audit: Option<AuditWriter>,
+    pub rate_limits: Arc<crate::ratelimit::RateLimits>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +91,9 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         .audit
         .enabled
         .then(|| AuditWriter::start(kms.store().clone()));
+    let rate_limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
+    rate_limits.start_cleanup();
+    kms.set_heavy_op_admission(rate_limits.clone());
     let state = Arc::new(AppState {
         kms,
         auth,
@@ -98,6 +102,7 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         openapi_json,
         in_flight: in_flight.clone(),
         audit,
+        rate_limits,
     });
     let router = routes
         .fallback(middleware::not_found)
@@ -105,6 +110,11 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::seal_gate,
+        ))
+        // Per source IP; inside the metrics layer so that 429s are counted.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::layer,
         ))
         // Outside the seal gate so that 503s while sealed are counted too.
         .layer(axum::middleware::from_fn(middleware::record_metrics))

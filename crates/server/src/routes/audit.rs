@@ -119,7 +119,9 @@ const DEFAULT_PAGE: u32 = 100;
 
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(ListParams),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn list(
     State(st): State<Arc<AppState>>,
@@ -185,7 +187,9 @@ const EXPORT_PAGE: u32 = 1000;
     responses((status = 200, description = "JSON lines: the org's events, other orgs' events as links, checkpoints",
                content_type = "application/x-ndjson", body = String),
               (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn export(
     State(st): State<Arc<AppState>>,
@@ -261,7 +265,9 @@ pub struct HashResponse {
 #[utoipa::path(post, path = "/api/v1/audit/hash", tag = "audit", request_body = HashRequest,
     responses((status = 200, body = HashResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
-              (status = 503, body = ErrorBody)),
+              (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn hash(
     State(st): State<Arc<AppState>>,

@@ -179,7 +179,9 @@ fn note_ciphertext_key(ciphertext: &[u8]) {
     request_body = EncryptRequest,
     responses((status = 415, body = ErrorBody), (status = 200, body = EncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 503, body = ErrorBody)),
+              (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn encrypt(
     State(st): State<Arc<AppState>>,
@@ -203,7 +205,9 @@ pub async fn encrypt(
     request_body = BatchEncryptRequest,
     responses((status = 415, body = ErrorBody), (status = 200, body = BatchEncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 503, body = ErrorBody)),
+              (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn encrypt_batch(
     State(st): State<Arc<AppState>>,
@@ -211,7 +215,7 @@ pub async fn encrypt_batch(
     Path(id): Path<String>,
     ApiJson(req): ApiJson<BatchEncryptRequest>,
 ) -> ApiResult<Json<BatchEncryptResponse>> {
-    check_batch(&st, req.items.len())?;
+    check_batch(&st, &p, req.items.len())?;
     let mut items = Vec::with_capacity(req.items.len());
     for (i, item) in req.items.into_iter().enumerate() {
         items.push((
@@ -234,7 +238,7 @@ pub async fn encrypt_batch(
     Ok(Json(BatchEncryptResponse { results }))
 }
 
-fn check_batch(st: &AppState, n: usize) -> ApiResult<()> {
+fn check_batch(st: &AppState, p: &sovra_core::Principal, n: usize) -> ApiResult<()> {
     if n == 0 || n > st.config.limits.max_batch_items {
         return Err(ApiError::bad_request(
             "invalid_input",
@@ -244,13 +248,19 @@ fn check_batch(st: &AppState, n: usize) -> ApiResult<()> {
             ),
         ));
     }
+    // The request itself paid for one item.
+    let extra = u32::try_from(n - 1).unwrap_or(u32::MAX);
+    st.rate_limits
+        .check(crate::ratelimit::Class::Crypto, &p.owner_id(), extra)?;
     Ok(())
 }
 
 #[utoipa::path(post, path = "/api/v1/decrypt", tag = "crypto", request_body = DecryptRequest,
     responses((status = 415, body = ErrorBody), (status = 200, body = DecryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 413, body = ErrorBody),
-              (status = 503, body = ErrorBody)),
+              (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn decrypt(
     State(st): State<Arc<AppState>>,
@@ -269,14 +279,16 @@ pub async fn decrypt(
 
 #[utoipa::path(post, path = "/api/v1/decrypt/batch", tag = "crypto", request_body = BatchDecryptRequest,
     responses((status = 415, body = ErrorBody), (status = 200, body = BatchDecryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 413, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn decrypt_batch(
     State(st): State<Arc<AppState>>,
     Auth(p): Auth,
     ApiJson(req): ApiJson<BatchDecryptRequest>,
 ) -> ApiResult<Json<BatchDecryptResponse>> {
-    check_batch(&st, req.items.len())?;
+    check_batch(&st, &p, req.items.len())?;
     let mut results = Vec::with_capacity(req.items.len());
     for (i, item) in req.items.into_iter().enumerate() {
         let r = async {
@@ -308,7 +320,9 @@ pub async fn decrypt_batch(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/reencrypt", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = DecryptRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = EncryptResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn reencrypt(
     State(st): State<Arc<AppState>>,
@@ -361,7 +375,9 @@ async fn data_key(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/datakey", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = DataKeyRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = DataKeyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn datakey(
     State(st): State<Arc<AppState>>,
@@ -375,7 +391,9 @@ pub async fn datakey(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/datakey-without-plaintext", tag = "crypto",
     params(("id" = String, Path, description = "key id")), request_body = DataKeyRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = DataKeyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn datakey_without_plaintext(
     State(st): State<Arc<AppState>>,
@@ -409,7 +427,9 @@ fn as_input(bytes: &[u8], is_digest: bool) -> SignInput<'_> {
 #[utoipa::path(post, path = "/api/v1/keys/{id}/sign", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = SignRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = SignResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn sign(
     State(st): State<Arc<AppState>>,
@@ -437,7 +457,9 @@ pub async fn sign(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/verify", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = VerifyRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = VerifyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn verify(
     State(st): State<Arc<AppState>>,
@@ -464,7 +486,9 @@ pub async fn verify(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/mac", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = MacRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = MacResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn mac(
     State(st): State<Arc<AppState>>,
@@ -483,7 +507,9 @@ pub async fn mac(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/verify-mac", tag = "crypto", params(("id" = String, Path, description = "key id")),
     request_body = VerifyMacRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = VerifyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn verify_mac(
     State(st): State<Arc<AppState>>,
@@ -502,7 +528,9 @@ pub async fn verify_mac(
 
 #[utoipa::path(get, path = "/api/v1/keys/{id}/public-key", tag = "crypto", params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = PublicKeyResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn public_key(
     State(st): State<Arc<AppState>>,

@@ -44,7 +44,9 @@ pub struct ScheduleDeletionRequest {
 
 #[utoipa::path(post, path = "/api/v1/keys", tag = "keys", request_body = CreateKeyRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 201, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn create_key(
     State(st): State<Arc<AppState>>,
@@ -66,7 +68,9 @@ pub async fn create_key(
 }
 
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
-    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = KeyList), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn list_keys(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Json<KeyList>> {
     Ok(Json(KeyList {
@@ -76,7 +80,9 @@ pub async fn list_keys(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiRes
 
 #[utoipa::path(get, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 503, body = ErrorBody)),
+              (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn get_key(
     State(st): State<Arc<AppState>>,
@@ -89,7 +95,9 @@ pub async fn get_key(
 #[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "key id")),
     request_body = UpdateKeyRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn update_key(
     State(st): State<Arc<AppState>>,
@@ -106,7 +114,9 @@ pub async fn update_key(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn rotate_key(
     State(st): State<Arc<AppState>>,
@@ -118,7 +128,9 @@ pub async fn rotate_key(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/disable", tag = "keys", params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn disable_key(
     State(st): State<Arc<AppState>>,
@@ -130,7 +142,9 @@ pub async fn disable_key(
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/enable", tag = "keys", params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn enable_key(
     State(st): State<Arc<AppState>>,
@@ -143,7 +157,9 @@ pub async fn enable_key(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/schedule-deletion", tag = "keys",
     params(("id" = String, Path, description = "key id")), request_body = ScheduleDeletionRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = KeyInfo), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn schedule_deletion(
     State(st): State<Arc<AppState>>,
@@ -161,7 +177,9 @@ pub async fn schedule_deletion(
 #[utoipa::path(post, path = "/api/v1/keys/{id}/cancel-deletion", tag = "keys",
     params(("id" = String, Path, description = "key id")),
     responses((status = 200, body = KeyInfo), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn cancel_deletion(
     State(st): State<Arc<AppState>>,

@@ -45,7 +45,9 @@ pub async fn seal_status(State(st): State<Arc<AppState>>) -> Json<SealStatus> {
 
 #[utoipa::path(post, path = "/api/v1/sys/init", tag = "sys", request_body = InitRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = InitResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
-              (status = 503, body = ErrorBody)))]
+              (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))))]
 pub async fn init(
     State(st): State<Arc<AppState>>,
     ApiJson(req): ApiJson<InitRequest>,
@@ -66,7 +68,9 @@ pub async fn init(
 }
 
 #[utoipa::path(post, path = "/api/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
-    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = SealStatus), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = SealStatus), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))))]
 pub async fn unseal(
     State(st): State<Arc<AppState>>,
     ApiJson(req): ApiJson<UnsealRequest>,
@@ -81,7 +85,9 @@ pub async fn unseal(
 
 #[utoipa::path(post, path = "/api/v1/sys/seal", tag = "sys",
     responses((status = 200, body = SealStatus), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 503, body = ErrorBody)),
+              (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn seal(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Json<SealStatus>> {
     st.kms.seal(&p)?;
@@ -91,7 +97,9 @@ pub async fn seal(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<J
 
 #[utoipa::path(post, path = "/api/v1/sys/kek/rotate", tag = "sys",
     responses((status = 200, body = KekRotated), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)),
+              (status = 409, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
     security(("bearer" = [])))]
 pub async fn rotate_kek(
     State(st): State<Arc<AppState>>,

@@ -1,0 +1,428 @@
+//! End to end: rate limits per identity and endpoint class, and per source IP for
+//! unauthenticated requests, against a real server with small limits and JWTs for several
+//! users of a test identity provider.
+
+mod common;
+mod jwt;
+
+use common::{Server, TempDir, sovra_bin};
+use jwt::{AUDIENCE, ISSUER, Signer, claims};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Small buckets refilling at one request per second, so a test can spend one quickly and
+/// wait for a refill.
+const LIMITS: &str = "
+[rate_limits.read]
+per_second = 1
+burst = 20
+[rate_limits.crypto]
+per_second = 1
+burst = 5
+[rate_limits.key_admin]
+per_second = 1
+burst = 10
+[rate_limits.rsa]
+per_second = 1
+burst = 2
+[rate_limits.unauthenticated]
+per_second = 1
+burst = 5
+";
+
+/// Small buckets that take minutes to refill, so that "refused right after" does not depend
+/// on how fast the machine is.
+const SLOW: &str = "
+[rate_limits.crypto]
+per_second = 0.01
+burst = 5
+[rate_limits.rsa]
+per_second = 0.01
+burst = 2
+[rate_limits.unauthenticated]
+per_second = 0.01
+burst = 5
+";
+
+struct Resp {
+    status: u16,
+    retry_after: Option<u64>,
+    json: Value,
+}
+
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.json)
+    }
+}
+
+struct Env {
+    _dir: TempDir,
+    server: Server,
+    http: reqwest::Client,
+    signer: Signer,
+}
+
+impl Env {
+    fn start(tag: &str, limits: &str) -> Env {
+        let dir = TempDir::new(tag);
+        let signer = Signer::es256("rl-1");
+        let jwks = dir.path().join("jwks.json");
+        jwt::write_jwks(&jwks, std::slice::from_ref(&signer.jwk));
+        let cfg = format!("{}{limits}", jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
+        let server = Server::start_dev(dir.path(), &cfg);
+        let http = server.http();
+        Env {
+            _dir: dir,
+            server,
+            http,
+            signer,
+        }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.signer.token(&claims(user, "acme"))
+    }
+
+    async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Value) -> Resp {
+        let mut req = self.http.request(method.clone(), self.server.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if method != Method::GET {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let retry_after = resp.headers().get("retry-after").map(|v| {
+            v.to_str()
+                .unwrap()
+                .parse()
+                .expect("Retry-After in whole seconds")
+        });
+        let text = resp.text().await.unwrap();
+        Resp {
+            status,
+            retry_after,
+            json: serde_json::from_str(&text).unwrap_or(Value::Null),
+        }
+    }
+
+    async fn create_key(&self, token: &str, name: &str, key_type: &str) -> String {
+        let r = self
+            .call(
+                Method::POST,
+                "/api/v1/keys",
+                Some(token),
+                json!({"name": name, "type": key_type}),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{r:?}");
+        r.json["id"].as_str().unwrap().to_string()
+    }
+
+    async fn encrypt(&self, token: &str, key: &str) -> Resp {
+        self.call(
+            Method::POST,
+            &format!("/api/v1/keys/{key}/encrypt"),
+            Some(token),
+            json!({"plaintext": "aGk="}),
+        )
+        .await
+    }
+
+    /// Repeats `f` until it answers 429 (at most `max` times); returns the successes before it
+    /// and the 429.
+    async fn exhaust<F, Fut>(max: usize, mut f: F) -> (usize, Resp)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Resp>,
+    {
+        for ok in 0..max {
+            let r = f().await;
+            if r.status == 429 {
+                return (ok, r);
+            }
+            assert!((200..300).contains(&r.status), "{r:?}");
+        }
+        panic!("no 429 after {max} requests");
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(self.server.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+/// The 429 contract: status, `Retry-After` of at least one whole second, the JSON error body
+/// with code `rate_limited` and a request id.
+fn assert_rate_limited(r: &Resp) -> u64 {
+    assert_eq!(r.status, 429, "{r:?}");
+    assert_eq!(r.json["error"]["code"], "rate_limited", "{r:?}");
+    assert!(
+        !r.json["error"]["request_id"].as_str().unwrap().is_empty(),
+        "{r:?}"
+    );
+    let secs = r.retry_after.expect("Retry-After");
+    assert!(secs >= 1, "{r:?}");
+    secs
+}
+
+fn counter(metrics: &str, class: &str) -> f64 {
+    let prefix = format!("sovra_rate_limited_total{{class=\"{class}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_noisy_user_is_limited_without_touching_other_users_or_its_other_classes() {
+    let env = Env::start("rl-users", LIMITS);
+    let alice = env.token("alice");
+    let bob = env.token("bob");
+    let ka = env.create_key(&alice, "a", "aes-256-gcm").await;
+    let kb = env.create_key(&bob, "b", "aes-256-gcm").await;
+
+    // Alice spends her crypto bucket (burst 5; it refills at 1/s meanwhile).
+    let (ok, refused) = Env::exhaust(50, || env.encrypt(&alice, &ka)).await;
+    assert!(ok >= 5, "{ok} encrypts before the first 429");
+    let wait = assert_rate_limited(&refused);
+    assert!(
+        refused.json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("crypto"),
+        "{refused:?}"
+    );
+
+    // At the same moment Bob's crypto requests are served: his bucket is his own.
+    let r = env.encrypt(&bob, &kb).await;
+    assert_eq!(r.status, 200, "bob after alice's 429: {r:?}");
+    // Alice's other classes are untouched.
+    let r = env
+        .call(
+            Method::GET,
+            &format!("/api/v1/keys/{ka}"),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "alice read after her crypto 429: {r:?}");
+    let r = env
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{ka}/rotate"),
+            Some(&alice),
+            json!({}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "alice key_admin after her crypto 429: {r:?}");
+
+    // After waiting what Retry-After said, Alice is served again.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let r = env.encrypt(&alice, &ka).await;
+    assert_eq!(r.status, 200, "alice after Retry-After: {r:?}");
+
+    let m = env.metrics().await;
+    assert!(counter(&m, "crypto") >= 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_private_key_operations_have_their_own_stricter_bucket() {
+    let env = Env::start("rl-rsa", SLOW);
+    let carol = env.token("carol");
+    let dave = env.token("dave");
+    // Key generation spends one RSA token (rsa burst 2).
+    let rsa = env.create_key(&carol, "r", "rsa-3072").await;
+    let aes = env.create_key(&carol, "s", "aes-256-gcm").await;
+    let ed = env.create_key(&carol, "e", "ed25519").await;
+    let sign = |key: String| {
+        let env = &env;
+        let carol = carol.clone();
+        async move {
+            env.call(
+                Method::POST,
+                &format!("/api/v1/keys/{key}/sign"),
+                Some(&carol),
+                json!({"message": "aGk="}),
+            )
+            .await
+        }
+    };
+    let (ok, refused) = Env::exhaust(20, || sign(rsa.clone())).await;
+    // Generation took one of two tokens; the crypto bucket (5) still has some.
+    assert_eq!(ok, 1, "RSA signatures before the first 429");
+    assert_rate_limited(&refused);
+    let msg = refused.json["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("RSA"), "{refused:?}");
+
+    // Carol's cheap crypto still works: an Ed25519 signature and an AES encryption.
+    let r = sign(ed.clone()).await;
+    assert_eq!(r.status, 200, "ed25519 sign after the RSA 429: {r:?}");
+    let r = env.encrypt(&carol, &aes).await;
+    assert_eq!(r.status, 200, "encrypt after the RSA 429: {r:?}");
+    // Another user's RSA work is not affected.
+    env.create_key(&dave, "r", "rsa-3072").await;
+
+    // A batch costs its item count: a batch as large as the bucket (5) spends it.
+    let erin = env.token("erin");
+    let ke = env.create_key(&erin, "b", "aes-256-gcm").await;
+    let items: Vec<Value> = (0..5).map(|_| json!({"plaintext": "aGk="})).collect();
+    let r = env
+        .call(
+            Method::POST,
+            &format!("/api/v1/keys/{ke}/encrypt/batch"),
+            Some(&erin),
+            json!({ "items": items }),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_rate_limited(&env.encrypt(&erin, &ke).await);
+
+    let m = env.metrics().await;
+    assert!(counter(&m, "rsa") >= 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_authentication_floods_from_one_ip_are_limited_before_verification() {
+    let env = Env::start("rl-unauth", SLOW);
+    let alice = env.token("alice");
+    let mut forged = env.token("mallory");
+    forged.push('x');
+    let (failed, refused) = Env::exhaust(50, || async {
+        let r = env
+            .call(Method::GET, "/api/v1/keys", Some(&forged), json!({}))
+            .await;
+        if r.status == 401 {
+            // Count a 401 as "served" for exhaust's bookkeeping.
+            return Resp { status: 204, ..r };
+        }
+        r
+    })
+    .await;
+    assert!(
+        failed >= 5,
+        "{failed} failed authentications before the first 429"
+    );
+    assert_rate_limited(&refused);
+    // While the address is blocked, credentials from it are not verified at all, so a
+    // guessed-right token is refused too.
+    let r = env
+        .call(Method::GET, "/api/v1/keys", Some(&alice), json!({}))
+        .await;
+    assert_rate_limited(&r);
+    // Probes stay open.
+    let r = env.call(Method::GET, "/health", None, json!({})).await;
+    assert_eq!(r.status, 200);
+    let m = env.metrics().await;
+    assert!(counter(&m, "unauthenticated") >= 1.0, "{m}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unseal_and_init_floods_from_one_ip_are_limited() {
+    let env = Env::start("rl-unseal", SLOW);
+    let (_, refused) = Env::exhaust(50, || async {
+        let r = env
+            .call(
+                Method::POST,
+                "/api/v1/sys/unseal",
+                None,
+                json!({"share": "AQI="}),
+            )
+            .await;
+        // The dev server is unsealed: each guess is answered (not 2xx) until the limit.
+        if r.status != 429 {
+            return Resp { status: 204, ..r };
+        }
+        r
+    })
+    .await;
+    assert_rate_limited(&refused);
+    let r = env
+        .call(
+            Method::POST,
+            "/api/v1/sys/init",
+            None,
+            json!({"shares": 1, "threshold": 1}),
+        )
+        .await;
+    assert_rate_limited(&r);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_lists_429_where_it_can_occur() {
+    let env = Env::start("rl-doc", "");
+    let doc = env
+        .call(Method::GET, "/api/v1/openapi.json", None, json!({}))
+        .await
+        .json;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            let limited = path.starts_with("/api/")
+                && path != "/api/v1/openapi.json"
+                && path != "/api/v1/sys/seal-status"
+                && path != "/api/v1/audit/public-key";
+            let has = op["responses"].get("429").is_some();
+            assert_eq!(has, limited, "{method} {path} documents 429: {has}");
+            if has {
+                assert!(
+                    op["responses"]["429"]["headers"]
+                        .get("Retry-After")
+                        .is_some(),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn a_config_with_zero_or_invalid_limits_is_refused() {
+    for (limits, setting) in [
+        (
+            "[rate_limits.crypto]\nper_second = 0\nburst = 10\n",
+            "rate_limits.crypto.per_second",
+        ),
+        (
+            "[rate_limits.rsa]\nper_second = 5\nburst = 0\n",
+            "rate_limits.rsa.burst",
+        ),
+    ] {
+        let dir = TempDir::new("rl-config");
+        let cfg = common::write_config(dir.path(), limits);
+        let mut child = Command::new(sovra_bin())
+            .args(["server", "--dev", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server started with {limits:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{limits:?}");
+        assert!(err.contains(setting), "{limits:?}: {err}");
+    }
+}
