@@ -487,6 +487,20 @@ pub fn admit(st: &AppState, parts: &Parts, p: &Principal) -> Result<(), ApiError
 /// every request, authenticated routes on every 401, and a blocked IP's requests are refused
 /// before their credentials are verified.
 pub async fn layer(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let resp = limit_by_ip(&st, req, next).await;
+    if resp.status() == StatusCode::TOO_MANY_REQUESTS {
+        // A client that ignores Retry-After and asks again at once would turn cheap refusals
+        // into a CPU flood of TLS, HTTP and token checks; holding its refusal briefly costs
+        // the server nothing and slows such a client to one request per connection per delay.
+        tokio::time::sleep(REFUSAL_DELAY).await;
+    }
+    resp
+}
+
+/// How long a 429 is held before it is sent.
+pub const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(500);
+
+async fn limit_by_ip(st: &AppState, req: Request, next: Next) -> Response {
     let limits = &st.rate_limits;
     let Some(route) = req.extensions().get::<MatchedPath>().map(|m| m.as_str()) else {
         return next.run(req).await;
