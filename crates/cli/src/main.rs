@@ -143,6 +143,22 @@ fn audit_verify(file: &PathBuf, public_key: &PathBuf) -> Result<()> {
             String::new()
         }
     );
+    if report.redacted > 0 {
+        println!(
+            "{} events of other organizations were verified as links only",
+            report.redacted
+        );
+    }
+    if report.first_seq > 1 {
+        println!(
+            "note: the export starts at sequence {}; earlier events are not covered",
+            report.first_seq
+        );
+    }
+    if report.checkpoints == 0 {
+        // Without a signature anyone with database access could have rebuilt the chain.
+        println!("warning: no checkpoint in the export: the chain is consistent but not signed");
+    }
     Ok(())
 }
 
