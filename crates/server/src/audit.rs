@@ -74,6 +74,9 @@ fn audited(path: &str) -> bool {
     )
 }
 
+/// Top-level routes that name an operation rather than a collection of resources.
+const OPERATIONS: &[&str] = &["decrypt"];
+
 /// A stable action name from the route: `/api/v1/keys/{id}/encrypt` is `keys.encrypt`;
 /// collections and single resources take a verb from the method (`keys.create`, `keys.read`).
 pub fn action_name(method: &Method, route: Option<&str>) -> String {
@@ -92,7 +95,9 @@ pub fn action_name(method: &Method, route: Option<&str>) -> String {
         .collect();
     let mut action = named.join(".");
     let ends_in_param = raw.last().is_some_and(|s| s.starts_with('{'));
-    if ends_in_param || named.len() == 1 {
+    // `/decrypt` is an operation, not a collection: it is its own action (not `decrypt.create`).
+    let operation = named.len() == 1 && OPERATIONS.contains(&named[0]);
+    if ends_in_param || (named.len() == 1 && !operation) {
         let verb = match (method.as_str(), ends_in_param) {
             ("GET", false) => "list",
             ("GET", true) => "read",
@@ -299,6 +304,14 @@ mod tests {
         assert_eq!(
             action_name(&Method::GET, Some("/api/v1/keys/{id}")),
             "keys.read"
+        );
+        assert_eq!(
+            action_name(&Method::POST, Some("/api/v1/decrypt")),
+            "decrypt"
+        );
+        assert_eq!(
+            action_name(&Method::GET, Some("/api/v1/audit")),
+            "audit.list"
         );
         assert_eq!(action_name(&Method::GET, None), "unmatched");
     }

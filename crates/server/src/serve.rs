@@ -222,6 +222,9 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
         dev::write_env(&data_dir, local, d)?;
     }
     let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
+    // The metrics recorder must be installed before the forwarders register their gauges and
+    // counters: a handle taken before it exists stays a no-op (the backlog gauge never showed).
+    let _ = metrics_handle();
     // Audit forwarding reads the durable chain; a bad sink stops startup here.
     let sinks = crate::siem::spawn_sinks(kms.store().clone(), &config.audit.sinks, &data_dir)?;
     let (router, state) = app(kms.clone(), auth, config);

@@ -1,0 +1,848 @@
+//! End-to-end audit log against the real `sovra` binary: one event per request with the right
+//! facts, nothing sensitive stored, who may read what, checkpoints (periodic and at shutdown),
+//! bad queries, SIEM forwarding to a destination that comes up late, and a slow client.
+
+mod common;
+mod jwt;
+
+use common::{Server, TempDir, sovra_bin, text};
+use jwt::{AUDIENCE, ISSUER, Signer, claims_with_roles};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+struct Resp {
+    status: u16,
+    request_id: String,
+    body: Value,
+    raw: String,
+}
+
+async fn send(
+    s: &Server,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Resp {
+    let mut req = s.http().request(method, s.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let request_id = r
+        .headers()
+        .get("x-request-id")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let raw = r.text().await.unwrap();
+    let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
+    Resp {
+        status,
+        request_id,
+        body,
+        raw,
+    }
+}
+
+fn dev_token(s: &Server) -> &str {
+    s.token.as_deref().unwrap()
+}
+
+/// Every event the caller may list, newest first (paging through `next_before_seq`).
+async fn list_all(s: &Server, token: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut before = String::new();
+    loop {
+        let r = send(
+            s,
+            Method::GET,
+            &format!("/api/v1/audit?limit=1000{before}"),
+            Some(token),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "audit list: {}", r.raw);
+        out.extend(r.body["events"].as_array().unwrap().iter().cloned());
+        match r.body["next_before_seq"].as_u64() {
+            Some(n) => before = format!("&before_seq={n}"),
+            None => return out,
+        }
+    }
+}
+
+async fn export(s: &Server, token: &str, query: &str) -> String {
+    let r = send(
+        s,
+        Method::GET,
+        &format!("/api/v1/audit/export{query}"),
+        Some(token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "audit export: {}", r.raw);
+    r.raw
+}
+
+fn lines(export: &str) -> Vec<Value> {
+    export
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn public_key_pem(s: &Server) -> String {
+    let r = send(s, Method::GET, "/api/v1/audit/public-key", None, None).await;
+    assert_eq!(r.status, 200, "public key: {}", r.raw);
+    assert!(r.raw.contains("BEGIN PUBLIC KEY"), "{}", r.raw);
+    r.raw
+}
+
+/// `sovra audit verify` on an export: (success, stdout + stderr).
+fn verify(dir: &Path, export: &str, pem: &str) -> (bool, String) {
+    let tag = common::uuid_like();
+    let file = dir.join(format!("export-{tag}.jsonl"));
+    let key = dir.join(format!("audit-{tag}.pem"));
+    std::fs::write(&file, export).unwrap();
+    std::fs::write(&key, pem).unwrap();
+    let out = std::process::Command::new(sovra_bin())
+        .args(["audit", "verify"])
+        .arg(&file)
+        .arg("--public-key")
+        .arg(&key)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!("{}{}", text(&out.stdout), text(&out.stderr)),
+    )
+}
+
+fn b64(b: &[u8]) -> String {
+    sovra_client::b64(b)
+}
+
+async fn create_key(s: &Server, token: &str, name: &str) -> String {
+    let r = send(
+        s,
+        Method::POST,
+        "/api/v1/keys",
+        Some(token),
+        Some(&json!({"name": name, "type": "aes-256-gcm"}).to_string()),
+    )
+    .await;
+    assert!(r.status < 300, "create key: {}", r.raw);
+    r.body["id"].as_str().unwrap().to_string()
+}
+
+fn by_request_id<'a>(events: &'a [Value], rid: &str) -> Vec<&'a Value> {
+    events
+        .iter()
+        .filter(|e| e["request_id"] == json!(rid))
+        .collect()
+}
+
+/// The events a `file` sink wrote, once it holds every sequence up to `head`.
+async fn sink_events(file: &Path, head: u64) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = std::fs::read_to_string(file)
+            .map(|t| lines(&t))
+            .unwrap_or_default();
+        if events.iter().any(|e| e["seq"].as_u64() >= Some(head)) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the file sink never reached {head}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---- one event per request -------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_request_yields_exactly_one_event_with_its_facts() {
+    let dir = TempDir::new("audit-one");
+    let sink_file = dir.path().join("sink").join("audit.jsonl");
+    let s = Server::start_dev(
+        dir.path(),
+        &format!(
+            "[[audit.sinks]]\nkind = \"file\"\nname = \"all\"\npath = \"{}\"\npoll_interval_ms = 100\n",
+            sink_file.display()
+        ),
+    );
+    let token = dev_token(&s).to_string();
+    let actor = "dev-token#dev-admin";
+
+    // The newest event before the mix; the list's own event comes right after it.
+    let before = list_all(&s, &token).await;
+    let base = before.first().map_or(0, |e| e["seq"].as_u64().unwrap());
+
+    // (response, action, outcome, actor, resource or None when not pinned)
+    let mut expected: Vec<(Resp, &str, &str, &str, Option<String>)> = Vec::new();
+
+    let create = send(
+        &s,
+        Method::POST,
+        "/api/v1/keys",
+        Some(&token),
+        Some(r#"{"name":"audit-one","type":"aes-256-gcm"}"#),
+    )
+    .await;
+    assert!(create.status < 300, "{}", create.raw);
+    let id = create.body["id"].as_str().unwrap().to_string();
+    expected.push((create, "keys.create", "success", actor, None));
+
+    let ctx = json!({"tenant": "t-1"});
+    let enc = send(
+        &s,
+        Method::POST,
+        &format!("/api/v1/keys/{id}/encrypt"),
+        Some(&token),
+        Some(&json!({"plaintext": b64(b"hello"), "context": ctx}).to_string()),
+    )
+    .await;
+    assert_eq!(enc.status, 200, "{}", enc.raw);
+    let ciphertext = enc.body["ciphertext"].as_str().unwrap().to_string();
+    expected.push((
+        enc,
+        "keys.encrypt",
+        "success",
+        actor,
+        Some(format!("key/{id}")),
+    ));
+
+    // The decrypt route names no key: the event's resource is the key from the ciphertext.
+    let dec = send(
+        &s,
+        Method::POST,
+        "/api/v1/decrypt",
+        Some(&token),
+        Some(&json!({"ciphertext": ciphertext, "context": ctx}).to_string()),
+    )
+    .await;
+    assert_eq!(dec.status, 200, "{}", dec.raw);
+    expected.push((dec, "decrypt", "success", actor, Some(format!("key/{id}"))));
+
+    let unknown = "00000000-0000-4000-8000-000000000000";
+    let missing = send(
+        &s,
+        Method::GET,
+        &format!("/api/v1/keys/{unknown}"),
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(missing.status, 404, "{}", missing.raw);
+    expected.push((
+        missing,
+        "keys.read",
+        "failure",
+        actor,
+        Some(format!("key/{unknown}")),
+    ));
+
+    let bad_token = send(
+        &s,
+        Method::GET,
+        "/api/v1/keys",
+        Some("not-a-valid-token"),
+        None,
+    )
+    .await;
+    assert_eq!(bad_token.status, 401, "{}", bad_token.raw);
+    expected.push((bad_token, "keys.list", "denied", "anonymous", None));
+
+    let malformed = send(
+        &s,
+        Method::POST,
+        &format!("/api/v1/keys/{id}/encrypt"),
+        Some(&token),
+        Some("{\"plaintext\": "),
+    )
+    .await;
+    assert_eq!(malformed.status, 400, "{}", malformed.raw);
+    expected.push((
+        malformed,
+        "keys.encrypt",
+        "failure",
+        actor,
+        Some(format!("key/{id}")),
+    ));
+
+    let unmatched = send(&s, Method::GET, "/api/v1/no-such-route", Some(&token), None).await;
+    assert_eq!(unmatched.status, 404, "{}", unmatched.raw);
+    expected.push((unmatched, "unmatched", "failure", "anonymous", None));
+
+    // Count through the export: it holds every event (other orgs' and anonymous ones as links).
+    let exported = lines(&export(&s, &token, "").await);
+    let seqs: Vec<u64> = exported
+        .iter()
+        .filter(|l| l["type"] != json!("checkpoint"))
+        .map(|l| l["seq"].as_u64().unwrap())
+        .filter(|q| *q > base)
+        .collect();
+    // The first list's event plus one per request of the mix; nothing else, nothing missing.
+    assert_eq!(
+        seqs,
+        (base + 1..=base + 1 + expected.len() as u64).collect::<Vec<_>>(),
+        "events after {base}"
+    );
+    let head = *seqs.last().unwrap();
+    // Anonymous events belong to no org, so no one lists them in full; the file sink gets
+    // every event in full.
+    let after = sink_events(&sink_file, head).await;
+
+    for (resp, action, outcome, actor, resource) in &expected {
+        assert!(!resp.request_id.is_empty(), "no x-request-id: {}", resp.raw);
+        let found = by_request_id(&after, &resp.request_id);
+        assert_eq!(found.len(), 1, "{action}: events {found:#?}");
+        let e = found[0];
+        assert_eq!(e["action"], json!(action), "{e:#}");
+        assert_eq!(e["outcome"], json!(outcome), "{e:#}");
+        assert_eq!(e["actor"], json!(actor), "{e:#}");
+        assert_eq!(e["source"], json!("127.0.0.1"), "{e:#}");
+        if let Some(r) = resource {
+            assert_eq!(e["resource"], json!(r), "{e:#}");
+        }
+        if resp.status < 300 {
+            assert!(e["error_code"].is_null(), "{e:#}");
+        } else {
+            // The event names the same error the caller was told.
+            let code = resp.body["error"]["code"].as_str().unwrap_or("missing");
+            assert_eq!(
+                e["error_code"],
+                json!(code),
+                "{action}: {e:#} vs {}",
+                resp.raw
+            );
+        }
+    }
+    // The encrypt and decrypt events carry the keyed hashes of the token and the context.
+    for (resp, action, ..) in &expected[1..3] {
+        let e = by_request_id(&after, &resp.request_id)[0];
+        let hashed = e["hashed"].as_object().unwrap();
+        assert!(
+            hashed.contains_key("token") && hashed.contains_key("context"),
+            "{action}: {e:#}"
+        );
+    }
+}
+
+// ---- nothing sensitive stored ----------------------------------------------------------------
+
+fn db_bytes(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("sovra.db"))
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).unwrap(),
+            )
+        })
+        .collect();
+    assert!(!files.is_empty(), "no sovra.db* files in the data dir");
+    files
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test]
+async fn token_plaintext_and_context_are_stored_only_as_keyed_hashes() {
+    let dir = TempDir::new("audit-secret");
+    let s = Server::start_dev(dir.path(), "");
+    let token = dev_token(&s).to_string();
+    let marker = format!("PLAINTEXT-MARKER-{}", common::uuid_like());
+    let ctx_value = format!("CTX-MARKER-{}", common::uuid_like());
+    let ctx = json!({"tenant": ctx_value});
+
+    let id = create_key(&s, &token, "audit-secret").await;
+    let enc = send(
+        &s,
+        Method::POST,
+        &format!("/api/v1/keys/{id}/encrypt"),
+        Some(&token),
+        Some(&json!({"plaintext": b64(marker.as_bytes()), "context": ctx}).to_string()),
+    )
+    .await;
+    assert_eq!(enc.status, 200, "{}", enc.raw);
+    let dec = send(
+        &s,
+        Method::POST,
+        "/api/v1/decrypt",
+        Some(&token),
+        Some(&json!({"ciphertext": enc.body["ciphertext"], "context": ctx}).to_string()),
+    )
+    .await;
+    assert_eq!(dec.status, 200, "{}", dec.raw);
+
+    let secrets: [(&str, Vec<u8>); 4] = [
+        ("the dev token", token.as_bytes().to_vec()),
+        ("the plaintext", marker.as_bytes().to_vec()),
+        ("the base64 plaintext", b64(marker.as_bytes()).into_bytes()),
+        ("the context value", ctx_value.as_bytes().to_vec()),
+    ];
+    let exported = export(&s, &token, "").await;
+    for (what, secret) in &secrets {
+        assert!(
+            !contains(exported.as_bytes(), secret),
+            "{what} appears in the audit export"
+        );
+    }
+    for (file, bytes) in db_bytes(dir.path()) {
+        for (what, secret) in &secrets {
+            assert!(!contains(&bytes, secret), "{what} appears in {file}");
+        }
+    }
+
+    // An auditor holding the token or the context finds the events by their keyed hash.
+    let events = lines(&exported);
+    let enc_event = events
+        .iter()
+        .find(|e| e["request_id"] == json!(enc.request_id))
+        .expect("encrypt event in the export");
+    let dec_event = events
+        .iter()
+        .find(|e| e["request_id"] == json!(dec.request_id))
+        .expect("decrypt event in the export");
+    let h = send(
+        &s,
+        Method::POST,
+        "/api/v1/audit/hash",
+        Some(&token),
+        Some(&json!({"token": token}).to_string()),
+    )
+    .await;
+    assert_eq!(h.status, 200, "{}", h.raw);
+    assert_eq!(h.body["field"], json!("token"));
+    assert_eq!(enc_event["hashed"]["token"], h.body["hash"]);
+    assert_eq!(dec_event["hashed"]["token"], h.body["hash"]);
+    let h = send(
+        &s,
+        Method::POST,
+        "/api/v1/audit/hash",
+        Some(&token),
+        Some(&json!({"context": ctx}).to_string()),
+    )
+    .await;
+    assert_eq!(h.status, 200, "{}", h.raw);
+    assert_eq!(h.body["field"], json!("context"));
+    assert_eq!(enc_event["hashed"]["context"], h.body["hash"]);
+    assert_eq!(dec_event["hashed"]["context"], h.body["hash"]);
+    // The token's hash is not the context's: the field keys the hash.
+    assert_ne!(enc_event["hashed"]["token"], enc_event["hashed"]["context"]);
+}
+
+// ---- access --------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn users_cannot_read_the_log_and_auditors_see_only_their_org() {
+    let dir = TempDir::new("audit-access");
+    let es = Signer::es256("es-1");
+    let jwks = dir.path().join("jwks.json");
+    jwt::write_jwks(&jwks, std::slice::from_ref(&es.jwk));
+    let s = Server::start_dev(dir.path(), &jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
+    let alice = es.token(&claims_with_roles("alice", "acme", &["user"]));
+    let auditor = es.token(&claims_with_roles("audrey", "acme", &["auditor"]));
+    let bob = es.token(&claims_with_roles("bobby", "globex", &["user"]));
+
+    let alice_key = create_key(&s, &alice, "acme-key").await;
+    let bob_key = create_key(&s, &bob, "globex-secret-key").await;
+    for (t, k) in [(&alice, &alice_key), (&bob, &bob_key)] {
+        let r = send(
+            &s,
+            Method::POST,
+            &format!("/api/v1/keys/{k}/encrypt"),
+            Some(t),
+            Some(&json!({"plaintext": b64(b"x")}).to_string()),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.raw);
+    }
+
+    // A plain user may not read the log, export it, or use the hash lookup.
+    for (method, path, body) in [
+        (Method::GET, "/api/v1/audit", None),
+        (Method::GET, "/api/v1/audit/export", None),
+        (
+            Method::POST,
+            "/api/v1/audit/hash",
+            Some(r#"{"token":"x"}"#.to_string()),
+        ),
+    ] {
+        let r = send(&s, method, path, Some(&alice), body.as_deref()).await;
+        assert_eq!(r.status, 403, "user on {path}: {}", r.raw);
+    }
+
+    let alice_id = format!("{ISSUER}#alice");
+    let listed = list_all(&s, &auditor).await;
+    assert!(
+        listed
+            .iter()
+            .any(|e| e["actor"] == json!(alice_id) && e["action"] == json!("keys.encrypt")),
+        "alice's encrypt missing: {listed:#?}"
+    );
+    for e in &listed {
+        assert_eq!(e["org"], json!("acme"), "another org's event listed: {e:#}");
+    }
+
+    let exported = export(&s, &auditor, "").await;
+    let all = lines(&exported);
+    let redacted = all
+        .iter()
+        .filter(|l| l["type"] == json!("redacted"))
+        .count();
+    assert!(redacted >= 2, "globex's events are not redacted links");
+    for l in all.iter().filter(|l| l["type"] == json!("event")) {
+        assert_eq!(l["org"], json!("acme"), "{l:#}");
+    }
+    for hidden in ["globex", "bobby", bob_key.as_str()] {
+        assert!(
+            !exported.contains(hidden),
+            "{hidden} leaks into acme's export"
+        );
+    }
+    assert!(exported.contains(&alice_key));
+    // Redacted links still chain: the export verifies offline.
+    let pem = public_key_pem(&s).await;
+    let (ok, out) = verify(dir.path(), &exported, &pem);
+    assert!(ok, "auditor's export does not verify: {out}");
+}
+
+// ---- checkpoints ---------------------------------------------------------------------------
+
+fn checkpoints(export: &str) -> Vec<Value> {
+    lines(export)
+        .into_iter()
+        .filter(|l| l["type"] == json!("checkpoint"))
+        .collect()
+}
+
+#[tokio::test]
+async fn checkpoints_are_signed_periodically_and_at_shutdown() {
+    let dir = TempDir::new("audit-cp");
+    let data = dir.path().join("data");
+    let s = Server::start_dev(&data, "[audit]\ncheckpoint_interval_seconds = 1\n");
+    let token = dev_token(&s).to_string();
+    create_key(&s, &token, "cp-key").await;
+    // Periodic checkpoints: one appears without any shutdown.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if !checkpoints(&export(&s, &token, "").await).is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no periodic checkpoint");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(s.stop(), "server did not stop cleanly");
+
+    // With an interval far longer than the test, only the shutdown can sign the last request.
+    let quiet = "[audit]\ncheckpoint_interval_seconds = 3600\n";
+    let s = Server::start_dev(&data, quiet);
+    let token = dev_token(&s).to_string();
+    let last = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
+    assert_eq!(last.status, 200, "{}", last.raw);
+    assert!(s.stop(), "server did not stop cleanly");
+
+    let s = Server::start_dev(&data, quiet);
+    let token = dev_token(&s).to_string();
+    let exported = export(&s, &token, "").await;
+    let last_seq = lines(&exported)
+        .iter()
+        .find(|l| l["request_id"] == json!(last.request_id))
+        .expect("the last request's event")["seq"]
+        .as_u64()
+        .unwrap();
+    let head = lines(&exported)
+        .iter()
+        .filter(|l| l["type"] == json!("event"))
+        .map(|l| l["seq"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    assert_eq!(head, last_seq, "the last request is the last event");
+    let cps = checkpoints(&exported);
+    assert_eq!(
+        cps.last().unwrap()["seq"],
+        json!(last_seq),
+        "no shutdown checkpoint over the last event: {cps:#?}"
+    );
+
+    let pem = public_key_pem(&s).await;
+    let (ok, out) = verify(dir.path(), &exported, &pem);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!("signed through sequence {last_seq}")),
+        "{out}"
+    );
+
+    // One altered byte in an event is found and its line named.
+    let mut altered: Vec<String> = exported.lines().map(String::from).collect();
+    let idx = altered
+        .iter()
+        .position(|l| l.contains("\"type\":\"event\"") && l.contains("\"source\":\"127.0.0.1\""))
+        .expect("an event line");
+    altered[idx] = altered[idx].replacen("\"source\":\"127.0.0.1\"", "\"source\":\"127.0.0.2\"", 1);
+    let (ok, out) = verify(dir.path(), &altered.join("\n"), &pem);
+    assert!(!ok, "an altered export verified: {out}");
+    assert!(out.contains(&format!("line {}", idx + 1)), "{out}");
+}
+
+// ---- bad input -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_audit_queries_are_400s_and_each_still_leaves_one_event() {
+    let dir = TempDir::new("audit-bad");
+    let s = Server::start_dev(dir.path(), "");
+    let token = dev_token(&s).to_string();
+    let base = list_all(&s, &token)
+        .await
+        .first()
+        .map_or(0, |e| e["seq"].as_u64().unwrap());
+
+    let cases = [
+        ("/api/v1/audit/export?from_seq=0", "invalid_range"),
+        ("/api/v1/audit/export?from_seq=5&to_seq=2", "invalid_range"),
+        ("/api/v1/audit/export?from_seq=abc", "invalid_query"),
+        ("/api/v1/audit?from=yesterday", "invalid_query"),
+        ("/api/v1/audit?limit=0", "invalid_range"),
+        ("/api/v1/audit?limit=5000", "invalid_range"),
+        ("/api/v1/audit?no_such_parameter=1", "invalid_query"),
+    ];
+    let mut ids = Vec::new();
+    for (path, code) in cases {
+        let r = send(&s, Method::GET, path, Some(&token), None).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.raw);
+        assert_eq!(r.body["error"]["code"], json!(code), "{path}: {}", r.raw);
+        ids.push((path, r.request_id));
+    }
+
+    let events = list_all(&s, &token).await;
+    let new: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["seq"].as_u64().unwrap() > base)
+        .collect();
+    // The first list's event and one per bad query.
+    assert_eq!(new.len(), 1 + cases.len(), "{new:#?}");
+    for (path, rid) in ids {
+        let found = by_request_id(&events, &rid);
+        assert_eq!(found.len(), 1, "{path}: {found:#?}");
+        assert_eq!(found[0]["outcome"], json!("failure"), "{path}");
+    }
+    // And the chain is whole.
+    let (ok, out) = verify(
+        dir.path(),
+        &export(&s, &token, "").await,
+        &public_key_pem(&s).await,
+    );
+    assert!(ok, "{out}");
+}
+
+// ---- SIEM sink that comes up late ----------------------------------------------------------
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn sink_backlog(s: &Server, sink: &str) -> Option<f64> {
+    let r = send(s, Method::GET, "/metrics", None, None).await;
+    let prefix = format!("sovra_audit_sink_backlog{{sink=\"{sink}\"}} ");
+    r.raw
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().unwrap())
+}
+
+/// Reads RFC 6587 octet-counted syslog frames and records each event's seq.
+fn syslog_collector(
+    listener: std::net::TcpListener,
+) -> std::sync::Arc<std::sync::Mutex<BTreeSet<u64>>> {
+    use std::io::Read;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
+    let seen2 = seen.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let seen = seen2.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    let n = match conn.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    buf.extend_from_slice(&chunk[..n]);
+                    // Frames: "<len> <message>".
+                    while let Some(sp) = buf.iter().position(|b| *b == b' ') {
+                        let len: usize = std::str::from_utf8(&buf[..sp]).unwrap().parse().unwrap();
+                        if buf.len() < sp + 1 + len {
+                            break;
+                        }
+                        let msg = String::from_utf8(buf[sp + 1..sp + 1 + len].to_vec()).unwrap();
+                        buf.drain(..sp + 1 + len);
+                        let json_at = msg.find('{').expect("JSON in the syslog message");
+                        let v: Value = serde_json::from_str(&msg[json_at..]).unwrap();
+                        seen.lock().unwrap().insert(v["seq"].as_u64().unwrap());
+                    }
+                }
+            });
+        }
+    });
+    seen
+}
+
+#[tokio::test]
+async fn a_siem_that_is_down_neither_blocks_requests_nor_loses_events() {
+    let dir = TempDir::new("audit-siem");
+    let port = free_port();
+    let cfg = format!(
+        "[[audit.sinks]]\nkind = \"syslog\"\nname = \"siem\"\naddress = \"127.0.0.1:{port}\"\n\
+         tls = false\npoll_interval_ms = 100\nmax_backoff_ms = 500\n"
+    );
+    let s = Server::start_dev(dir.path(), &cfg);
+    let token = dev_token(&s).to_string();
+    for i in 0..5 {
+        create_key(&s, &token, &format!("siem-{i}")).await;
+    }
+    let r = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
+    assert_eq!(r.status, 200, "{}", r.raw);
+    // The forwarder is behind while nothing listens.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink_backlog(&s, "siem").await.unwrap_or(0.0) < 1.0 {
+        assert!(Instant::now() < deadline, "backlog never showed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let seen = syslog_collector(listener);
+    let head = lines(&export(&s, &token, "").await)
+        .iter()
+        .filter_map(|l| l["seq"].as_u64())
+        .max()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let got = seen.lock().unwrap().clone();
+        if (1..=head).all(|q| got.contains(&q)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events 1..={head} not all delivered: {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Only /metrics (not audited) from here on: the backlog drains to zero.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink_backlog(&s, "siem").await != Some(0.0) {
+        assert!(Instant::now() < deadline, "backlog does not drain to 0");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---- slow client ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_byte_per_second_client_is_cut_off_and_loses_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("audit-slow");
+    let s = Server::start_dev(dir.path(), "[limits]\nrequest_timeout_seconds = 2\n");
+    let token = dev_token(&s).to_string();
+    create_key(&s, &token, "before-slow").await;
+    let keys_before = s.client().list_keys().await.unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&s.cacert).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let host_port = s.addr.trim_start_matches("https://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&host_port).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(stream);
+
+    // A body far longer than the deadline allows at one byte per second.
+    let body = format!(
+        "{{\"name\":\"slow-key\",\"type\":\"aes-256-gcm\",\"description\":\"{}\"}}",
+        "x".repeat(300)
+    );
+    let head = format!(
+        "POST /api/v1/keys HTTP/1.1\r\nhost: {host_port}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    wr.write_all(head.as_bytes()).await.unwrap();
+    wr.flush().await.unwrap();
+    let writer = tokio::spawn(async move {
+        for b in body.as_bytes() {
+            if wr.write_all(&[*b]).await.is_err() || wr.flush().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(120), async {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    answer.extend_from_slice(&chunk[..n]);
+                    if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    writer.abort();
+    assert!(read.is_ok(), "the server never cut off the slow client");
+    let answer = text(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "slow client got: {answer}"
+    );
+
+    // Nothing written before was lost, the slow request created nothing, the chain is whole.
+    let keys_after = s.client().list_keys().await.unwrap();
+    let ids = |k: &[sovra_client::KeyInfo]| k.iter().map(|k| k.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&keys_before), ids(&keys_after));
+    let (ok, out) = verify(
+        dir.path(),
+        &export(&s, &token, "").await,
+        &public_key_pem(&s).await,
+    );
+    assert!(ok, "{out}");
+}
