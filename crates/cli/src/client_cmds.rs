@@ -1,10 +1,10 @@
 //! Client subcommands: thin wrappers over `sovra-client` with text or JSON output.
 
-use crate::{Cmd, Output};
+use crate::{AuditCmd, Cmd, Output};
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand};
 use serde_json::json;
-use sovra_client::{Client, Context, KeyInfo, unb64};
+use sovra_client::{AuditFilter, Client, Context, KeyInfo, unb64};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 
@@ -137,6 +137,141 @@ pub struct DatakeyArgs {
     context: Vec<(String, String)>,
 }
 
+#[derive(Args)]
+pub struct AuditListArgs {
+    /// Events by this actor (e.g. `<issuer>#<sub>`).
+    #[arg(long)]
+    actor: Option<String>,
+    /// Events of this action (e.g. `keys.encrypt`).
+    #[arg(long)]
+    action: Option<String>,
+    /// success, denied or failure.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Events at or after this time (RFC 3339).
+    #[arg(long)]
+    from: Option<String>,
+    /// Events before this time (RFC 3339).
+    #[arg(long)]
+    to: Option<String>,
+    /// Events per page (1-1000; server default 100).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// The next page: `next_before_seq` of the previous one.
+    #[arg(long)]
+    before_seq: Option<u64>,
+}
+
+#[derive(Args)]
+#[group(required = true, multiple = false)]
+pub struct AuditHashArgs {
+    /// File holding the bearer token (so that it is not on the command line).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Encryption context entries, key=value (repeatable).
+    #[arg(long = "context", value_parser = parse_kv)]
+    context: Vec<(String, String)>,
+}
+
+async fn audit(client: &Client, output: Output, cmd: AuditCmd) -> Result<()> {
+    match cmd {
+        AuditCmd::Verify { .. } => unreachable!("handled by main"),
+        AuditCmd::PublicKey => {
+            let pem = client.audit_public_key().await?;
+            match output {
+                Output::Json => print_json(&json!({"public_key": pem}))?,
+                Output::Text => print!("{pem}"),
+            }
+        }
+        AuditCmd::List(a) => {
+            let page = client
+                .audit_list(&AuditFilter {
+                    from: a.from,
+                    to: a.to,
+                    actor: a.actor,
+                    action: a.action,
+                    outcome: a.outcome,
+                    before_seq: a.before_seq,
+                    limit: a.limit,
+                })
+                .await?;
+            match output {
+                Output::Json => print_json(&serde_json::to_value(&page)?)?,
+                Output::Text => {
+                    println!(
+                        "{:>8}  {:<24}  {:<32}  {:<20}  {:<44}  {:<8}  error",
+                        "seq", "time", "actor", "action", "resource", "outcome"
+                    );
+                    for e in &page.events {
+                        println!(
+                            "{:>8}  {:<24}  {:<32}  {:<20}  {:<44}  {:<8}  {}",
+                            e.seq,
+                            e.time,
+                            e.actor,
+                            e.action,
+                            e.resource,
+                            e.outcome,
+                            e.error_code.as_deref().unwrap_or("-")
+                        );
+                    }
+                    if let Some(n) = page.next_before_seq {
+                        println!("(more: --before-seq {n})");
+                    }
+                }
+            }
+        }
+        AuditCmd::Export {
+            from_seq,
+            to_seq,
+            out_file,
+        } => match out_file {
+            Some(p) => {
+                let mut f = create_private(&p)?;
+                client.audit_export_to(from_seq, to_seq, &mut f).await?;
+                f.sync_all()
+                    .with_context(|| format!("cannot write {}", p.display()))?;
+            }
+            None => {
+                let mut out = std::io::stdout();
+                client.audit_export_to(from_seq, to_seq, &mut out).await?;
+            }
+        },
+        AuditCmd::Hash(a) => {
+            let h = match a.token_file {
+                Some(p) => {
+                    let token = zeroize::Zeroizing::new(
+                        std::fs::read_to_string(&p)
+                            .with_context(|| format!("cannot read {}", p.display()))?,
+                    );
+                    client.audit_hash_token(token.trim()).await?
+                }
+                None => {
+                    let ctx: Context = a.context.into_iter().collect();
+                    client.audit_hash_context(&ctx).await?
+                }
+            };
+            match output {
+                Output::Json => print_json(&serde_json::to_value(&h)?)?,
+                Output::Text => println!("{}: {}", h.field, h.hash),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A new file only the owner may read (an export names actors and resources).
+fn create_private(p: &PathBuf) -> Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(p)
+        .with_context(|| format!("cannot create {}", p.display()))
+}
+
 fn parse_kv(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -223,7 +358,10 @@ fn print_status(output: Output, s: &sovra_client::SealStatus) -> Result<()> {
 
 pub async fn run(client: &Client, output: Output, command: Cmd) -> Result<()> {
     match command {
-        Cmd::Server { .. } | Cmd::Audit(_) | Cmd::Db(_) => unreachable!("handled by main"),
+        Cmd::Server { .. } | Cmd::Db(_) | Cmd::Audit(AuditCmd::Verify { .. }) => {
+            unreachable!("handled by main")
+        }
+        Cmd::Audit(a) => audit(client, output, a).await?,
         Cmd::Operator(op) => match op {
             OperatorCmd::Init { shares, threshold } => {
                 let r = client.init(shares, threshold).await?;

@@ -67,7 +67,7 @@ enum Command {
     Verify(client_cmds::VerifyArgs),
     /// Generate a data key.
     Datakey(client_cmds::DatakeyArgs),
-    /// Offline audit tools (need no server).
+    /// The audit log: read, export, hash lookups (server) and offline verification.
     #[command(subcommand)]
     Audit(AuditCmd),
     /// Print a signing key's public key (SPKI PEM).
@@ -92,8 +92,9 @@ enum DbCmd {
 }
 
 #[derive(Subcommand)]
-enum AuditCmd {
-    /// Check an audit export (JSON lines) offline; names the first broken link.
+pub enum AuditCmd {
+    /// Check an audit export (JSON lines) offline; names the first broken link. Needs no
+    /// server.
     Verify {
         /// The export file.
         file: PathBuf,
@@ -101,6 +102,25 @@ enum AuditCmd {
         #[arg(long)]
         public_key: PathBuf,
     },
+    /// Print the server's audit public key (SPKI PEM), for `sovra audit verify`.
+    PublicKey,
+    /// List your organization's events, newest first (admins and auditors).
+    List(client_cmds::AuditListArgs),
+    /// Export the chain as JSON lines (your org's events in full, others' as links,
+    /// checkpoints), streamed to a file or stdout.
+    Export {
+        /// First sequence (default 1).
+        #[arg(long)]
+        from_seq: Option<u64>,
+        /// Last sequence (default: the head when the export starts).
+        #[arg(long)]
+        to_seq: Option<u64>,
+        /// Output file (default stdout).
+        #[arg(long = "out")]
+        out_file: Option<PathBuf>,
+    },
+    /// The keyed hash of a token or an encryption context, as found in events' `hashed`.
+    Hash(client_cmds::AuditHashArgs),
 }
 
 /// Decodes a PEM `PUBLIC KEY` block to DER.

@@ -106,6 +106,83 @@ pub struct InitResult {
     pub threshold: u32,
 }
 
+/// One audit event as `GET /api/v1/audit` shows it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AuditEvent {
+    pub seq: u64,
+    /// RFC 3339.
+    pub time: String,
+    pub org: Option<String>,
+    pub actor: String,
+    pub auth_method: String,
+    pub cert_fingerprint: Option<String>,
+    pub action: String,
+    pub resource: String,
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub request_id: String,
+    pub source: String,
+    /// Keyed hashes of sensitive values, by field.
+    #[serde(default)]
+    pub hashed: BTreeMap<String, String>,
+    pub hash: String,
+}
+
+/// A page of audit events, newest first.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AuditPage {
+    pub events: Vec<AuditEvent>,
+    /// `before_seq` for the next page; absent on the last page.
+    pub next_before_seq: Option<u64>,
+}
+
+/// Filters of `GET /api/v1/audit`; `None` leaves a filter out.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// RFC 3339.
+    pub from: Option<String>,
+    /// RFC 3339.
+    pub to: Option<String>,
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    pub before_seq: Option<u64>,
+    pub limit: Option<u32>,
+}
+
+/// A keyed hash as it appears under `field` in events' `hashed`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AuditHash {
+    pub field: String,
+    pub hash: String,
+}
+
+/// Percent-encodes a query value (everything but RFC 3986 unreserved characters).
+fn query_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `?k=v&...` from the present pairs (empty when none).
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let parts: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", query_value(v))))
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
 /// A transport error with its whole cause chain (e.g. the TLS reason), not just the top line.
 fn transport(e: reqwest::Error) -> ClientError {
     let mut msg = e.to_string();
@@ -180,6 +257,19 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<R> {
+        let resp = self.send(method, path, body).await?;
+        let bytes = resp.bytes().await.map_err(transport)?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// Sends a request; a successful response is returned unread (for streams and non-JSON
+    /// bodies), any other becomes the API's JSON error.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<reqwest::Response> {
         let mut req = self.http.request(method, format!("{}{}", self.addr, path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -189,21 +279,21 @@ impl Client {
         }
         let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes = resp.bytes().await.map_err(transport)?;
-        if !status.is_success() {
-            let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let e = &v["error"];
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                code: e["code"].as_str().unwrap_or("unknown").to_string(),
-                message: e["message"]
-                    .as_str()
-                    .unwrap_or("request failed")
-                    .to_string(),
-                request_id: e["request_id"].as_str().unwrap_or("").to_string(),
-            });
+        if status.is_success() {
+            return Ok(resp);
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+        let bytes = resp.bytes().await.map_err(transport)?;
+        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        let e = &v["error"];
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code: e["code"].as_str().unwrap_or("unknown").to_string(),
+            message: e["message"]
+                .as_str()
+                .unwrap_or("request failed")
+                .to_string(),
+            request_id: e["request_id"].as_str().unwrap_or("").to_string(),
+        })
     }
 
     // ---- sys ----
@@ -369,5 +459,72 @@ impl Client {
             .as_str()
             .map(String::from)
             .ok_or_else(|| ClientError::Decode("missing public_key".into()))
+    }
+
+    // ---- audit ----
+    /// The audit public key (SPKI PEM); needs no token.
+    pub async fn audit_public_key(&self) -> Result<String> {
+        self.send(Method::GET, "/api/v1/audit/public-key", None)
+            .await?
+            .text()
+            .await
+            .map_err(transport)
+    }
+    /// One page of the caller org's events, newest first.
+    pub async fn audit_list(&self, f: &AuditFilter) -> Result<AuditPage> {
+        let q = query(&[
+            ("from", f.from.clone()),
+            ("to", f.to.clone()),
+            ("actor", f.actor.clone()),
+            ("action", f.action.clone()),
+            ("outcome", f.outcome.clone()),
+            ("before_seq", f.before_seq.map(|v| v.to_string())),
+            ("limit", f.limit.map(|v| v.to_string())),
+        ]);
+        self.call(Method::GET, &format!("/api/v1/audit{q}"), None)
+            .await
+    }
+    /// Streams the export (JSON lines) into `out` chunk by chunk; returns the bytes written.
+    /// A stream the server cuts short is an error, never a silently short export.
+    pub async fn audit_export_to(
+        &self,
+        from_seq: Option<u64>,
+        to_seq: Option<u64>,
+        out: &mut (dyn std::io::Write + Send),
+    ) -> Result<u64> {
+        let q = query(&[
+            ("from_seq", from_seq.map(|v| v.to_string())),
+            ("to_seq", to_seq.map(|v| v.to_string())),
+        ]);
+        let mut resp = self
+            .send(Method::GET, &format!("/api/v1/audit/export{q}"), None)
+            .await?;
+        let mut written = 0u64;
+        while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+            out.write_all(&chunk)
+                .map_err(|e| ClientError::Config(format!("cannot write the export: {e}")))?;
+            written += chunk.len() as u64;
+        }
+        out.flush()
+            .map_err(|e| ClientError::Config(format!("cannot write the export: {e}")))?;
+        Ok(written)
+    }
+    /// The keyed hash of a bearer token, to find its events.
+    pub async fn audit_hash_token(&self, token: &str) -> Result<AuditHash> {
+        self.call(
+            Method::POST,
+            "/api/v1/audit/hash",
+            Some(&json!({ "token": token })),
+        )
+        .await
+    }
+    /// The keyed hash of an encryption context, to find its events.
+    pub async fn audit_hash_context(&self, ctx: &Context) -> Result<AuditHash> {
+        self.call(
+            Method::POST,
+            "/api/v1/audit/hash",
+            Some(&json!({ "context": ctx })),
+        )
+        .await
     }
 }
