@@ -50,6 +50,35 @@ macro_rules! event_columns {
     };
 }
 
+/// Rows per audit INSERT statement (15 parameters each: within SQLite's and PostgreSQL's limits).
+const AUDIT_INSERT_ROWS: usize = 128;
+
+/// `INSERT INTO audit_events (…) VALUES ($1, …, $15), ($16, …)` for `rows` rows. The text holds
+/// only column names and placeholders — every value is bound — which is why it may be built at
+/// run time.
+fn audit_insert_sql(rows: usize) -> String {
+    const COLUMNS: usize = 15;
+    let mut sql = String::from(concat!(
+        "INSERT INTO audit_events (",
+        event_columns!(),
+        ") VALUES "
+    ));
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for c in 0..COLUMNS {
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push_str(&format!("${}", r * COLUMNS + c + 1));
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 macro_rules! sql_store {
     ($name:ident, $db:ty, $row:ty, $begin:literal) => {
         /// The store on this sqlx driver.
@@ -389,30 +418,32 @@ macro_rules! sql_store {
                 for ev in events {
                     seq += 1;
                     let ev = ev.seal_after(seq, &prev);
-                    sqlx::query(
-                        concat!("INSERT INTO audit_events (", event_columns!(), ") \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"),
-                    )
-                    .bind(ev.seq as i64)
-                    .bind(ev.time_ms)
-                    .bind(&ev.org)
-                    .bind(&ev.actor)
-                    .bind(&ev.auth_method)
-                    .bind(&ev.cert_fingerprint)
-                    .bind(&ev.action)
-                    .bind(&ev.resource)
-                    .bind(&ev.outcome)
-                    .bind(&ev.error_code)
-                    .bind(&ev.request_id)
-                    .bind(&ev.source)
-                    .bind((!ev.hashed.is_empty()).then(|| serde_json::to_string(&ev.hashed).unwrap_or_default()))
-                    .bind(&ev.prev_hash)
-                    .bind(&ev.hash)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
                     prev = ev.hash.clone();
                     stored.push(ev);
+                }
+                // One multi-row INSERT per chunk: a statement per event would make the batch's
+                // commit latency, and so the throughput of audited requests, grow per event.
+                for chunk in stored.chunks(AUDIT_INSERT_ROWS) {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(audit_insert_sql(chunk.len())));
+                    for ev in chunk {
+                        q = q
+                            .bind(ev.seq as i64)
+                            .bind(ev.time_ms)
+                            .bind(&ev.org)
+                            .bind(&ev.actor)
+                            .bind(&ev.auth_method)
+                            .bind(&ev.cert_fingerprint)
+                            .bind(&ev.action)
+                            .bind(&ev.resource)
+                            .bind(&ev.outcome)
+                            .bind(&ev.error_code)
+                            .bind(&ev.request_id)
+                            .bind(&ev.source)
+                            .bind((!ev.hashed.is_empty()).then(|| serde_json::to_string(&ev.hashed).unwrap_or_default()))
+                            .bind(&ev.prev_hash)
+                            .bind(&ev.hash);
+                    }
+                    q.execute(&mut *tx).await.map_err(map_err)?;
                 }
                 tx.commit().await.map_err(map_err)?;
                 Ok(stored)
