@@ -39,7 +39,7 @@ pub fn write_idp(dir: &Path) -> Result<()> {
 }
 
 /// A token for `sub` (organization `bench`), valid for an hour.
-fn mint(dir: &Path, sub: &str) -> Result<String> {
+pub fn mint(dir: &Path, sub: &str) -> Result<String> {
     let der = std::fs::read(dir.join("idp.pk8")).context("idp.pk8 (run --write-idp first)")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut header = Header::new(Algorithm::EdDSA);

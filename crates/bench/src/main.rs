@@ -5,10 +5,12 @@
 //! Each scenario runs `--concurrency` closed-loop workers (each with its own keep-alive
 //! connection) for `--seconds`, after a warm-up, and records every request's latency.
 //!
-//! `--flood` runs the RSA flood scenario instead (see `flood.rs`); `--write-idp DIR` writes a
-//! test identity provider's key and JWKS for it.
+//! `--flood` runs the RSA flood scenario instead (see `flood.rs`), `--hot-path` the JWT hot-path
+//! scenarios (see `hotpath.rs`); `--write-idp DIR` writes a test identity provider's key and
+//! JWKS for both.
 
 mod flood;
+mod hotpath;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -52,6 +54,12 @@ struct Args {
     /// In the flood, client 1 waits Retry-After after a 429 instead of sending at once.
     #[arg(long)]
     honour_retry_after: bool,
+    /// Run the hot-path scenarios with JWTs of the `--idp` identity provider.
+    #[arg(long, requires = "idp")]
+    hot_path: bool,
+    /// Run only the closed-loop encrypt scenario (for profiling the server).
+    #[arg(long)]
+    encrypt_only: bool,
 }
 
 struct Stats {
@@ -212,6 +220,17 @@ async fn main() -> Result<()> {
             .collect::<Result<_, _>>()?)
     };
     let clients = connections(args.concurrency)?;
+    if args.hot_path {
+        return hotpath::run(hotpath::HotPathArgs {
+            addr: &addr,
+            idp: args.idp.as_deref().context("--idp is required")?,
+            clients: &clients,
+            seconds: args.seconds,
+            size: args.size,
+            label: &args.label,
+        })
+        .await;
+    }
     if args.flood {
         return flood::run(flood::FloodArgs {
             addr: &addr,
@@ -227,6 +246,11 @@ async fn main() -> Result<()> {
         .await;
     }
 
+    // Profiling the production path: a JWT when an identity provider is given.
+    let token = match (&args.idp, args.encrypt_only) {
+        (Some(idp), true) => flood::mint(idp, "profiled-user")?,
+        _ => token,
+    };
     let key_name = format!("bench-{}", uuid::Uuid::new_v4().simple());
     let key = send(
         &clients[0],
@@ -249,6 +273,20 @@ async fn main() -> Result<()> {
     )
     .await?;
 
+    if args.encrypt_only {
+        let enc = load(
+            &clients,
+            &token,
+            Req::Post(
+                format!("{addr}/api/v1/keys/{id}/encrypt"),
+                json!({"plaintext": plaintext}),
+            ),
+            args.seconds,
+        )
+        .await?;
+        println!("{}", enc.row("encrypt via HTTPS (dev token)"));
+        return Ok(());
+    }
     let raw = raw_aes(args.seconds, args.size)?;
     let health = load(
         &clients,

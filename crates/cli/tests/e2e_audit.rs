@@ -5,7 +5,7 @@
 mod common;
 mod jwt;
 
-use common::{Server, TempDir, sovra_bin, text};
+use common::{Server, TempDir, free_port, sovra_bin, text};
 use jwt::{AUDIENCE, ISSUER, Signer, claims_with_roles};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -653,14 +653,6 @@ async fn bad_audit_queries_are_400s_and_each_still_leaves_one_event() {
 }
 
 // ---- SIEM sink that comes up late ----------------------------------------------------------
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn sink_backlog(s: &Server, sink: &str) -> Option<f64> {
     let r = send(s, Method::GET, "/metrics", None, None).await;

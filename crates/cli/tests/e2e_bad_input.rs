@@ -729,6 +729,22 @@ async fn truncated_or_altered_ciphertexts_never_decrypt() {
             let r = env.decrypt(&b64(&c), ctx.clone()).await;
             assert_error_any(&r, 400, &["malformed_ciphertext", "decryption_failed"]);
         }
+        // Every length from 0 to 100: random bytes, and this key's real header followed by
+        // random bytes. Nothing decrypts; an unknown key id in random bytes reads as missing.
+        for len in 0..=100usize {
+            let mut random = vec![0u8; len];
+            aws_lc_rs::rand::fill(&mut random).unwrap();
+            let r = env.decrypt(&b64(&random), ctx.clone()).await;
+            if r.status == 404 {
+                assert_error(&r, 404, "not_found");
+            } else {
+                assert_error_any(&r, 400, &["malformed_ciphertext", "decryption_failed"]);
+            }
+            let mut forged = ct[..len.min(36)].to_vec();
+            forged.extend_from_slice(&random[forged.len()..]);
+            let r = env.decrypt(&b64(&forged), ctx.clone()).await;
+            assert_error_any(&r, 400, &["malformed_ciphertext", "decryption_failed"]);
+        }
         // Every byte altered, in several ways.
         for i in 0..ct.len() {
             for mask in [0x01u8, 0x80, 0xff] {

@@ -4,51 +4,11 @@
 mod common;
 mod jwt;
 
-use common::{TempDir, sovra_bin, write_config};
+use common::{TempDir, make_cert, sovra_bin, write_config};
 use jwt::{AUDIENCE, ISSUER, Signer, claims};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// Makes a self-signed end-entity certificate for 127.0.0.1 with openssl.
-fn make_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
-    let cert = dir.join(format!("{name}-cert.pem"));
-    let key = dir.join(format!("{name}-key.pem"));
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-        ])
-        .args([
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-        ])
-        .args([
-            "-addext",
-            "basicConstraints=critical,CA:FALSE",
-            "-days",
-            "2",
-            "-keyout",
-        ])
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl is required");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (cert, key)
-}
 
 struct Https(Child);
 
@@ -107,7 +67,7 @@ async fn jwks_from_an_https_url_authenticates_users() {
     std::fs::create_dir_all(&web).unwrap();
     let signer = Signer::es256("https-k1");
     jwt::write_jwks(&web.join("jwks.json"), std::slice::from_ref(&signer.jwk));
-    let (cert, key) = make_cert(dir.path(), "idp");
+    let (cert, key) = make_cert(dir.path(), "idp", false);
     let (_idp, port) = serve_https(&web, &cert, &key);
 
     let s = common::Server::start_dev(&dir.path().join("data"), &issuer(port, &cert));
@@ -135,8 +95,8 @@ fn an_untrusted_jwks_certificate_stops_startup_with_a_clear_error() {
         &web.join("jwks.json"),
         std::slice::from_ref(&Signer::es256("k").jwk),
     );
-    let (cert, key) = make_cert(dir.path(), "idp");
-    let (other_ca, _) = make_cert(dir.path(), "other");
+    let (cert, key) = make_cert(dir.path(), "idp", false);
+    let (other_ca, _) = make_cert(dir.path(), "other", false);
     let (_idp, port) = serve_https(&web, &cert, &key);
     let cfg = write_config(dir.path(), &issuer(port, &other_ca));
     let out = Command::new(sovra_bin())

@@ -6,60 +6,13 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir};
+use common::{Server, TempDir, free_port, make_cert, run_ok};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 const ISSUER: &str = "https://idp.sovra-e2e.test";
 const AUDIENCE: &str = "sovra-e2e";
-
-fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A self-signed P-256 certificate for 127.0.0.1 made by openssl: (cert, key).
-///
-/// `openssl req -x509` marks the certificate `CA:TRUE` by default, and rustls (webpki) refuses
-/// a CA certificate as a server's end-entity certificate (`CaUsedAsEndEntity`), so unless
-/// `as_ca` the certificate is explicitly `CA:FALSE`.
-fn make_cert(dir: &Path, tag: &str, as_ca: bool) -> (PathBuf, PathBuf) {
-    let cert = dir.join(format!("{tag}-cert.pem"));
-    let key = dir.join(format!("{tag}-key.pem"));
-    let mut cmd = Command::new("openssl");
-    cmd.args([
-        "req",
-        "-x509",
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:P-256",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-addext",
-        "subjectAltName=IP:127.0.0.1",
-        "-days",
-        "2",
-    ]);
-    if !as_ca {
-        cmd.args(["-addext", "basicConstraints=critical,CA:FALSE"]);
-    }
-    cmd.arg("-keyout").arg(&key).arg("-out").arg(&cert);
-    run_ok(&mut cmd);
-    (cert, key)
-}
 
 fn jwt_tool() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/jwt_tool.py")

@@ -35,6 +35,10 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
         self.map.insert(k, v);
     }
 
+    pub fn remove(&self, k: &K) {
+        self.map.remove(k);
+    }
+
     pub fn remove_if(&self, pred: impl Fn(&K) -> bool) {
         self.map.retain(|k, _| !pred(k));
     }

@@ -4,6 +4,7 @@
 use crate::authz::{Action, Resource, authorize};
 use crate::cache::BoundedCache;
 use crate::error::CoreError;
+use crate::keymeta::KeyMetaCache;
 use crate::model::{KeyRecord, KeyState};
 use crate::now_ms;
 use crate::principal::Principal;
@@ -46,6 +47,15 @@ impl Default for KmsConfig {
 
 /// Asked before CPU-heavy work (RSA key generation and private-key operations) is queued: only
 /// here is the key type known, so this is where the server charges the caller's RSA quota.
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 pub trait HeavyOpAdmission: Send + Sync {
     fn admit(&self, p: &Principal) -> Result<(), CoreError>;
 }
@@ -62,6 +72,10 @@ pub struct Kms {
     pub(crate) seal: Seal,
     pub(crate) keks: BoundedCache<(String, u32), WrappingKey>,
     keys: BoundedCache<(Uuid, u32), LoadedKey>,
+    key_meta: Arc<KeyMetaCache>,
+    /// Applies the store's key-change feed to `key_meta`; stopped when the service is dropped
+    /// (which also ends the store's listener).
+    _key_change_follower: Option<AbortOnDrop>,
     heavy: Arc<Semaphore>,
     audit_keys: std::sync::RwLock<Option<Arc<crate::audit::AuditKeys>>>,
     heavy_admission: OnceLock<Arc<dyn HeavyOpAdmission>>,
@@ -153,11 +167,18 @@ pub struct Signed {
 impl Kms {
     pub async fn new(store: Arc<dyn Store>, config: KmsConfig) -> Result<Kms, CoreError> {
         let seal = Seal::load(store.as_ref()).await?;
+        let key_meta = Arc::new(KeyMetaCache::new(config.key_cache_capacity));
+        let follower = store
+            .key_changes()
+            .await?
+            .map(|feed| AbortOnDrop(tokio::spawn(key_meta.clone().follow(feed))));
         Ok(Kms {
             store,
             seal,
             keks: BoundedCache::new(1024),
             keys: BoundedCache::new(config.key_cache_capacity),
+            key_meta,
+            _key_change_follower: follower,
             heavy: Arc::new(Semaphore::new(config.heavy_ops_concurrency.max(1))),
             audit_keys: std::sync::RwLock::new(None),
             heavy_admission: OnceLock::new(),
@@ -244,7 +265,35 @@ impl Kms {
     // ---- lifecycle ----------------------------------------------------------------------
 
     /// Loads a key the principal may act on; another owner's or org's key is `NotFound`.
+    /// The row may come from the metadata cache (see [`crate::keymeta`] for its bounds).
     async fn key_for(
+        &self,
+        p: &Principal,
+        id: Uuid,
+        action: Action,
+    ) -> Result<KeyRecord, CoreError> {
+        self.seal.root()?;
+        let key = match self.key_meta.get(&p.org_id, id) {
+            Some(k) => k,
+            None => {
+                let generation = self.key_meta.generation();
+                let fetched = std::time::Instant::now();
+                let k = self
+                    .store
+                    .get_key(&p.org_id, id)
+                    .await?
+                    .ok_or(CoreError::NotFound)?;
+                self.key_meta.insert(generation, &k, fetched);
+                k
+            }
+        };
+        authorize(p, action, Resource::Key(&key))?;
+        Ok(key)
+    }
+
+    /// [`Self::key_for`] reading the database, for changes that must start from the row as
+    /// stored (their optimistic-concurrency check compares against it).
+    async fn key_for_update(
         &self,
         p: &Principal,
         id: Uuid,
@@ -340,7 +389,7 @@ impl Kms {
     }
 
     pub async fn rotate_key(&self, p: &Principal, id: Uuid) -> Result<KeyInfo, CoreError> {
-        let mut key = self.key_for(p, id, Action::KeyManage).await?;
+        let mut key = self.key_for_update(p, id, Action::KeyManage).await?;
         require_usable(&key)?;
         let material = self.generate(p, key.key_type).await?;
         // Optimistic concurrency: the store refuses a version that is not latest + 1, so
@@ -348,14 +397,16 @@ impl Kms {
         for _ in 0..5 {
             let version = key.latest_version + 1;
             let rec = self.wrap_material(&key, version, &material).await?;
-            match self.store.add_key_version(&key.org_id, &rec).await {
+            let added = self.store.add_key_version(&key.org_id, &rec).await;
+            self.key_meta.invalidate(id);
+            match added {
                 Ok(()) => {
                     key.latest_version = version;
                     key.rotated_at = Some(rec.created_at);
                     return Ok(KeyInfo::from(&key));
                 }
                 Err(StoreError::Conflict(_)) => {
-                    key = self.key_for(p, id, Action::KeyManage).await?;
+                    key = self.key_for_update(p, id, Action::KeyManage).await?;
                     require_usable(&key)?;
                 }
                 Err(e) => return Err(e.into()),
@@ -375,10 +426,12 @@ impl Kms {
         change: impl Fn(&mut KeyRecord) -> Result<(), CoreError>,
     ) -> Result<KeyInfo, CoreError> {
         for _ in 0..5 {
-            let before = self.key_for(p, id, Action::KeyManage).await?;
+            let before = self.key_for_update(p, id, Action::KeyManage).await?;
             let mut after = before.clone();
             change(&mut after)?;
-            match self.store.update_key(&before, &after).await {
+            let updated = self.store.update_key(&before, &after).await;
+            self.key_meta.invalidate(id);
+            match updated {
                 Ok(()) => return Ok(KeyInfo::from(&after)),
                 Err(StoreError::Conflict(_)) => continue,
                 Err(e) => return Err(e.into()),
@@ -478,7 +531,9 @@ impl Kms {
         let due = self.store.keys_due_for_deletion(now).await?;
         let mut destroyed = 0;
         for (org, id) in &due {
-            if self.store.delete_key(org, *id, now).await? {
+            let deleted = self.store.delete_key(org, *id, now).await;
+            self.key_meta.invalidate(*id);
+            if deleted? {
                 destroyed += 1;
             }
             self.keys.remove_if(|(k, _)| k == id);

@@ -5,13 +5,14 @@
 pub mod audit;
 pub mod authz;
 pub mod error;
+pub mod keymeta;
 pub mod kms;
 pub mod model;
 pub mod principal;
 pub mod seal;
 pub mod store;
 
-mod cache;
+pub mod cache;
 mod hierarchy;
 
 pub use error::CoreError;

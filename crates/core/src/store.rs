@@ -20,8 +20,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// A change to stored keys, made by any process sharing the database (other nodes included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// This key's metadata or versions changed, or it was deleted.
+    Key(Uuid),
+    /// Changes may have been missed (the listening connection dropped): forget every key.
+    Lost,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// A feed of key changes as they commit, for caches shared by several nodes; `None` when
+    /// this process is the database's only writer (SQLite), so its own invalidation suffices.
+    async fn key_changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError>;
+
     async fn get_seal(&self) -> Result<Option<SealRecord>, StoreError>;
     /// Writes the seal record once; a second initialization is a conflict.
     async fn create_seal(&self, seal: &SealRecord) -> Result<(), StoreError>;

@@ -6,6 +6,7 @@ use crate::config::JwtIssuerConfig;
 use crate::error::ApiError;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sovra_core::cache::BoundedCache;
 use sovra_core::principal::validate_org_id;
 use sovra_core::{AuthMethod, Principal, Role};
 use sovra_crypto::secret::ct_eq;
@@ -35,15 +36,37 @@ const ALLOWED_ALGS: [Algorithm; 9] = [
 pub const DEV_ORG: &str = "dev";
 pub const DEV_SUBJECT: &str = "dev-admin";
 
+/// Verified tokens remembered (by SHA-256 of the token) so that a client reusing its token
+/// does not pay a signature verification per request.
+const VERIFIED_TOKEN_CACHE_CAPACITY: usize = 10_000;
+
 struct Issuer {
     config: JwtIssuerConfig,
     jwks: RwLock<(JwkSet, Instant)>,
     http: reqwest::Client,
 }
 
+/// A verified token's principal and the window in which the token is valid (seconds since the
+/// epoch, clock skew included): a cache hit outside it is treated as a miss.
+struct VerifiedToken {
+    principal: Principal,
+    valid_from: u64,
+    expires_at: u64,
+}
+
 pub struct Authenticator {
     issuers: Vec<Issuer>,
     dev_token: Option<sovra_crypto::SecretBytes>,
+    /// Cleared whenever an issuer's keys change, so a key removed from a JWKS stops
+    /// authenticating at once.
+    verified: BoundedCache<[u8; 32], VerifiedToken>,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,22 +119,26 @@ impl Issuer {
 
     /// Reloads the JWKS; on failure keeps the last good set (and logs). A forced reload (an
     /// unknown kid) claims the reload slot before fetching, so a burst of forged tokens causes
-    /// at most one fetch per interval.
-    async fn reload(&self, force: bool) {
+    /// at most one fetch per interval. Returns whether the set of keys changed.
+    async fn reload(&self, force: bool) -> bool {
         if force {
             let mut guard = self.jwks.write().unwrap_or_else(|e| e.into_inner());
             if guard.1.elapsed() < MIN_RELOAD_INTERVAL {
-                return;
+                return false;
             }
             guard.1 = Instant::now();
         }
         match Self::fetch(&self.config, &self.http).await {
             Ok(set) => {
-                *self.jwks.write().unwrap_or_else(|e| e.into_inner()) = (set, Instant::now())
+                let mut guard = self.jwks.write().unwrap_or_else(|e| e.into_inner());
+                let changed = guard.0 != set;
+                *guard = (set, Instant::now());
+                changed
             }
             Err(e) => {
                 tracing::warn!(issuer = %self.config.issuer, error = %e, "JWKS reload failed; keeping the previous keys");
                 self.jwks.write().unwrap_or_else(|e| e.into_inner()).1 = Instant::now();
+                false
             }
         }
     }
@@ -179,14 +206,15 @@ impl Authenticator {
         Ok(Authenticator {
             issuers: out,
             dev_token,
+            verified: BoundedCache::new(VERIFIED_TOKEN_CACHE_CAPACITY),
         })
     }
 
     /// Reloads every JWKS whose refresh interval has passed (run periodically).
     pub async fn refresh_stale(&self) {
         for i in &self.issuers {
-            if i.stale() {
-                i.reload(false).await;
+            if i.stale() && i.reload(false).await {
+                self.verified.clear();
             }
         }
     }
@@ -206,10 +234,20 @@ impl Authenticator {
                 cert_fingerprint: None,
             });
         }
-        self.verify_jwt(token).await
+        let digest = sovra_crypto::sha256(token.as_bytes());
+        if let Some(hit) = self.verified.get(&digest) {
+            let now = unix_now();
+            if hit.valid_from <= now && now < hit.expires_at {
+                return Ok(hit.principal.clone());
+            }
+        }
+        let verified = self.verify_jwt(token).await?;
+        let principal = verified.principal.clone();
+        self.verified.insert(digest, std::sync::Arc::new(verified));
+        Ok(principal)
     }
 
-    async fn verify_jwt(&self, token: &str) -> Result<Principal, ApiError> {
+    async fn verify_jwt(&self, token: &str) -> Result<VerifiedToken, ApiError> {
         let invalid = |why: &str| ApiError::unauthenticated(format!("invalid token: {why}"));
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
         if !ALLOWED_ALGS.contains(&header.alg) {
@@ -232,7 +270,9 @@ impl Authenticator {
         let key = match issuer.find_key(header.kid.as_deref(), header.alg) {
             Some(k) => k,
             None => {
-                issuer.reload(true).await;
+                if issuer.reload(true).await {
+                    self.verified.clear();
+                }
                 issuer
                     .find_key(header.kid.as_deref(), header.alg)
                     .ok_or_else(|| invalid("unknown signing key"))?
@@ -290,14 +330,22 @@ impl Authenticator {
         if !roles.contains(&Role::User) {
             roles.push(Role::User);
         }
-        Ok(Principal {
-            org_id: org.to_string(),
-            subject: subject.to_string(),
-            roles,
-            auth_method: AuthMethod::Jwt {
-                issuer: issuer.config.issuer.clone(),
+        // Validation required `exp` and checked `nbf` with the same leeway used here.
+        let claim_secs = |name: &str| claims.get(name).and_then(|v| v.as_f64()).map(|f| f as u64);
+        Ok(VerifiedToken {
+            principal: Principal {
+                org_id: org.to_string(),
+                subject: subject.to_string(),
+                roles,
+                auth_method: AuthMethod::Jwt {
+                    issuer: issuer.config.issuer.clone(),
+                },
+                cert_fingerprint: None,
             },
-            cert_fingerprint: None,
+            valid_from: claim_secs("nbf").map_or(0, |nbf| nbf.saturating_sub(CLOCK_SKEW_SECONDS)),
+            expires_at: claim_secs("exp")
+                .ok_or_else(|| invalid("missing exp"))?
+                .saturating_add(CLOCK_SKEW_SECONDS),
         })
     }
 }

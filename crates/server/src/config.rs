@@ -120,6 +120,9 @@ pub struct Limits {
     /// Seconds a request may take end to end.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
+    /// Open client connections; further clients wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 impl Default for Limits {
@@ -131,6 +134,7 @@ impl Default for Limits {
             key_cache_capacity: default_key_cache(),
             header_read_timeout_seconds: default_header_timeout(),
             request_timeout_seconds: default_request_timeout(),
+            max_connections: default_max_connections(),
         }
     }
 }
@@ -161,6 +165,9 @@ fn default_key_cache() -> usize {
 }
 fn default_header_timeout() -> u64 {
     10
+}
+fn default_max_connections() -> usize {
+    4096
 }
 fn default_request_timeout() -> u64 {
     30

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dev;
 pub mod error;
 pub mod extract;
+pub mod hardening;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;

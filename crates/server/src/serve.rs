@@ -161,6 +161,8 @@ impl Drop for InFlightGuard {
 
 /// Starts Sovra as configured and serves until SIGINT/SIGTERM.
 pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
+    // Before any key exists in this process.
+    crate::hardening::harden_process().log();
     let config = opts.config;
     let data_dir = opts
         .data_dir
@@ -221,7 +223,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     if let Some(d) = &dev_setup {
         dev::write_env(&data_dir, local, d)?;
     }
-    let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
+    let conn_limits = ConnectionLimits::from_config(&config);
     // The metrics recorder must be installed before the forwarders register their gauges and
     // counters: a handle taken before it exists stays a no-op (the backlog gauge never showed).
     let _ = metrics_handle();
@@ -239,7 +241,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
         tls_config,
         router,
         in_flight,
-        header_timeout,
+        conn_limits,
         shutdown_signal(),
     )
     .await;
@@ -317,6 +319,28 @@ async fn shutdown_signal() {
 /// How long shutdown waits for requests in flight.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Largest header block (HTTP/1.1 read buffer, HTTP/2 header list) a client may send. Above
+/// hyper's defaults so that an oversized credential still reaches the authenticator and gets
+/// the JSON `unauthenticated` error instead of a bare 431 or a stream reset; buffers grow only
+/// as bytes arrive, and the header-read timeout and connection cap bound what clients can hold.
+pub const MAX_HEADER_BLOCK_BYTES: usize = 2 * 1024 * 1024;
+
+/// Per-connection limits of the accept loop.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionLimits {
+    pub header_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl ConnectionLimits {
+    pub fn from_config(config: &Config) -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_seconds),
+            max_connections: config.limits.max_connections.max(1),
+        }
+    }
+}
+
 /// The accept loop: TLS handshakes (bounded in time) and connections run in their own tasks.
 /// On shutdown it stops accepting, asks every connection to close, and returns once all have
 /// closed or no request is in flight any more (an idle client that never answers HTTP/2's
@@ -326,20 +350,33 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     router: Router,
     in_flight: Arc<AtomicUsize>,
-    header_read_timeout: Duration,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_BLOCK_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BLOCK_BYTES as u32);
     let builder = Arc::new(builder);
     tokio::pin!(shutdown);
     loop {
+        // At the cap, stop accepting until a connection closes; clients wait in the backlog.
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut shutdown => break,
+        };
         let (tcp, peer) = tokio::select! {
             conn = listener.accept() => match conn {
                 Ok(c) => c,
@@ -357,6 +394,7 @@ pub async fn serve(
         let watcher = graceful.watcher();
         let router = router.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let stream =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -414,14 +452,14 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) {
-    let header_timeout = Duration::from_secs(config.limits.header_read_timeout_seconds);
+    let conn_limits = ConnectionLimits::from_config(&config);
     let (router, state) = app(kms, auth, config);
     serve(
         listener,
         tls,
         router,
         state.in_flight.clone(),
-        header_timeout,
+        conn_limits,
         shutdown,
     )
     .await;

@@ -324,14 +324,18 @@ async fn ingest(
     axum::http::StatusCode::NO_CONTENT
 }
 
+/// Set for test processes by `.cargo/config.toml` (`[env]`): setting it here would need
+/// `unsafe` (`std::env::set_var`).
 const TOKEN_VAR: &str = "SOVRA_TEST_SIEM_WEBHOOK_AUTH";
 const TOKEN: &str = "Bearer s3cr3t-webhook-token";
 
 #[test]
 fn webhook_delivers_every_event_after_503s_and_sends_the_auth_header() {
-    // SAFETY: set before the runtime and its threads exist; nextest runs each test in its own
-    // process.
-    unsafe { std::env::set_var(TOKEN_VAR, TOKEN) };
+    assert_eq!(
+        std::env::var(TOKEN_VAR).as_deref(),
+        Ok(TOKEN),
+        "{TOKEN_VAR} comes from .cargo/config.toml [env]"
+    );
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -380,7 +384,10 @@ async fn webhook_case() {
         tls,
         router,
         Arc::new(AtomicUsize::new(0)),
-        Duration::from_secs(10),
+        sovra_server::serve::ConnectionLimits {
+            header_read_timeout: Duration::from_secs(10),
+            max_connections: 16,
+        },
         async {
             let _ = stop_rx.await;
         },

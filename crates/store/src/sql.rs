@@ -7,6 +7,7 @@ use sovra_core::model::{
     AuditKeyRecord, KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, SealKind,
     SealRecord,
 };
+use sovra_core::store::KeyChange;
 use sovra_crypto::KeyType;
 use uuid::Uuid;
 
@@ -323,6 +324,12 @@ macro_rules! sql_store {
                     return Err(StoreError::Conflict("key changed concurrently".into()));
                 }
                 Ok(())
+            }
+
+            async fn key_changes(
+                &self,
+            ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
+                self.watch_key_changes().await
             }
 
             async fn add_key_version(&self, org_id: &str, v: &KeyVersionRecord) -> Result<(), StoreError> {
@@ -667,3 +674,61 @@ sql_store!(
     sqlx::postgres::PgRow,
     "BEGIN"
 );
+
+impl SqliteStore {
+    /// One process owns a SQLite database: nobody else changes its keys.
+    async fn watch_key_changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
+        Ok(None)
+    }
+}
+
+/// The channel a trigger on `keys` notifies with the changed key's id (migration 0005).
+const KEY_CHANGE_CHANNEL: &str = "sovra_key_changed";
+
+impl PostgresStore {
+    /// LISTENs on [`KEY_CHANGE_CHANNEL`] on a connection of its own (outside the service
+    /// pool, so closing that pool never waits for it). When the connection drops, sqlx
+    /// reconnects and listens again on the next receive; the gap is reported as
+    /// [`KeyChange::Lost`]. The task ends when the receiver is dropped.
+    async fn watch_key_changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
+        let options = (*self.pool.connect_options()).clone();
+        let listen_pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect_lazy_with(options);
+        let mut listener = sqlx::postgres::PgListener::connect_with(&listen_pool)
+            .await
+            .map_err(map_err)?;
+        listener.listen(KEY_CHANGE_CHANNEL).await.map_err(map_err)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            loop {
+                let received = tokio::select! {
+                    _ = tx.closed() => break,
+                    r = listener.try_recv() => r,
+                };
+                let change = match received {
+                    Ok(Some(n)) => match Uuid::parse_str(n.payload()) {
+                        Ok(id) => KeyChange::Key(id),
+                        Err(_) => continue,
+                    },
+                    Ok(None) => KeyChange::Lost,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "key change listener lost its connection; retrying");
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        KeyChange::Lost
+                    }
+                };
+                if tx.send(change).await.is_err() {
+                    break;
+                }
+            }
+            drop(listener);
+            listen_pool.close().await;
+        });
+        Ok(Some(rx))
+    }
+}

@@ -680,3 +680,60 @@ both!(delete_key_is_scoped_by_org, |db| async move {
         "delete_key with another org's id destroyed the key's versions"
     );
 });
+
+both!(key_changes_reach_every_other_writer, |db| async move {
+    use sovra_core::Store;
+    use sovra_core::store::KeyChange;
+    let own = db.store.key_changes().await.unwrap();
+    if db.backend == common::Backend::Sqlite {
+        assert!(own.is_none(), "SQLite has one writer: no feed");
+        return;
+    }
+    drop(own);
+    // Another node's view of the same database: it hears of changes made through `db`.
+    let other = sovra_store::PostgresStore::connect(&db.url).await.unwrap();
+    let mut feed = other
+        .key_changes()
+        .await
+        .unwrap()
+        .expect("a PostgreSQL feed");
+    async fn next(feed: &mut tokio::sync::mpsc::Receiver<KeyChange>) -> KeyChange {
+        tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
+            .await
+            .expect("a notification within 5 s")
+            .expect("the feed stays open")
+    }
+    setup_org(&db, "acme").await;
+    let k = setup_key(&db, "acme", "alice", "watched", 10).await;
+    let mut disabled = k.clone();
+    disabled.state = KeyState::Disabled;
+    db.store.update_key(&k, &disabled).await.unwrap();
+    assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "update");
+    db.store
+        .add_key_version("acme", &version(k.id, 2, 1))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "rotation");
+    let mut pending = disabled.clone();
+    pending.state = KeyState::PendingDeletion;
+    pending.deletion_date = Some(5);
+    db.store.update_key(&disabled, &pending).await.unwrap();
+    assert_eq!(
+        next(&mut feed).await,
+        KeyChange::Key(k.id),
+        "scheduled deletion"
+    );
+    assert!(db.store.delete_key("acme", k.id, 10).await.unwrap());
+    assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "deletion");
+    // A refused change (stale optimistic check) notifies nobody.
+    let k2 = setup_key(&db, "acme", "alice", "quiet", 11).await;
+    let mut stale = k2.clone();
+    stale.state = KeyState::Disabled;
+    assert!(is_conflict(&db.store.update_key(&stale, &k2).await));
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), feed.recv())
+            .await
+            .is_err(),
+        "no notification for a change that did not happen"
+    );
+});

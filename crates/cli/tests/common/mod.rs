@@ -47,6 +47,18 @@ pub struct Server {
     pub log: PathBuf,
 }
 
+/// A handle on the server's log file in append mode: stdout and stderr each get one, and
+/// neither overwrites what the other wrote.
+fn log_file(path: &Path) -> Stdio {
+    Stdio::from(
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap(),
+    )
+}
+
 /// Extra config for `--dev --config`: always listens on an ephemeral loopback port.
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join(format!("sovra-{}.toml", uuid_like()));
@@ -75,10 +87,8 @@ impl Server {
             cmd.env(k, v);
         }
         let child = cmd
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-            ))
+            .stdout(log_file(&log))
+            .stderr(log_file(&log))
             .spawn()
             .expect("start sovra");
         let mut s = Server {
@@ -130,14 +140,24 @@ impl Server {
     /// `sovra server --config FILE` (not dev): the config must set listen, tls and
     /// database_url. `addr` is where it listens.
     pub fn start_config(config: &Path, addr: &str, cacert: &Path, log_dir: &Path) -> Server {
+        Self::start_config_env(config, addr, cacert, log_dir, &[])
+    }
+
+    /// [`Server::start_config`] with extra environment variables (`SOVRA_LOG`, ...).
+    pub fn start_config_env(
+        config: &Path,
+        addr: &str,
+        cacert: &Path,
+        log_dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Server {
         let log = log_dir.join(format!("server-{}.log", uuid_like()));
         let child = Command::new(sovra_bin())
             .args(["server", "--config"])
             .arg(config)
-            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new().append(true).open(&log).unwrap(),
-            ))
+            .envs(env.iter().copied())
+            .stdout(log_file(&log))
+            .stderr(log_file(&log))
             .spawn()
             .expect("start sovra");
         let s = Server {
@@ -296,4 +316,53 @@ pub fn ok_json(s: &Server, args: &[&str]) -> serde_json::Value {
     let out = ok(s, &all, None);
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
+}
+
+// ---- non-dev servers: ports and certificates ----
+
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("spawn");
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A self-signed P-256 certificate for 127.0.0.1 made by openssl: (cert, key).
+///
+/// `openssl req -x509` marks the certificate `CA:TRUE` by default, and rustls (webpki) refuses
+/// a CA certificate as a server's end-entity certificate (`CaUsedAsEndEntity`), so unless
+/// `as_ca` the certificate is explicitly `CA:FALSE`.
+pub fn make_cert(dir: &Path, tag: &str, as_ca: bool) -> (PathBuf, PathBuf) {
+    let cert = dir.join(format!("{tag}-cert.pem"));
+    let key = dir.join(format!("{tag}-key.pem"));
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=IP:127.0.0.1",
+        "-days",
+        "2",
+    ]);
+    if !as_ca {
+        cmd.args(["-addext", "basicConstraints=critical,CA:FALSE"]);
+    }
+    cmd.arg("-keyout").arg(&key).arg("-out").arg(&cert);
+    run_ok(&mut cmd);
+    (cert, key)
 }

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Hot-path benchmark: JWT-authenticated encrypt (1 KiB), decrypt, data key, ECDSA P-256 sign,
+# batch encrypt of 100 items and key creation against a release server, beside the same
+# server's /health and raw in-process signing; the encrypt also paced at half the /health rate
+# for its p99. Runs on SQLite (in a temporary directory), then on PostgreSQL when a URL is
+# given. The audit log is on (one durable event per request). Key-admin rate limits are raised
+# so that key creation measures the store, not the limiter; all other limits are the defaults.
+# With PERF=1 it also records the server with `perf` during a closed-loop encrypt run and
+# draws docs/flamegraph-encrypt.svg (needs inferno-collapse-perf and inferno-flamegraph).
+# Usage: bench/hotpath.sh [seconds-per-scenario] [connections] [postgres-admin-url]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-10}
+conc=${2:-16}
+pg_admin=${3:-}
+target=${CARGO_TARGET_DIR:-target}
+cargo build --release -q -p sovra -p sovra-bench
+dir=$(mktemp -d)
+pid=
+stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
+trap 'stop; rm -rf "$dir"' EXIT
+"$target/release/sovra-bench" --write-idp "$dir/idp"
+echo "machine: $(nproc) cores, $(uname -m); server and load generator on the same machine"
+fsync_line=$(dd if=/dev/zero of="$dir/fsync-probe" bs=4k count=500 oflag=dsync 2>&1 | tail -1)
+echo "disk: 500 synchronous 4 KiB writes: $fsync_line"
+
+start_server() { # name, extra config
+    local data="$dir/data-$1"
+    {
+        printf 'listen = "127.0.0.1:0"\n%s\n' "$2"
+        printf '[rate_limits.key_admin]\nper_second = 1000000\nburst = 1000000\n'
+        printf '[[auth.jwt]]\nissuer = "https://bench-idp.sovra.test"\naudience = "sovra"\njwks = "%s"\n' "$dir/idp/jwks.json"
+    } > "$dir/sovra-$1.toml"
+    SOVRA_LOG=warn "$target/release/sovra" server --dev --data-dir "$data" --config "$dir/sovra-$1.toml" > "$dir/server-$1.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 300); do [ -f "$data/dev.env" ] && break; sleep 0.1; done
+    [ -f "$data/dev.env" ] || { cat "$dir/server-$1.log"; exit 1; }
+    env_file="$data/dev.env"
+}
+
+start_server sqlite ""
+echo
+"$target/release/sovra-bench" --env-file "$env_file" --hot-path --idp "$dir/idp" \
+    --seconds "$secs" --concurrency "$conc" --label "SQLite store, audit on,"
+if [ "${PERF:-0}" = 1 ]; then
+    perf record -F 299 --call-graph dwarf,16384 -o "$dir/perf.data" -p "$pid" -- sleep "$secs" > /dev/null 2>&1 &
+    perf_pid=$!
+    "$target/release/sovra-bench" --env-file "$env_file" --encrypt-only --idp "$dir/idp" --seconds "$((secs + 2))" \
+        --concurrency "$conc" > "$dir/perf-run.txt"
+    wait "$perf_pid" || true
+    perf script -i "$dir/perf.data" 2>/dev/null | inferno-collapse-perf > "$dir/encrypt.folded"
+    inferno-flamegraph --title "sovra server, closed-loop encrypt 1 KiB (perf, $(date -u +%F))" \
+        < "$dir/encrypt.folded" > docs/flamegraph-encrypt.svg
+    echo "flame graph: docs/flamegraph-encrypt.svg"
+fi
+stop
+
+if [ -n "$pg_admin" ]; then
+    db="sovra_bench_$(date +%s)"
+    psql "$pg_admin" -qc "CREATE DATABASE $db"
+    start_server postgres "database_url = \"${pg_admin%/*}/$db\""
+    echo
+    "$target/release/sovra-bench" --env-file "$env_file" --hot-path --idp "$dir/idp" \
+        --seconds "$secs" --concurrency "$conc" --label "PostgreSQL store, audit on,"
+    stop
+    psql "$pg_admin" -qc "DROP DATABASE $db"
+fi

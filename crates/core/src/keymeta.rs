@@ -1,0 +1,87 @@
+//! A short-lived cache of key metadata (state, versions, owner), so the hot path does not read
+//! the key's row for every request.
+//!
+//! Staleness is bounded three ways: this node drops an entry when it changes the key; a feed
+//! of changes from the store (PostgreSQL LISTEN/NOTIFY) drops entries other nodes change; and
+//! no entry is used after [`MAX_KEY_META_AGE`], the fallback when a notification is missed.
+
+use crate::cache::BoundedCache;
+use crate::model::KeyRecord;
+use crate::store::KeyChange;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Longest time a cached key row is trusted without a notification.
+pub const MAX_KEY_META_AGE: Duration = Duration::from_millis(500);
+
+struct Cached {
+    record: KeyRecord,
+    fetched: Instant,
+}
+
+pub(crate) struct KeyMetaCache {
+    entries: BoundedCache<Uuid, Cached>,
+    /// Bumped by every invalidation, so that a read which started before one never caches
+    /// the row it got (it may predate the change).
+    generation: AtomicU64,
+}
+
+impl KeyMetaCache {
+    pub(crate) fn new(capacity: usize) -> Self {
+        KeyMetaCache {
+            entries: BoundedCache::new(capacity),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// The cached row of key `id` in `org_id`, if fresh.
+    pub(crate) fn get(&self, org_id: &str, id: Uuid) -> Option<KeyRecord> {
+        let c = self.entries.get(&id)?;
+        (c.fetched.elapsed() < MAX_KEY_META_AGE && c.record.org_id == org_id)
+            .then(|| c.record.clone())
+    }
+
+    /// The generation to pass to [`Self::insert`] for a read that starts now.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Caches a row read since `generation`, unless an invalidation happened meanwhile.
+    pub(crate) fn insert(&self, generation: u64, record: &KeyRecord, fetched: Instant) {
+        if self.generation() == generation {
+            self.entries.insert(
+                record.id,
+                Arc::new(Cached {
+                    record: record.clone(),
+                    fetched,
+                }),
+            );
+            // An invalidation between the check and the insert may have missed this entry.
+            if self.generation() != generation {
+                self.entries.remove(&record.id);
+            }
+        }
+    }
+
+    pub(crate) fn invalidate(&self, id: Uuid) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.remove(&id);
+    }
+
+    pub(crate) fn invalidate_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.entries.clear();
+    }
+
+    /// Applies a store's change feed until it ends.
+    pub(crate) async fn follow(self: Arc<Self>, mut feed: tokio::sync::mpsc::Receiver<KeyChange>) {
+        while let Some(change) = feed.recv().await {
+            match change {
+                KeyChange::Key(id) => self.invalidate(id),
+                KeyChange::Lost => self.invalidate_all(),
+            }
+        }
+    }
+}
