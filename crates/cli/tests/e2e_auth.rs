@@ -1247,7 +1247,9 @@ async fn jwks_reloads_on_an_unknown_kid_at_most_every_ten_seconds() {
     sleep_until(reloaded_at + Duration::from_secs(11)).await;
     assert_unauthenticated(&list(tok(&k3)).await); // triggers a failed reload
     let failed_at = Instant::now();
-    assert_eq!(list(tok(&k1)).await.status, 200);
+    // This very token is now in the verified-token cache.
+    let k1_cached = tok(&k1);
+    assert_eq!(list(k1_cached.clone()).await.status, 200);
     assert_eq!(list(tok(&k2)).await.status, 200);
 
     // The IdP rotates: k1 is withdrawn, k3 added. After the next reload k1 no longer works.
@@ -1256,8 +1258,29 @@ async fn jwks_reloads_on_an_unknown_kid_at_most_every_ten_seconds() {
     let r = list(tok(&k3)).await;
     assert_eq!(r.status, 200, "k3 accepted after the reload: {r:?}");
     assert_unauthenticated(&list(tok(&k1)).await);
+    assert_unauthenticated(&list(k1_cached).await);
     assert_eq!(list(tok(&k2)).await.status, 200);
     assert!(s.log_text().contains("JWKS reload failed"));
+}
+
+/// Verified tokens are cached by hash, but never past their expiry (plus the clock skew the
+/// verification itself allows), and never before `nbf`.
+#[tokio::test]
+async fn a_cached_token_stops_working_when_it_expires() {
+    let env = Env::start("auth-cache-expiry");
+    let api = &env.api;
+    // Expired 25 s ago: still inside the 30 s skew for about 5 more seconds.
+    let mut c = claims("alice", "acme");
+    c["exp"] = json!(jwt::now() - 25);
+    c["nbf"] = json!(jwt::now() - 60);
+    let token = env.es.token(&c);
+    let issued = Instant::now();
+    let first = api.call(&token, Method::GET, "/api/v1/keys", None).await;
+    assert_eq!(first.status, 200, "within the skew: {first:?}");
+    let again = api.call(&token, Method::GET, "/api/v1/keys", None).await;
+    assert_eq!(again.status, 200, "served from the cache: {again:?}");
+    sleep_until(issued + Duration::from_secs(7)).await;
+    assert_unauthenticated(&api.call(&token, Method::GET, "/api/v1/keys", None).await);
 }
 
 async fn sleep_until(t: Instant) {
