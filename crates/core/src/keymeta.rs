@@ -85,3 +85,92 @@ impl KeyMetaCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::KeyState;
+    use sovra_crypto::KeyType;
+
+    fn record(org: &str) -> KeyRecord {
+        KeyRecord {
+            id: Uuid::new_v4(),
+            org_id: org.into(),
+            owner: "alice".into(),
+            name: "k".into(),
+            key_type: KeyType::Aes256Gcm,
+            description: None,
+            state: KeyState::Enabled,
+            latest_version: 1,
+            min_decryption_version: 1,
+            created_at: 0,
+            rotated_at: None,
+            deletion_date: None,
+        }
+    }
+
+    #[test]
+    fn a_fresh_row_is_served_only_to_its_own_org() {
+        let c = KeyMetaCache::new(10);
+        let k = record("acme");
+        c.insert(c.generation(), &k, Instant::now());
+        assert_eq!(c.get("acme", k.id).map(|r| r.id), Some(k.id));
+        assert!(
+            c.get("globex", k.id).is_none(),
+            "another org's id is a miss"
+        );
+    }
+
+    #[test]
+    fn rows_older_than_the_age_bound_are_not_used() {
+        let c = KeyMetaCache::new(10);
+        let k = record("acme");
+        let old = Instant::now() - MAX_KEY_META_AGE - Duration::from_millis(1);
+        c.insert(c.generation(), &k, old);
+        assert!(c.get("acme", k.id).is_none());
+    }
+
+    #[test]
+    fn a_read_that_raced_an_invalidation_is_not_cached() {
+        let c = KeyMetaCache::new(10);
+        let k = record("acme");
+        let before_read = c.generation();
+        // Another request changes the key while this one reads the old row.
+        c.invalidate(k.id);
+        c.insert(before_read, &k, Instant::now());
+        assert!(
+            c.get("acme", k.id).is_none(),
+            "the possibly stale row was dropped"
+        );
+        // A read that started after the change is cached.
+        c.insert(c.generation(), &k, Instant::now());
+        assert!(c.get("acme", k.id).is_some());
+    }
+
+    #[tokio::test]
+    async fn the_change_feed_drops_changed_keys_and_everything_when_lost() {
+        let c = Arc::new(KeyMetaCache::new(10));
+        let (a, b) = (record("acme"), record("acme"));
+        for k in [&a, &b] {
+            c.insert(c.generation(), k, Instant::now());
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let follower = tokio::spawn(c.clone().follow(rx));
+        tx.send(KeyChange::Key(a.id)).await.unwrap();
+        tokio::task::yield_now().await;
+        while c.get("acme", a.id).is_some() {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            c.get("acme", b.id).is_some(),
+            "only the changed key is dropped"
+        );
+        tx.send(KeyChange::Lost).await.unwrap();
+        drop(tx);
+        follower.await.unwrap();
+        assert!(
+            c.get("acme", b.id).is_none(),
+            "a gap in the feed drops every key"
+        );
+    }
+}
