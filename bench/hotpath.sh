@@ -2,8 +2,8 @@
 # Hot-path benchmark: JWT-authenticated encrypt (1 KiB), decrypt, data key, ECDSA P-256 sign,
 # batch encrypt of 100 items and key creation against a release server, beside the same
 # server's /health and raw in-process signing; the encrypt also paced at half the /health rate
-# for its p99. Runs on SQLite (in a temporary directory), then on PostgreSQL when a URL is
-# given. The audit log is on (one durable event per request). Key-admin rate limits are raised
+# for its p99. Runs on SQLite (in a temporary directory) with the audit log on (one durable
+# event per request, the default) and off, then on PostgreSQL (audit on) when a URL is given. Key-admin rate limits are raised
 # so that key creation measures the store, not the limiter; all other limits are the defaults.
 # With PERF=1 it also records the server with `perf` during a closed-loop encrypt run and
 # draws docs/flamegraph-encrypt.svg (needs inferno-collapse-perf and inferno-flamegraph).
@@ -53,6 +53,13 @@ if [ "${PERF:-0}" = 1 ]; then
         < "$dir/encrypt.folded" > docs/flamegraph-encrypt.svg
     echo "flame graph: docs/flamegraph-encrypt.svg"
 fi
+stop
+
+# The same without the audit log, to separate the durable-audit cost from the rest of the path.
+start_server sqlite-audit-off "$(printf '[audit]\nenabled = false')"
+echo
+"$target/release/sovra-bench" --env-file "$env_file" --hot-path --idp "$dir/idp" \
+    --seconds "$secs" --concurrency "$conc" --label "SQLite store, audit OFF,"
 stop
 
 if [ -n "$pg_admin" ]; then
