@@ -21,7 +21,8 @@ const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 /// Largest JWKS document accepted from an issuer.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
-const ALLOWED_ALGS: [Algorithm; 9] = [
+/// The token algorithms accepted: asymmetric only.
+pub const ALLOWED_ALGS: [Algorithm; 9] = [
     Algorithm::RS256,
     Algorithm::RS384,
     Algorithm::RS512,
@@ -109,7 +110,7 @@ impl Issuer {
                 .await
                 .map_err(|e| err(e.to_string()))?
         };
-        serde_json::from_str(&text).map_err(|e| err(format!("not a JWKS document: {e}")))
+        parse_jwks(&text).map_err(err)
     }
 
     fn stale(&self) -> bool {
@@ -145,27 +146,38 @@ impl Issuer {
 
     fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
         let (set, _) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
-        let candidates: Vec<_> = set
-            .keys
-            .iter()
-            .filter(|k| match kid {
-                Some(kid) => k.common.key_id.as_deref() == Some(kid),
-                None => true,
-            })
-            .collect();
-        // Without a kid, only an unambiguous single-key set is acceptable.
-        let jwk = match (kid, candidates.as_slice()) {
-            (_, [one]) => *one,
-            (Some(_), [first, ..]) => *first,
-            _ => return None,
-        };
-        if let Some(key_alg) = jwk.common.key_algorithm
-            && key_alg.to_string() != format!("{alg:?}")
-        {
-            return None;
-        }
-        DecodingKey::from_jwk(jwk).ok()
+        select_key(set, kid, alg)
     }
+}
+
+/// Parses an issuer's JWKS document as fetched (file or https body).
+pub fn parse_jwks(text: &str) -> Result<JwkSet, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))
+}
+
+/// The key of `set` for a token's `kid` and `alg`: the first with that kid, or without a kid
+/// the only key; none when the key declares another algorithm.
+pub fn select_key(set: &JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+    let candidates: Vec<_> = set
+        .keys
+        .iter()
+        .filter(|k| match kid {
+            Some(kid) => k.common.key_id.as_deref() == Some(kid),
+            None => true,
+        })
+        .collect();
+    // Without a kid, only an unambiguous single-key set is acceptable.
+    let jwk = match (kid, candidates.as_slice()) {
+        (_, [one]) => *one,
+        (Some(_), [first, ..]) => *first,
+        _ => return None,
+    };
+    if let Some(key_alg) = jwk.common.key_algorithm
+        && key_alg.to_string() != format!("{alg:?}")
+    {
+        return None;
+    }
+    DecodingKey::from_jwk(jwk).ok()
 }
 
 /// The HTTPS client that fetches an issuer's JWKS: system roots, or only the CA the config

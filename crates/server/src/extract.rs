@@ -21,30 +21,40 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::JsonDataError(e)) => {
-                Err(ApiError::bad_request("invalid_input", e.body_text()))
-            }
-            Err(JsonRejection::JsonSyntaxError(e)) => {
-                Err(ApiError::bad_request("malformed_json", e.body_text()))
-            }
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "expected Content-Type: application/json",
-            )),
-            Err(JsonRejection::BytesRejection(e))
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
-            {
-                Err(ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "request body is too large",
-                ))
-            }
-            Err(e) => Err(ApiError::bad_request("malformed_json", e.body_text())),
+        axum::Json::<T>::from_request(req, state)
+            .await
+            .map(|axum::Json(v)| ApiJson(v))
+            .map_err(json_rejection)
+    }
+}
+
+impl<T: DeserializeOwned> ApiJson<T> {
+    /// Parses a body that already passed the content-type and size checks, exactly as the
+    /// extractor does (the fuzz targets feed it hostile bytes).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ApiError> {
+        axum::Json::<T>::from_bytes(bytes)
+            .map(|axum::Json(v)| ApiJson(v))
+            .map_err(json_rejection)
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_input", e.body_text()),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", e.body_text()),
+        JsonRejection::MissingJsonContentType(_) => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "expected Content-Type: application/json",
+        ),
+        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "request body is too large",
+            )
         }
+        e => ApiError::bad_request("malformed_json", e.body_text()),
     }
 }
 
@@ -54,9 +64,15 @@ pub struct ApiQuery<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        axum::extract::Query::<T>::from_request_parts(parts, state)
-            .await
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Self::from_uri(&parts.uri)
+    }
+}
+
+impl<T: DeserializeOwned> ApiQuery<T> {
+    /// Parses a request URI's query exactly as the extractor does (for the fuzz targets).
+    pub fn from_uri(uri: &axum::http::Uri) -> Result<Self, ApiError> {
+        axum::extract::Query::<T>::try_from_uri(uri)
             .map(|q| ApiQuery(q.0))
             .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
     }

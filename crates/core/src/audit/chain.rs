@@ -131,6 +131,13 @@ impl AuditEvent {
     }
 }
 
+impl RedactedEvent {
+    /// The hash this link must carry, given its body digest and `prev_hash`.
+    pub fn compute_hash(&self) -> String {
+        link_hash(self.seq, &self.body_digest, &self.prev_hash)
+    }
+}
+
 impl Checkpoint {
     pub fn signed_bytes(seq: u64, head: &str, time_ms: i64) -> Vec<u8> {
         context(
@@ -249,11 +256,15 @@ fn link(
         }
         _ => {}
     }
+    // No server reaches the largest sequence: only a forged export holds it.
+    let Some(next) = seq.checked_add(1) else {
+        return fail(format!("sequence {seq} is out of range"));
+    };
     if st.next_seq.is_none() {
         st.report.first_seq = seq;
     }
     st.prev_hash = Some(hash.to_string());
-    st.next_seq = Some(seq + 1);
+    st.next_seq = Some(next);
     st.heads.push((seq, hash.to_string()));
     st.report.events += 1;
     st.report.unsigned_tail += 1;
@@ -293,7 +304,7 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
                 link(&mut st, line, ev.seq, &computed, &ev.prev_hash, &ev.hash)?;
             }
             ExportLine::Redacted(r) => {
-                let computed = link_hash(r.seq, &r.body_digest, &r.prev_hash);
+                let computed = r.compute_hash();
                 link(&mut st, line, r.seq, &computed, &r.prev_hash, &r.hash)?;
                 st.report.redacted += 1;
             }
@@ -575,5 +586,17 @@ mod tests {
         let e = verify_export("{not json", &spki).unwrap_err();
         assert_eq!(e.line, 1);
         assert!(e.problem.contains("not an audit export line"), "{e}");
+    }
+
+    /// The sequence after the largest one overflowed (seed `repaired_bigseq` of the audit_export
+    /// fuzz target).
+    #[test]
+    fn the_largest_sequence_is_an_error_not_an_overflow() {
+        let (_, spki) = keypair();
+        let last = event(1).seal_after(u64::MAX, GENESIS);
+        let line = serde_json::to_string(&ExportLine::Event(Box::new(last))).unwrap();
+        let e = verify_export(&line, &spki).unwrap_err();
+        assert_eq!(e.line, 1);
+        assert!(e.problem.contains("sequence"), "{e}");
     }
 }

@@ -117,17 +117,8 @@ fn parse_time(field: &str, value: &Option<String>) -> ApiResult<Option<i64>> {
 
 const DEFAULT_PAGE: u32 = 100;
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(ListParams),
-    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody),
-              (status = 429, body = ErrorBody, description = "Rate limited",
-               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
-    security(("bearer" = [])))]
-pub async fn list(
-    State(st): State<Arc<AppState>>,
-    Auth(p): Auth,
-    ApiQuery(q): ApiQuery<ListParams>,
-) -> ApiResult<Json<AuditPage>> {
+/// The listing's time range (ms) and page size, checked.
+pub(crate) fn list_range(q: &ListParams) -> ApiResult<(Option<i64>, Option<i64>, u32)> {
     let from = parse_time("from", &q.from)?;
     let to = parse_time("to", &q.to)?;
     if let (Some(f), Some(t)) = (from, to)
@@ -145,6 +136,21 @@ pub async fn list(
             format!("limit must be 1 to {}", sovra_core::audit::MAX_PAGE),
         ));
     }
+    Ok((from, to, limit))
+}
+
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(ListParams),
+    responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+              (status = 403, body = ErrorBody), (status = 503, body = ErrorBody),
+              (status = 429, body = ErrorBody, description = "Rate limited",
+               headers(("Retry-After" = u64, description = "Whole seconds to wait")))),
+    security(("bearer" = [])))]
+pub async fn list(
+    State(st): State<Arc<AppState>>,
+    Auth(p): Auth,
+    ApiQuery(q): ApiQuery<ListParams>,
+) -> ApiResult<Json<AuditPage>> {
+    let (from, to, limit) = list_range(&q)?;
     let events = st
         .kms
         .query_audit(
@@ -180,6 +186,19 @@ pub struct ExportParams {
     pub to_seq: Option<u64>,
 }
 
+/// The export's sequence range, checked, ending at the chain head at most.
+pub(crate) fn export_range(q: &ExportParams, head: u64) -> ApiResult<(u64, u64)> {
+    let from = q.from_seq.unwrap_or(1);
+    let to = q.to_seq.unwrap_or(head);
+    if from == 0 || q.to_seq.is_some_and(|t| t < from) {
+        return Err(ApiError::bad_request(
+            "invalid_range",
+            "from_seq must be at least 1 and not after to_seq",
+        ));
+    }
+    Ok((from, to.min(head)))
+}
+
 /// Events read from the store per step of the stream.
 const EXPORT_PAGE: u32 = 1000;
 
@@ -197,15 +216,7 @@ pub async fn export(
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> ApiResult<Response> {
     let head = st.kms.audit_export_head(&p).await?;
-    let from = q.from_seq.unwrap_or(1);
-    let to = q.to_seq.unwrap_or(head);
-    if from == 0 || q.to_seq.is_some_and(|t| t < from) {
-        return Err(ApiError::bad_request(
-            "invalid_range",
-            "from_seq must be at least 1 and not after to_seq",
-        ));
-    }
-    let to = to.min(head);
+    let (from, to) = export_range(&q, head)?;
     // Pages are read as the client consumes them, so a long chain never sits in memory.
     let stream = futures_util::stream::unfold(Some(from), move |next| {
         let st = st.clone();
@@ -262,6 +273,23 @@ pub struct HashResponse {
     pub hash: String,
 }
 
+/// The field name and the bytes to hash: exactly one of token and context.
+pub(crate) fn hash_input(
+    req: HashRequest,
+) -> ApiResult<(&'static str, zeroize::Zeroizing<Vec<u8>>)> {
+    let (field, value) = match (req.token, req.context) {
+        (Some(t), None) => ("token", t.into_bytes()),
+        (None, Some(c)) => ("context", encode_context(&c)),
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "give exactly one of token or context",
+            ));
+        }
+    };
+    Ok((field, zeroize::Zeroizing::new(value)))
+}
+
 #[utoipa::path(post, path = "/api/v1/audit/hash", tag = "audit", request_body = HashRequest,
     responses((status = 200, body = HashResponse), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 413, body = ErrorBody), (status = 415, body = ErrorBody),
@@ -274,17 +302,7 @@ pub async fn hash(
     Auth(p): Auth,
     ApiJson(req): ApiJson<HashRequest>,
 ) -> ApiResult<Json<HashResponse>> {
-    let (field, value) = match (req.token, req.context) {
-        (Some(t), None) => ("token", t.into_bytes()),
-        (None, Some(c)) => ("context", encode_context(&c)),
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "give exactly one of token or context",
-            ));
-        }
-    };
-    let value = zeroize::Zeroizing::new(value);
+    let (field, value) = hash_input(req)?;
     let hash = st.kms.audit_keyed_hash(&p, field, &value).await?;
     Ok(Json(HashResponse {
         field: field.into(),

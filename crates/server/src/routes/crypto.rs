@@ -238,16 +238,19 @@ pub async fn encrypt_batch(
     Ok(Json(BatchEncryptResponse { results }))
 }
 
-fn check_batch(st: &AppState, p: &sovra_core::Principal, n: usize) -> ApiResult<()> {
-    if n == 0 || n > st.config.limits.max_batch_items {
+/// A batch must hold 1 to `max` items.
+pub(crate) fn check_batch_len(n: usize, max: usize) -> ApiResult<()> {
+    if n == 0 || n > max {
         return Err(ApiError::bad_request(
             "invalid_input",
-            format!(
-                "items must hold 1 to {} entries",
-                st.config.limits.max_batch_items
-            ),
+            format!("items must hold 1 to {max} entries"),
         ));
     }
+    Ok(())
+}
+
+fn check_batch(st: &AppState, p: &sovra_core::Principal, n: usize) -> ApiResult<()> {
+    check_batch_len(n, st.config.limits.max_batch_items)?;
     // The request itself paid for one item.
     let extra = u32::try_from(n - 1).unwrap_or(u32::MAX);
     st.rate_limits
@@ -342,6 +345,19 @@ pub async fn reencrypt(
     }))
 }
 
+/// Data key length in bytes for the requested bits.
+pub(crate) fn data_key_len(bits: Option<u32>) -> ApiResult<usize> {
+    match bits.unwrap_or(256) {
+        128 => Ok(16),
+        256 => Ok(32),
+        512 => Ok(64),
+        _ => Err(ApiError::bad_request(
+            "invalid_input",
+            "bits must be 128, 256 or 512",
+        )),
+    }
+}
+
 async fn data_key(
     st: &AppState,
     p: &sovra_core::Principal,
@@ -349,17 +365,7 @@ async fn data_key(
     req: DataKeyRequest,
     plaintext: bool,
 ) -> ApiResult<DataKeyResponse> {
-    let bytes = match req.bits.unwrap_or(256) {
-        128 => 16,
-        256 => 32,
-        512 => 64,
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "bits must be 128, 256 or 512",
-            ));
-        }
-    };
+    let bytes = data_key_len(req.bits)?;
     let dk = st
         .kms
         .data_key(p, key_id(id)?, bytes, &ctx(req.context), plaintext)
@@ -405,7 +411,10 @@ pub async fn datakey_without_plaintext(
 }
 
 /// Exactly one of `message` and `digest`, decoded.
-fn sign_input(message: &Option<String>, digest: &Option<String>) -> ApiResult<(Vec<u8>, bool)> {
+pub(crate) fn sign_input(
+    message: &Option<String>,
+    digest: &Option<String>,
+) -> ApiResult<(Vec<u8>, bool)> {
     match (message, digest) {
         (Some(m), None) => Ok((b64("message", m)?, false)),
         (None, Some(d)) => Ok((b64("digest", d)?, true)),

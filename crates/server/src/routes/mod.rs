@@ -1,6 +1,7 @@
 //! Route handlers: thin functions over extractors that call the core.
 
 pub mod audit;
+pub mod body;
 pub mod crypto;
 pub mod keys;
 pub mod meta;

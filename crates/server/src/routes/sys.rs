@@ -67,6 +67,11 @@ pub async fn init(
     }))
 }
 
+/// An unseal share as sent: base64, surrounding whitespace ignored.
+pub fn decode_share(share: &str) -> ApiResult<SecretBytes> {
+    Ok(SecretBytes::new(b64("share", share.trim())?))
+}
+
 #[utoipa::path(post, path = "/api/v1/sys/unseal", tag = "sys", request_body = UnsealRequest,
     responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = SealStatus), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "Rate limited",
@@ -75,7 +80,7 @@ pub async fn unseal(
     State(st): State<Arc<AppState>>,
     ApiJson(req): ApiJson<UnsealRequest>,
 ) -> ApiResult<Json<SealStatus>> {
-    let share = SecretBytes::new(b64("share", req.share.trim())?);
+    let share = decode_share(&req.share)?;
     let status = st.kms.submit_unseal_share(share).await?;
     if !status.sealed {
         tracing::info!("unsealed");
