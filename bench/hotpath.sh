@@ -43,7 +43,7 @@ echo
 "$target/release/sovra-bench" --env-file "$env_file" --hot-path --idp "$dir/idp" \
     --seconds "$secs" --concurrency "$conc" --label "SQLite store, audit on,"
 if [ "${PERF:-0}" = 1 ]; then
-    perf record -F 299 --call-graph dwarf,16384 -o "$dir/perf.data" -p "$pid" -- sleep "$secs" > /dev/null 2>&1 &
+    perf record -F 299 --call-graph dwarf,32768 -o "$dir/perf.data" -p "$pid" -- sleep "$secs" > /dev/null 2>&1 &
     perf_pid=$!
     "$target/release/sovra-bench" --env-file "$env_file" --encrypt-only --idp "$dir/idp" --seconds "$((secs + 2))" \
         --concurrency "$conc" > "$dir/perf-run.txt"
