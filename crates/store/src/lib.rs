@@ -135,6 +135,12 @@ async fn sqlite_pool(url: &str, max: u32) -> Result<sqlx::SqlitePool, StoreError
         .busy_timeout(Duration::from_secs(10));
     SqlitePoolOptions::new()
         .max_connections(max)
+        // A full disk or an I/O error can make SQLite end a transaction by itself; sqlx's
+        // ROLLBACK then fails and the connection keeps counting an open transaction, refusing
+        // every later BEGIN. Such a connection is replaced, so service resumes once space returns.
+        .before_acquire(|conn, _| {
+            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+        })
         .connect_with(opts)
         .await
         .map_err(sql::map_err)
