@@ -11,8 +11,10 @@ CARGO_FUZZ_VERSION=0.13.1
 cargo fuzz --version 2>/dev/null | grep -qx "cargo-fuzz $CARGO_FUZZ_VERSION" ||
   cargo install --locked cargo-fuzz --version "$CARGO_FUZZ_VERSION"
 
-cargo fuzz build
+# Unoptimised (--dev) keeps the sanitizer build of the whole dependency tree short; replaying a
+# corpus needs no speed. Long runs use the optimised build (README).
+cargo fuzz build --dev
 for target in $(cargo fuzz list); do
   echo "fuzz: replaying corpus of $target"
-  cargo fuzz run "$target" "fuzz/corpus/$target" -- -runs=0
+  cargo fuzz run --dev "$target" "fuzz/corpus/$target" -- -runs=0
 done
