@@ -117,6 +117,17 @@ fn parse_time(field: &str, value: &Option<String>) -> ApiResult<Option<i64>> {
 
 const DEFAULT_PAGE: u32 = 100;
 
+/// Sequence numbers are stored as signed 64-bit integers, as the document says (int64).
+fn check_seq(field: &str, value: Option<u64>) -> ApiResult<()> {
+    match value {
+        Some(v) if i64::try_from(v).is_err() => Err(ApiError::bad_request(
+            "invalid_range",
+            format!("{field} is out of range"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(ListParams),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
               (status = 403, body = ErrorBody), (status = 503, body = ErrorBody),
@@ -128,6 +139,7 @@ pub async fn list(
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<AuditPage>> {
+    check_seq("before_seq", q.before_seq)?;
     let from = parse_time("from", &q.from)?;
     let to = parse_time("to", &q.to)?;
     if let (Some(f), Some(t)) = (from, to)
@@ -196,6 +208,8 @@ pub async fn export(
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> ApiResult<Response> {
+    check_seq("from_seq", q.from_seq)?;
+    check_seq("to_seq", q.to_seq)?;
     let head = st.kms.audit_export_head(&p).await?;
     let from = q.from_seq.unwrap_or(1);
     let to = q.to_seq.unwrap_or(head);
