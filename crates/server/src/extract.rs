@@ -21,10 +21,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        axum::Json::<T>::from_request(req, state)
-            .await
-            .map(|axum::Json(v)| ApiJson(v))
-            .map_err(json_rejection)
+        if !json_content_type(req.headers()) {
+            return Err(unsupported_media_type());
+        }
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+            Err(e) => return Err(ApiError::bad_request("malformed_json", e.body_text())),
+        };
+        Self::from_bytes(&bytes)
     }
 }
 
@@ -32,30 +37,55 @@ impl<T: DeserializeOwned> ApiJson<T> {
     /// Parses a body that already passed the content-type and size checks, exactly as the
     /// extractor does (the fuzz targets feed it hostile bytes).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ApiError> {
-        axum::Json::<T>::from_bytes(bytes)
-            .map(|axum::Json(v)| ApiJson(v))
-            .map_err(json_rejection)
+        // serde reads a struct from a JSON array too (`[null, null]`); every body is an object.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(ApiError::bad_request(
+                "invalid_input",
+                "the request body must be a JSON object",
+            ));
+        }
+        match axum::Json::<T>::from_bytes(bytes) {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::JsonDataError(e)) => {
+                Err(ApiError::bad_request("invalid_input", e.body_text()))
+            }
+            Err(e) => Err(ApiError::bad_request("malformed_json", e.body_text())),
+        }
     }
 }
 
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_input", e.body_text()),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", e.body_text()),
-        JsonRejection::MissingJsonContentType(_) => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
-            "expected Content-Type: application/json",
-        ),
-        JsonRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                "request body is too large",
-            )
-        }
-        e => ApiError::bad_request("malformed_json", e.body_text()),
-    }
+/// `application/json` or `application/*+json`, as axum's own `Json` accepts.
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn unsupported_media_type() -> ApiError {
+    ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "unsupported_media_type",
+        "expected Content-Type: application/json",
+    )
+}
+
+fn too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        "request body is too large",
+    )
 }
 
 /// Query parameters; a wrong type or an unknown parameter is a JSON 400.

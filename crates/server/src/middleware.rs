@@ -60,7 +60,7 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
 
 /// Paths that work while sealed: status, init, unseal, health, readiness, metrics, the API
 /// document.
-fn allowed_while_sealed(path: &str) -> bool {
+pub(crate) fn allowed_while_sealed(path: &str) -> bool {
     matches!(
         path,
         "/health"

@@ -117,8 +117,20 @@ fn parse_time(field: &str, value: &Option<String>) -> ApiResult<Option<i64>> {
 
 const DEFAULT_PAGE: u32 = 100;
 
+/// Sequence numbers are stored as signed 64-bit integers, as the document says (int64).
+fn check_seq(field: &str, value: Option<u64>) -> ApiResult<()> {
+    match value {
+        Some(v) if i64::try_from(v).is_err() => Err(ApiError::bad_request(
+            "invalid_range",
+            format!("{field} is out of range"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The listing's time range (ms) and page size, checked.
 pub(crate) fn list_range(q: &ListParams) -> ApiResult<(Option<i64>, Option<i64>, u32)> {
+    check_seq("before_seq", q.before_seq)?;
     let from = parse_time("from", &q.from)?;
     let to = parse_time("to", &q.to)?;
     if let (Some(f), Some(t)) = (from, to)
@@ -188,6 +200,8 @@ pub struct ExportParams {
 
 /// The export's sequence range, checked, ending at the chain head at most.
 pub(crate) fn export_range(q: &ExportParams, head: u64) -> ApiResult<(u64, u64)> {
+    check_seq("from_seq", q.from_seq)?;
+    check_seq("to_seq", q.to_seq)?;
     let from = q.from_seq.unwrap_or(1);
     let to = q.to_seq.unwrap_or(head);
     if from == 0 || q.to_seq.is_some_and(|t| t < from) {

@@ -15,11 +15,35 @@ use utoipa::ToSchema;
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
     /// Unique per owner: letters, digits, '-', '_', '.', '/'.
+    #[schema(pattern = r"^[A-Za-z0-9._/-]{1,128}$")]
     pub name: String,
-    /// aes-256-gcm, chacha20-poly1305, hmac-sha256, ed25519, ecdsa-p256, rsa-3072, rsa-4096.
     #[serde(rename = "type")]
+    #[schema(value_type = KeyTypeName)]
     pub key_type: String,
+    /// At most 1024 bytes.
+    #[schema(max_length = 1024)]
     pub description: Option<String>,
+}
+
+/// The key types, for the document only: the core parses the name (the constraints above
+/// mirror sovra_core's checks, so generated requests can create keys).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub enum KeyTypeName {
+    #[schema(rename = "aes-256-gcm")]
+    Aes256Gcm,
+    #[schema(rename = "chacha20-poly1305")]
+    Chacha20Poly1305,
+    #[schema(rename = "hmac-sha256")]
+    HmacSha256,
+    #[schema(rename = "ed25519")]
+    Ed25519,
+    #[schema(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[schema(rename = "rsa-3072")]
+    Rsa3072,
+    #[schema(rename = "rsa-4096")]
+    Rsa4096,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -39,6 +63,7 @@ pub struct UpdateKeyRequest {
 #[serde(deny_unknown_fields)]
 pub struct ScheduleDeletionRequest {
     /// Waiting period, 7 to 30 days.
+    #[schema(minimum = 7, maximum = 30)]
     pub pending_days: u32,
 }
 
