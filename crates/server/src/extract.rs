@@ -37,14 +37,12 @@ impl<T: DeserializeOwned> ApiJson<T> {
     /// Parses a body that already passed the content-type and size checks, exactly as the
     /// extractor does (the fuzz targets feed it hostile bytes).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, ApiError> {
-        // serde reads a struct from a JSON array too (`[null, null]`); every body is an object.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "the request body must be a JSON object",
-            ));
-        }
         match axum::Json::<T>::from_bytes(bytes) {
+            // serde reads a struct from a JSON array too (`[null, null]`); every body is an
+            // object. (Checked after parsing, so that `[` alone is still a syntax error.)
+            Ok(_) if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => Err(
+                ApiError::bad_request("invalid_input", "the request body must be a JSON object"),
+            ),
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::JsonDataError(e)) => {
                 Err(ApiError::bad_request("invalid_input", e.body_text()))
