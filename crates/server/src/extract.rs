@@ -29,14 +29,12 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
             Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
             Err(e) => return Err(ApiError::bad_request("malformed_json", e.body_text())),
         };
-        // serde reads a struct from a JSON array too (`[null, null]`); every body is an object.
-        if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
-            return Err(ApiError::bad_request(
-                "invalid_input",
-                "the request body must be a JSON object",
-            ));
-        }
         match axum::Json::<T>::from_bytes(&bytes) {
+            // serde reads a struct from a JSON array too (`[null, null]`); every body is an
+            // object.
+            Ok(_) if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') => Err(
+                ApiError::bad_request("invalid_input", "the request body must be a JSON object"),
+            ),
             Ok(axum::Json(v)) => Ok(ApiJson(v)),
             Err(JsonRejection::JsonDataError(e)) => {
                 Err(ApiError::bad_request("invalid_input", e.body_text()))
