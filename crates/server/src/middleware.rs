@@ -99,3 +99,24 @@ pub async fn method_not_allowed() -> ApiError {
         "method not allowed on this route",
     )
 }
+
+/// Ends a request that takes longer than `limit` (a slow client or a stuck dependency) with a
+/// JSON 503 `request_timeout`, so that every answer has the API's error shape.
+pub async fn request_timeout(
+    State(limit): State<std::time::Duration>,
+    req: Request,
+    next: Next,
+) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!("the request took longer than {} s", limit.as_secs()),
+            );
+            e.retry_after = Some(1);
+            e.into_response()
+        }
+    }
+}

@@ -119,9 +119,9 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         // Outside the seal gate so that 503s while sealed are counted too.
         .layer(axum::middleware::from_fn(middleware::record_metrics))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        .layer(axum::middleware::from_fn_with_state(
             Duration::from_secs(limits.request_timeout_seconds),
+            middleware::request_timeout,
         ))
         // Outside the timeout, so a request that times out is audited too.
         .layer(axum::middleware::from_fn_with_state(
