@@ -233,6 +233,32 @@ impl Config {
         if cfg.limits.max_batch_items == 0 || cfg.limits.max_body_bytes < 1024 {
             return Err("limits are too small to serve any request".into());
         }
+        // Each bound sizes a semaphore, a cache or a buffer at start: an absurd value must be
+        // a config error, not a panic or an allocation failure.
+        let bounded = [
+            (
+                "heavy_ops_concurrency",
+                cfg.limits.heavy_ops_concurrency,
+                1,
+                1024,
+            ),
+            ("max_connections", cfg.limits.max_connections, 1, 1_000_000),
+            (
+                "key_cache_capacity",
+                cfg.limits.key_cache_capacity,
+                1,
+                10_000_000,
+            ),
+            ("max_batch_items", cfg.limits.max_batch_items, 1, 100_000),
+            ("max_body_bytes", cfg.limits.max_body_bytes, 1024, 1 << 30),
+        ];
+        for (name, value, min, max) in bounded {
+            if !(min..=max).contains(&value) {
+                return Err(format!(
+                    "limits.{name} must be between {min} and {max}, not {value}"
+                ));
+            }
+        }
         crate::siem::validate_sinks(&cfg.audit.sinks).map_err(|e| e.to_string())?;
         cfg.rate_limits.validate()?;
         Ok(cfg)
@@ -242,6 +268,24 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn absurd_limits_are_config_errors() {
+        for (line, name) in [
+            (
+                "heavy_ops_concurrency = 18446744073709551615",
+                "heavy_ops_concurrency",
+            ),
+            ("heavy_ops_concurrency = 0", "heavy_ops_concurrency"),
+            ("max_connections = 0", "max_connections"),
+            ("key_cache_capacity = 0", "key_cache_capacity"),
+            ("max_body_bytes = 9223372036854775807", "max_body_bytes"),
+        ] {
+            let err = Config::parse(&format!("[limits]\n{line}\n")).unwrap_err();
+            assert!(err.contains(name), "{line}: {err}");
+        }
+        assert!(Config::parse("[limits]\nheavy_ops_concurrency = 8\n").is_ok());
+    }
 
     #[test]
     fn unknown_keys_and_wrong_types_are_rejected() {
