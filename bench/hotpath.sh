@@ -29,6 +29,7 @@ start_server() { # name, extra config
     {
         printf 'listen = "127.0.0.1:0"\n%s\n' "$2"
         printf '[rate_limits.key_admin]\nper_second = 1000000\nburst = 1000000\n'
+        printf '[rate_limits.crypto]\nper_second = 100000000\nburst = 100000000\n'
         printf '[[auth.jwt]]\nissuer = "https://bench-idp.sovra.test"\naudience = "sovra"\njwks = "%s"\n' "$dir/idp/jwks.json"
     } > "$dir/sovra-$1.toml"
     SOVRA_LOG=warn "$target/release/sovra" server --dev --data-dir "$data" --config "$dir/sovra-$1.toml" > "$dir/server-$1.log" 2>&1 &
