@@ -6,7 +6,7 @@
 //! encrypts at half the `/health` rate (open loop, latency measured from each request's
 //! scheduled time, so a stall is not hidden by the client waiting) to read p99 at that load.
 
-use crate::{Req, Stats, load, send};
+use crate::{Req, Stats, gather, load, on_every_core, send};
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -32,40 +32,17 @@ pub struct HotPathArgs<'a> {
 fn raw_ecdsa_sign(seconds: u64) -> Result<Stats> {
     let pkcs8 = KeyType::EcdsaP256.generate()?;
     let key = Arc::new(SigningKey::from_pkcs8(KeyType::EcdsaP256, &pkcs8)?);
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let started = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let key = key.clone();
-            std::thread::spawn(move || {
-                let digest = [0x42u8; 32];
-                let mut lat = Vec::new();
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    let sig = key
-                        .sign(
-                            SignatureAlgorithm::EcdsaP256Sha256,
-                            SignInput::Digest(&digest),
-                        )
-                        .expect("sign");
-                    std::hint::black_box(sig);
-                    lat.push(t.elapsed());
-                }
-                lat
-            })
-        })
-        .collect();
-    let mut lat = Vec::new();
-    for h in handles {
-        lat.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?);
-    }
-    Ok(Stats {
-        ops: lat.len(),
-        secs: started.elapsed().as_secs_f64(),
-        lat,
+    on_every_core(seconds, || {
+        let key = key.clone();
+        move || {
+            let sig = key
+                .sign(
+                    SignatureAlgorithm::EcdsaP256Sha256,
+                    SignInput::Digest(&[0x42u8; 32]),
+                )
+                .expect("sign");
+            std::hint::black_box(sig);
+        }
     })
 }
 
@@ -99,15 +76,7 @@ async fn paced(
             Ok::<_, anyhow::Error>(lat)
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    Ok(Stats {
-        ops: lat.len(),
-        secs: started.elapsed().as_secs_f64(),
-        lat,
-    })
+    gather(started, tasks).await
 }
 
 /// Key creation, closed loop: each request creates a new AES key with a unique name.
@@ -137,15 +106,7 @@ async fn create_keys(
             Ok::<_, anyhow::Error>(lat)
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    Ok(Stats {
-        ops: lat.len(),
-        secs: started.elapsed().as_secs_f64(),
-        lat,
-    })
+    gather(started, tasks).await
 }
 
 fn rate(s: &Stats) -> f64 {

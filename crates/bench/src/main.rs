@@ -103,13 +103,11 @@ fn read_env(path: &PathBuf) -> Result<HashMap<String, String>> {
         .collect())
 }
 
-/// In-process baseline: Sovra's envelope encryption with AES-256-GCM, one thread per worker
-/// up to the core count.
-fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
-    let key = Arc::new(sovra_crypto::aead::AeadKey::new(
-        sovra_crypto::aead::AeadAlg::Aes256Gcm,
-        &[7u8; 32],
-    )?);
+/// Runs `op` in a closed loop on one thread per core for `seconds`, timing each call.
+fn on_every_core<F>(seconds: u64, make_op: impl Fn() -> F) -> Result<Stats>
+where
+    F: FnMut() + Send + 'static,
+{
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -117,16 +115,12 @@ fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|_| {
-            let key = key.clone();
+            let mut op = make_op();
             std::thread::spawn(move || {
-                let pt = vec![0x5au8; size];
-                let ctx = Default::default();
-                let id = uuid::Uuid::new_v4();
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    let ct = sovra_crypto::envelope::seal(&key, id, 1, &pt, &ctx).expect("seal");
-                    std::hint::black_box(ct);
+                    op();
                     lat.push(t.elapsed());
                 }
                 lat
@@ -136,6 +130,40 @@ fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
     let mut lat = Vec::new();
     for h in handles {
         lat.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?);
+    }
+    Ok(Stats {
+        ops: lat.len(),
+        secs: started.elapsed().as_secs_f64(),
+        lat,
+    })
+}
+
+/// In-process baseline: Sovra's envelope encryption with AES-256-GCM on every core.
+fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
+    let key = Arc::new(sovra_crypto::aead::AeadKey::new(
+        sovra_crypto::aead::AeadAlg::Aes256Gcm,
+        &[7u8; 32],
+    )?);
+    on_every_core(seconds, || {
+        let key = key.clone();
+        let pt = vec![0x5au8; size];
+        let id = uuid::Uuid::new_v4();
+        move || {
+            let ctx = Default::default();
+            let ct = sovra_crypto::envelope::seal(&key, id, 1, &pt, &ctx).expect("seal");
+            std::hint::black_box(ct);
+        }
+    })
+}
+
+/// Waits for closed- or open-loop workers and merges their latencies.
+async fn gather(
+    started: Instant,
+    tasks: Vec<tokio::task::JoinHandle<Result<Vec<Duration>>>>,
+) -> Result<Stats> {
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
     }
     Ok(Stats {
         ops: lat.len(),
@@ -170,15 +198,7 @@ async fn load(clients: &[reqwest::Client], token: &str, req: Req, seconds: u64) 
             Ok::<_, anyhow::Error>(lat)
         }));
     }
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await??);
-    }
-    Ok(Stats {
-        ops: lat.len(),
-        secs: started.elapsed().as_secs_f64(),
-        lat,
-    })
+    gather(started, tasks).await
 }
 
 async fn send(c: &reqwest::Client, token: &str, req: &Req) -> Result<Value> {
