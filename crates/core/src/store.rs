@@ -91,6 +91,13 @@ pub trait Store: Send + Sync + 'static {
     /// and is linked to the current head. Returns them as stored. A concurrent append from
     /// another node makes this a conflict (the caller retries), never a fork.
     async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Stores events already sealed into the chain (by a node's audit journal) in one
+    /// transaction. The first must continue the stored head exactly (next sequence number,
+    /// `prev_hash` equal to the head's hash), else this is a conflict and nothing is stored.
+    async fn insert_sealed_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// Where a node keeps its audit journal when it is the only writer of this store (a SQLite
+    /// file: the journal sits beside it); `None` when nodes share the store or it is in memory.
+    fn audit_journal_path(&self) -> Option<std::path::PathBuf>;
     /// The chain head: the highest sequence number and its hash (`None` while empty).
     async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError>;
     /// Audit events with `seq >= from_seq`, in order, at most `limit`.

@@ -52,6 +52,8 @@ pub enum ServeError {
     Dev(#[from] dev::DevError),
     #[error("{0}")]
     Siem(#[from] crate::siem::SiemError),
+    #[error("{0}")]
+    AuditJournal(#[from] sovra_core::audit::JournalError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
 }
@@ -82,15 +84,16 @@ fn metrics_handle() -> PrometheusHandle {
 }
 
 /// Builds the application: routes, OpenAPI document and layers, outermost last.
-pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<AppState>) {
+pub fn app(
+    kms: Arc<Kms>,
+    auth: Authenticator,
+    config: Config,
+    audit: Option<AuditWriter>,
+) -> (Router, Arc<AppState>) {
     let (routes, doc) = openapi::router();
     let openapi_json = doc.to_json().unwrap_or_else(|_| "{}".into());
     let limits = config.limits.clone();
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let audit = config
-        .audit
-        .enabled
-        .then(|| AuditWriter::start(kms.store().clone()));
     let rate_limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
     rate_limits.start_cleanup();
     kms.set_heavy_op_admission(rate_limits.clone());
@@ -141,6 +144,19 @@ pub fn app(kms: Arc<Kms>, auth: Authenticator, config: Config) -> (Router, Arc<A
         ))
         .with_state(state.clone());
     (router, state)
+}
+
+/// The audit writer the config asks for: through this node's journal when it is the store's
+/// only writer (SQLite), else committing to the shared store. Recovers the journal first.
+pub async fn audit_writer(kms: &Kms, config: &Config) -> Result<Option<AuditWriter>, ServeError> {
+    if !config.audit.enabled {
+        return Ok(None);
+    }
+    let store = kms.store().clone();
+    Ok(Some(match store.audit_journal_path() {
+        Some(path) => AuditWriter::start_journaled(store, &path).await?,
+        None => AuditWriter::start(store),
+    }))
 }
 
 /// Counts a request as in flight until dropped (also when the request future is cancelled).
@@ -229,7 +245,8 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     let _ = metrics_handle();
     // Audit forwarding reads the durable chain; a bad sink stops startup here.
     let sinks = crate::siem::spawn_sinks(kms.store().clone(), &config.audit.sinks, &data_dir)?;
-    let (router, state) = app(kms.clone(), auth, config);
+    let audit = audit_writer(&kms, &config).await?;
+    let (router, state) = app(kms.clone(), auth, config, audit);
     spawn_background(state.clone());
     let in_flight = state.in_flight.clone();
     tracing::info!(addr = %local, dev = opts.dev, sealed = !kms.is_unsealed(), "sovra listening (TLS 1.3)");
@@ -255,6 +272,11 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
 
 /// Signs the chain head once more as the server stops, so the export ends on a checkpoint.
 async fn final_checkpoint(state: &AppState) {
+    if let Some(writer) = &state.audit
+        && let Err(e) = writer.flushed().await
+    {
+        tracing::warn!(error = %e, "audit events still in the journal at shutdown; the next start stores them");
+    }
     let mut last = 0;
     crate::audit::checkpoint(state, &mut last).await;
 }
@@ -451,9 +473,10 @@ pub async fn run(
     auth: Authenticator,
     config: Config,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), ServeError> {
     let conn_limits = ConnectionLimits::from_config(&config);
-    let (router, state) = app(kms, auth, config);
+    let audit = audit_writer(&kms, &config).await?;
+    let (router, state) = app(kms, auth, config, audit);
     serve(
         listener,
         tls,
@@ -464,4 +487,5 @@ pub async fn run(
     )
     .await;
     final_checkpoint(&state).await;
+    Ok(())
 }

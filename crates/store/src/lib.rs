@@ -56,6 +56,16 @@ fn is_sqlite(url: &str) -> bool {
     url.starts_with("sqlite:")
 }
 
+/// The database file a SQLite URL names (`sqlite://dir/sovra.db?mode=rwc`), or `None` for an
+/// in-memory database.
+fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite:")?;
+    let rest = rest.strip_prefix("//").unwrap_or(rest);
+    let path = rest.split('?').next().unwrap_or_default();
+    (!path.is_empty() && path != ":memory:" && !url.contains("mode=memory"))
+        .then(|| std::path::PathBuf::from(path))
+}
+
 fn bad_url() -> StoreError {
     StoreError::Unavailable("database_url must start with sqlite: or postgres://".into())
 }
@@ -220,7 +230,14 @@ impl SqliteStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = sqlite_pool(url, 8).await?;
         sqlite_migrate(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore {
+            pool,
+            audit_journal: sqlite_file(url).map(|db| {
+                let mut name = db.into_os_string();
+                name.push("-audit-journal");
+                std::path::PathBuf::from(name)
+            }),
+        })
     }
 }
 
@@ -230,6 +247,9 @@ impl PostgresStore {
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         let pool = pg_pool(url, 16).await?;
         pg_migrate(&pool).await?;
-        Ok(PostgresStore { pool })
+        Ok(PostgresStore {
+            pool,
+            audit_journal: None,
+        })
     }
 }

@@ -86,6 +86,8 @@ macro_rules! sql_store {
         #[derive(Clone)]
         pub struct $name {
             pub(crate) pool: sqlx::Pool<$db>,
+            /// Where the node that is this store's only writer keeps its audit journal.
+            pub(crate) audit_journal: Option<std::path::PathBuf>,
         }
 
         impl $name {
@@ -154,6 +156,10 @@ macro_rules! sql_store {
 
         #[async_trait]
         impl sovra_core::Store for $name {
+            fn audit_journal_path(&self) -> Option<std::path::PathBuf> {
+                self.audit_journal.clone()
+            }
+
             async fn get_seal(&self) -> Result<Option<SealRecord>, StoreError> {
                 use sqlx::Row;
                 let row = sqlx::query("SELECT kind, shares, threshold, wrapped_root_key, created_at FROM seal WHERE id = 1")
@@ -408,19 +414,8 @@ macro_rules! sql_store {
             }
 
             async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError> {
-                use sqlx::Row;
                 let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
-                let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                let (mut seq, mut prev) = match head {
-                    Some(r) => (
-                        r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
-                        r.try_get::<String, _>("hash").map_err(map_err)?,
-                    ),
-                    None => (0, GENESIS.to_string()),
-                };
+                let (mut seq, mut prev) = Self::audit_head_in(&mut tx).await?.unwrap_or((0, GENESIS.to_string()));
                 let mut stored = Vec::with_capacity(events.len());
                 for ev in events {
                     seq += 1;
@@ -428,32 +423,24 @@ macro_rules! sql_store {
                     prev = ev.hash.clone();
                     stored.push(ev);
                 }
-                // One multi-row INSERT per chunk: a statement per event would make the batch's
-                // commit latency, and so the throughput of audited requests, grow per event.
-                for chunk in stored.chunks(AUDIT_INSERT_ROWS) {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(audit_insert_sql(chunk.len())));
-                    for ev in chunk {
-                        q = q
-                            .bind(ev.seq as i64)
-                            .bind(ev.time_ms)
-                            .bind(&ev.org)
-                            .bind(&ev.actor)
-                            .bind(&ev.auth_method)
-                            .bind(&ev.cert_fingerprint)
-                            .bind(&ev.action)
-                            .bind(&ev.resource)
-                            .bind(&ev.outcome)
-                            .bind(&ev.error_code)
-                            .bind(&ev.request_id)
-                            .bind(&ev.source)
-                            .bind((!ev.hashed.is_empty()).then(|| serde_json::to_string(&ev.hashed).unwrap_or_default()))
-                            .bind(&ev.prev_hash)
-                            .bind(&ev.hash);
-                    }
-                    q.execute(&mut *tx).await.map_err(map_err)?;
-                }
+                Self::insert_audit_rows(&mut tx, &stored).await?;
                 tx.commit().await.map_err(map_err)?;
                 Ok(stored)
+            }
+
+            async fn insert_sealed_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+                let Some(first) = events.first() else { return Ok(()) };
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
+                let (seq, hash) = Self::audit_head_in(&mut tx).await?.unwrap_or((0, GENESIS.to_string()));
+                if first.seq != seq + 1 || first.prev_hash != hash {
+                    return Err(StoreError::Conflict(format!(
+                        "audit events from seq {} do not continue the stored head {seq}",
+                        first.seq
+                    )));
+                }
+                Self::insert_audit_rows(&mut tx, events).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(())
             }
 
             async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
@@ -653,6 +640,51 @@ macro_rules! sql_store {
                 .execute(&mut **tx)
                 .await
                 .map_err(map_err)?;
+                Ok(())
+            }
+
+            /// The chain head as seen inside a transaction.
+            async fn audit_head_in(tx: &mut sqlx::Transaction<'_, $db>) -> Result<Option<(u64, String)>, StoreError> {
+                use sqlx::Row;
+                let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+                    .fetch_optional(&mut **tx)
+                    .await
+                    .map_err(map_err)?;
+                head.map(|r| {
+                    Ok((
+                        r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
+                        r.try_get::<String, _>("hash").map_err(map_err)?,
+                    ))
+                })
+                .transpose()
+            }
+
+            /// Inserts sealed events. One multi-row INSERT per chunk: a statement per event would
+            /// make a batch's commit latency, and so the throughput of audited requests, grow per
+            /// event.
+            async fn insert_audit_rows(tx: &mut sqlx::Transaction<'_, $db>, events: &[AuditEvent]) -> Result<(), StoreError> {
+                for chunk in events.chunks(AUDIT_INSERT_ROWS) {
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(audit_insert_sql(chunk.len())));
+                    for ev in chunk {
+                        q = q
+                            .bind(ev.seq as i64)
+                            .bind(ev.time_ms)
+                            .bind(&ev.org)
+                            .bind(&ev.actor)
+                            .bind(&ev.auth_method)
+                            .bind(&ev.cert_fingerprint)
+                            .bind(&ev.action)
+                            .bind(&ev.resource)
+                            .bind(&ev.outcome)
+                            .bind(&ev.error_code)
+                            .bind(&ev.request_id)
+                            .bind(&ev.source)
+                            .bind((!ev.hashed.is_empty()).then(|| serde_json::to_string(&ev.hashed).unwrap_or_default()))
+                            .bind(&ev.prev_hash)
+                            .bind(&ev.hash);
+                    }
+                    q.execute(&mut **tx).await.map_err(map_err)?;
+                }
                 Ok(())
             }
         }

@@ -241,3 +241,166 @@ both!(checkpoints_are_stored_once_per_sequence, |db| async move {
             .is_empty()
     );
 });
+
+/// Events sealed onto the chain in advance, as a journal holds them.
+fn sealed(from_seq: u64, prev: &str, n: u32) -> Vec<AuditEvent> {
+    let mut prev = prev.to_string();
+    (0..n)
+        .map(|i| {
+            let ev = event(i).seal_after(from_seq + u64::from(i), &prev);
+            prev = ev.hash.clone();
+            ev
+        })
+        .collect()
+}
+
+both!(
+    sealed_events_are_stored_only_when_they_continue_the_head,
+    |db| async move {
+        let batch = sealed(1, sovra_core::audit::GENESIS, 4);
+        db.store.insert_sealed_audit(&batch).await.unwrap();
+        assert_eq!(
+            db.store.audit_head().await.unwrap(),
+            Some((4, batch[3].hash.clone()))
+        );
+        // The same batch again, a batch that skips a sequence number, and one that claims
+        // another predecessor: each is a conflict and stores nothing.
+        let skipping = sealed(6, &batch[3].hash, 2);
+        let forked = sealed(5, &batch[2].hash, 2);
+        for refused in [&batch, &skipping, &forked] {
+            let err = db.store.insert_sealed_audit(refused).await.unwrap_err();
+            assert!(matches!(err, sovra_core::StoreError::Conflict(_)), "{err}");
+        }
+        assert_eq!(db.store.audit_events(1, 100).await.unwrap(), batch);
+        let next = sealed(5, &batch[3].hash, 3);
+        db.store.insert_sealed_audit(&next).await.unwrap();
+        let key = SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap())
+            .unwrap();
+        let report =
+            verify_export(&export_text(&db).await, &key.public_key_spki_der().unwrap()).unwrap();
+        assert_eq!(report.events, 7);
+    }
+);
+
+/// The journal of a SQLite test store (only SQLite stores have one).
+fn journal_path(db: &TestDb) -> std::path::PathBuf {
+    db.store
+        .audit_journal_path()
+        .expect("a SQLite file store names its audit journal")
+}
+
+/// Starts a journaled writer, retrying while the previous one's tasks still hold the journal.
+async fn journaled(db: &TestDb) -> AuditWriter {
+    for _ in 0..200 {
+        match AuditWriter::start_journaled(db.store.clone(), &journal_path(db)).await {
+            Err(sovra_core::audit::JournalError::Locked(_)) => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            other => return other.unwrap(),
+        }
+    }
+    panic!("the previous writer never released the journal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn journaled_writer_hands_out_one_gap_free_chain_and_stores_it() {
+    common::run(Backend::Sqlite, |db| async move {
+        let writer = journaled(&db).await;
+        let mut tasks = Vec::new();
+        for i in 0..600u32 {
+            let w = writer.clone();
+            tasks.push(tokio::spawn(async move { w.record(event(i)).await }));
+        }
+        let mut seqs = HashSet::new();
+        for t in tasks {
+            assert!(seqs.insert(t.await.unwrap().unwrap()));
+        }
+        assert_eq!(seqs, (1..=600).collect::<HashSet<u64>>());
+        // Answered means durable in the journal; `flushed` means in the store too.
+        writer.flushed().await.unwrap();
+        let head = db.store.audit_head().await.unwrap().unwrap();
+        assert_eq!(head.0, 600);
+        assert_eq!(writer.last_appended(), Some(head));
+        let key = SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap())
+            .unwrap();
+        let report =
+            verify_export(&export_text(&db).await, &key.public_key_spki_der().unwrap()).unwrap();
+        assert_eq!(report.events, 600);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn events_only_in_the_journal_reach_the_store_at_the_next_start() {
+    common::run(Backend::Sqlite, |db| async move {
+        let writer = journaled(&db).await;
+        for i in 0..3 {
+            writer.record(event(i)).await.unwrap();
+        }
+        writer.flushed().await.unwrap();
+        let (_, head_hash) = db.store.audit_head().await.unwrap().unwrap();
+        drop(writer);
+        // What a crash leaves: answered events in the journal that the store never got, and a
+        // torn frame after them whose requests were never answered.
+        let pending = sealed(4, &head_hash, 5);
+        let path = journal_path(&db);
+        let mut j = loop {
+            match sovra_core::audit::AuditJournal::open(&path) {
+                Err(sovra_core::audit::JournalError::Locked(_)) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await
+                }
+                other => break other.unwrap().0,
+            }
+        };
+        j.append(&pending).unwrap();
+        drop(j);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0, 0, 1, 0, 7, 7, 7]);
+        std::fs::write(&path, bytes).unwrap();
+
+        let restarted = journaled(&db).await;
+        let head = db.store.audit_head().await.unwrap().unwrap();
+        assert_eq!(
+            head,
+            (8, pending[4].hash.clone()),
+            "recovered before serving"
+        );
+        assert_eq!(db.store.audit_events(4, 10).await.unwrap(), pending);
+        assert_eq!(restarted.record(event(9)).await.unwrap(), 9);
+        restarted.flushed().await.unwrap();
+        let key = SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap())
+            .unwrap();
+        let report =
+            verify_export(&export_text(&db).await, &key.public_key_spki_der().unwrap()).unwrap();
+        assert_eq!(report.events, 9);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_journal_that_does_not_continue_the_stored_chain_stops_startup() {
+    common::run(Backend::Sqlite, |db| async move {
+        db.store
+            .insert_sealed_audit(&sealed(1, sovra_core::audit::GENESIS, 3))
+            .await
+            .unwrap();
+        // A journal from another chain (say, the database was restored from an older backup
+        // than the journal): its events cannot be placed, and nothing is guessed.
+        let foreign = sealed(4, &"ab".repeat(32), 2);
+        let path = journal_path(&db);
+        let (mut j, _) = sovra_core::audit::AuditJournal::open(&path).unwrap();
+        j.append(&foreign).unwrap();
+        drop(j);
+        let err = AuditWriter::start_journaled(db.store.clone(), &path)
+            .await
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("cannot be stored"), "{err}");
+        assert_eq!(db.store.audit_head().await.unwrap().unwrap().0, 3);
+        assert!(
+            std::fs::metadata(&path).unwrap().len() > 0,
+            "the journal is kept"
+        );
+    })
+    .await;
+}

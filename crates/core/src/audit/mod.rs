@@ -1,8 +1,10 @@
 //! The audit log: the chain's format and offline verifier ([`chain`]), group commit into the
-//! store ([`writer`]) and the audit keys that sign checkpoints and hash sensitive values
+//! store ([`writer`]), the single-node journal that makes events durable before they reach the
+//! store ([`journal`]) and the audit keys that sign checkpoints and hash sensitive values
 //! ([`keys`]).
 
 mod chain;
+mod journal;
 mod keys;
 mod read;
 mod writer;
@@ -11,6 +13,7 @@ pub use chain::{
     AuditEvent, Checkpoint, ExportLine, GENESIS, RedactedEvent, VerifyError, VerifyReport,
     verify_export,
 };
+pub use journal::{AuditJournal, JournalError};
 pub use keys::AuditKeys;
 pub use read::MAX_PAGE;
 pub use writer::AuditWriter;

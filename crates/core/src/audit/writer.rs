@@ -1,8 +1,12 @@
-//! Group commit of audit events into the store.
+//! Group commit of audit events: into the store directly (several nodes on one database), or
+//! through this node's journal (a single node on SQLite).
 
-use super::AuditEvent;
+use super::{AuditEvent, AuditJournal, GENESIS, JournalError};
 use crate::store::{Store, StoreError};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 /// An event queued for the writer, with the channel its request waits on.
 type Pending = (
@@ -10,40 +14,77 @@ type Pending = (
     tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
 );
 
-/// Group commit: requests hand their event to one writer task, which appends everything queued
-/// in one transaction and then answers each waiter with its sequence number. A request is
+/// Group commit: requests hand their event to one writer task, which makes everything queued
+/// durable at once and then answers each waiter with its sequence number. A request is
 /// answered only after its event is durable, and one commit serves many requests.
+///
+/// Two ways to be durable:
+/// - [`AuditWriter::start`]: a store transaction per batch, the database assigning sequence
+///   numbers, so several nodes can share one chain (PostgreSQL).
+/// - [`AuditWriter::start_journaled`]: this node seals the batch into the chain itself, appends
+///   it to its [`AuditJournal`] with one `fdatasync`, answers, and a second task stores the
+///   events in large batches. For a store only this node writes (SQLite), where a durable
+///   database commit per batch capped audited requests.
 #[derive(Clone)]
 pub struct AuditWriter {
     tx: tokio::sync::mpsc::Sender<Pending>,
-    last: Arc<Mutex<Option<(u64, String)>>>,
+    progress: Arc<Progress>,
 }
 
-/// Most events in one commit.
+/// What is durable and what is in the store.
+struct Progress {
+    /// Highest sequence number made durable (journaled or committed).
+    durable: AtomicU64,
+    /// Highest sequence number in the store, and the store's last appended event.
+    stored: tokio::sync::watch::Sender<u64>,
+    last_stored: Mutex<Option<(u64, String)>>,
+}
+
+impl Progress {
+    fn new(head: Option<(u64, String)>) -> Arc<Progress> {
+        let seq = head.as_ref().map_or(0, |h| h.0);
+        Arc::new(Progress {
+            durable: AtomicU64::new(seq),
+            stored: tokio::sync::watch::Sender::new(seq),
+            last_stored: Mutex::new(None),
+        })
+    }
+
+    fn stored_up_to(&self, last: &AuditEvent) {
+        if let Ok(mut l) = self.last_stored.lock() {
+            *l = Some((last.seq, last.hash.clone()));
+        }
+        self.stored.send_replace(last.seq);
+    }
+}
+
+/// Most events in one durable write.
 const MAX_BATCH: usize = 512;
+/// Most events in one store transaction of the journaled writer.
+const MAX_STORE_BATCH: usize = 8192;
+/// Journaled batches not yet stored before the writer waits: bounds memory and the journal
+/// when the store is slow or failing (requests then wait, and time out, rather than pile up).
+const STORE_BACKLOG_BATCHES: usize = 256;
+/// The journal is emptied once it is larger than this and everything in it is stored.
+const JOURNAL_CLEAR_BYTES: u64 = 8 << 20;
+/// How long an audit read waits for durable events to reach the store.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 impl AuditWriter {
-    /// Starts the writer task on the current runtime.
+    /// Starts the writer task on the current runtime, committing each batch to the store.
     pub fn start(store: Arc<dyn Store>) -> AuditWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending>(8192);
-        let last = Arc::new(Mutex::new(None));
-        let last_w = last.clone();
+        let progress = Progress::new(None);
+        let shared = progress.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
-                    match rx.try_recv() {
-                        Ok(p) => batch.push(p),
-                        Err(_) => break,
-                    }
-                }
+                let batch = gather(first, &mut rx);
                 let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
                 match append_with_retry(store.as_ref(), events).await {
                     Ok(stored) => {
-                        if let Some(ev) = stored.last()
-                            && let Ok(mut l) = last_w.lock()
-                        {
-                            *l = Some((ev.seq, ev.hash.clone()));
+                        if let Some(ev) = stored.last() {
+                            shared.durable.fetch_max(ev.seq, Ordering::SeqCst);
+                            shared.stored_up_to(ev);
                         }
                         for (ev, w) in stored.iter().zip(waiters) {
                             let _ = w.send(Ok(ev.seq));
@@ -51,15 +92,62 @@ impl AuditWriter {
                     }
                     Err(e) => {
                         tracing::error!(error = %e, "audit append failed; the requests fail with it");
-                        for w in waiters {
-                            let _ = w
-                                .send(Err(StoreError::Unavailable("audit log unavailable".into())));
-                        }
+                        fail(waiters);
                     }
                 }
             }
         });
-        AuditWriter { tx, last }
+        AuditWriter { tx, progress }
+    }
+
+    /// Opens this node's journal at `path`, stores the events it holds that the store lacks
+    /// (those of requests answered before a crash), and starts the journaled writer. Only one
+    /// process may write the store's chain this way; the journal's lock refuses a second.
+    pub async fn start_journaled(
+        store: Arc<dyn Store>,
+        path: &Path,
+    ) -> Result<AuditWriter, JournalError> {
+        let (mut journal, recovered) = AuditJournal::open(path)?;
+        let store_err = |e: StoreError| JournalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: format!("its events cannot be stored: {e}"),
+        };
+        let head = store.audit_head().await.map_err(store_err)?;
+        let head_seq = head.as_ref().map_or(0, |h| h.0);
+        let missing: Vec<AuditEvent> = recovered.into_iter().filter(|e| e.seq > head_seq).collect();
+        if !missing.is_empty() {
+            for chunk in missing.chunks(MAX_STORE_BATCH) {
+                store.insert_sealed_audit(chunk).await.map_err(store_err)?;
+            }
+            tracing::info!(
+                events = missing.len(),
+                "audit events recovered from the journal into the store"
+            );
+        }
+        let head = store.audit_head().await.map_err(store_err)?;
+        journal.clear().map_err(|source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+
+        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(8192);
+        let (to_store, from_writer) = tokio::sync::mpsc::channel(STORE_BACKLOG_BATCHES);
+        let progress = Progress::new(head.clone());
+        if let Some((seq, hash)) = &head
+            && let Ok(mut l) = progress.last_stored.lock()
+        {
+            *l = Some((*seq, hash.clone()));
+        }
+        tokio::spawn(journal_batches(
+            rx,
+            journal,
+            head,
+            to_store,
+            progress.clone(),
+        ));
+        tokio::spawn(store_batches(store, from_writer, progress.clone()));
+        Ok(AuditWriter { tx, progress })
     }
 
     /// Appends one event and returns its sequence number once it is durable.
@@ -73,11 +161,164 @@ impl AuditWriter {
             .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?
     }
 
-    /// The sequence and hash of the last event this writer appended, as computed in this
-    /// process. Checkpoints sign this rather than a head read back from the database, so a
-    /// row altered in the database is never signed over.
+    /// Waits until every event durable now is also in the store, so a read of the store sees
+    /// the events of requests already answered.
+    pub async fn flushed(&self) -> Result<(), StoreError> {
+        let target = self.progress.durable.load(Ordering::SeqCst);
+        let mut stored = self.progress.stored.subscribe();
+        match tokio::time::timeout(FLUSH_WAIT, stored.wait_for(|s| *s >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(StoreError::Unavailable("audit writer stopped".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "audit events are durable but not yet in the database".into(),
+            )),
+        }
+    }
+
+    /// The sequence and hash of the last event this writer put in the store, as computed in
+    /// this process. Checkpoints sign this rather than a head read back from the database, so
+    /// a row altered in the database is never signed over.
     pub fn last_appended(&self) -> Option<(u64, String)> {
-        self.last.lock().ok().and_then(|l| l.clone())
+        self.progress
+            .last_stored
+            .lock()
+            .ok()
+            .and_then(|l| l.clone())
+    }
+}
+
+/// The first pending event and everything queued behind it, up to [`MAX_BATCH`].
+fn gather(first: Pending, rx: &mut tokio::sync::mpsc::Receiver<Pending>) -> Vec<Pending> {
+    let mut batch = vec![first];
+    while batch.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(p) => batch.push(p),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
+fn fail(waiters: Vec<tokio::sync::oneshot::Sender<Result<u64, StoreError>>>) {
+    for w in waiters {
+        let _ = w.send(Err(StoreError::Unavailable("audit log unavailable".into())));
+    }
+}
+
+/// The journaled writer's first task: seals each batch onto the chain, makes it durable in the
+/// journal, answers its requests, and passes it on to be stored.
+async fn journal_batches(
+    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+    journal: AuditJournal,
+    head: Option<(u64, String)>,
+    to_store: tokio::sync::mpsc::Sender<Vec<AuditEvent>>,
+    progress: Arc<Progress>,
+) {
+    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+    // Moved into the blocking pool for each write and back; `None` after a panic there.
+    let mut journal = Some(journal);
+    let mut stored = progress.stored.subscribe();
+    while let Some(first) = rx.recv().await {
+        let batch = gather(first, &mut rx);
+        let Some(mut j) = journal.take() else {
+            fail(batch.into_iter().map(|(_, w)| w).collect());
+            continue;
+        };
+        // Empty a large journal once the store has everything in it; the wait is short, as the
+        // store is at most a few batches behind.
+        if j.len() > JOURNAL_CLEAR_BYTES
+            && tokio::time::timeout(FLUSH_WAIT, stored.wait_for(|s| *s >= seq))
+                .await
+                .is_ok_and(|r| r.is_ok())
+            && let Err(e) = j.clear()
+        {
+            tracing::warn!(error = %e, "audit journal could not be emptied; it keeps growing");
+        }
+        let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+        let (mut next_seq, mut next_prev) = (seq, prev.clone());
+        let sealed: Vec<AuditEvent> = events
+            .into_iter()
+            .map(|ev| {
+                next_seq += 1;
+                let ev = ev.seal_after(next_seq, &next_prev);
+                next_prev.clone_from(&ev.hash);
+                ev
+            })
+            .collect();
+        let written = tokio::task::spawn_blocking(move || {
+            let r = j.append(&sealed);
+            (j, sealed, r)
+        })
+        .await;
+        let sealed = match written {
+            Ok((j, sealed, Ok(()))) => {
+                journal = Some(j);
+                sealed
+            }
+            Ok((j, _, Err(e))) => {
+                journal = Some(j);
+                tracing::error!(error = %e, "audit journal write failed; the requests fail with it");
+                fail(waiters);
+                continue;
+            }
+            Err(_) => {
+                tracing::error!("audit journal writer panicked; audited requests fail from now on");
+                fail(waiters);
+                continue;
+            }
+        };
+        (seq, prev) = (next_seq, next_prev);
+        progress.durable.store(seq, Ordering::SeqCst);
+        for (ev, w) in sealed.iter().zip(waiters) {
+            let _ = w.send(Ok(ev.seq));
+        }
+        if to_store.send(sealed).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The journaled writer's second task: stores journaled batches in order, several at once,
+/// retrying until the store takes them (they are safe in the journal meanwhile).
+async fn store_batches(
+    store: Arc<dyn Store>,
+    mut from_writer: tokio::sync::mpsc::Receiver<Vec<AuditEvent>>,
+    progress: Arc<Progress>,
+) {
+    while let Some(mut batch) = from_writer.recv().await {
+        while batch.len() < MAX_STORE_BATCH {
+            match from_writer.try_recv() {
+                Ok(more) => batch.extend(more),
+                Err(_) => break,
+            }
+        }
+        let mut delay = Duration::from_millis(10);
+        loop {
+            match store.insert_sealed_audit(&batch).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storing journaled audit events failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                    // A commit whose answer was lost may have stored part of this already.
+                    if let Ok(Some((head, _))) = store.audit_head().await {
+                        batch.retain(|e| e.seq > head);
+                        if batch.is_empty() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(last) = batch.last() {
+            progress.stored_up_to(last);
+        } else if let Ok(Some((head, hash))) = store.audit_head().await {
+            // Everything was already stored; record the head it ended at.
+            if let Ok(mut l) = progress.last_stored.lock() {
+                *l = Some((head, hash));
+            }
+            progress.stored.send_replace(head);
+        }
     }
 }
 

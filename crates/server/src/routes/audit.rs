@@ -163,6 +163,7 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListParams>,
 ) -> ApiResult<Json<AuditPage>> {
     let (from, to, limit) = list_range(&q)?;
+    events_stored(&st).await?;
     let events = st
         .kms
         .query_audit(
@@ -213,6 +214,18 @@ pub(crate) fn export_range(q: &ExportParams, head: u64) -> ApiResult<(u64, u64)>
     Ok((from, to.min(head)))
 }
 
+/// Waits until the events of requests already answered are in the store (they may still be
+/// only in this node's journal), so a listing or export includes them.
+async fn events_stored(st: &AppState) -> ApiResult<()> {
+    if let Some(writer) = &st.audit {
+        writer
+            .flushed()
+            .await
+            .map_err(sovra_core::CoreError::from)?;
+    }
+    Ok(())
+}
+
 /// Events read from the store per step of the stream.
 const EXPORT_PAGE: u32 = 1000;
 
@@ -229,6 +242,7 @@ pub async fn export(
     Auth(p): Auth,
     ApiQuery(q): ApiQuery<ExportParams>,
 ) -> ApiResult<Response> {
+    events_stored(&st).await?;
     let head = st.kms.audit_export_head(&p).await?;
     let (from, to) = export_range(&q, head)?;
     // Pages are read as the client consumes them, so a long chain never sits in memory.

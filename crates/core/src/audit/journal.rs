@@ -1,0 +1,381 @@
+//! The audit journal: an append-only file that makes a single node's audit events durable
+//! with one `fdatasync`, so a request waits for that rather than for a database commit.
+//!
+//! A SQLite commit with `synchronous = FULL` costs several round trips to SQLite's connection
+//! thread, B-tree page writes and a WAL fsync, and the audit chain allows only one at a time:
+//! that serialized commit capped audited requests. The journal takes the durable step instead
+//! and the events reach the database shortly after, in large batches (see `AuditWriter`).
+//! The journal only holds what the database may not have yet; it is emptied once it has.
+//!
+//! Format: a sequence of frames, each `len: u32 BE | SHA-256(payload) | payload`, the payload a
+//! JSON array of sealed events that continue the chain. A frame is written whole and synced
+//! before its events' requests are answered, so only the last frame can be torn (the process
+//! or machine died before the sync returned; none of its requests was answered). Recovery
+//! drops such a tail; a bad frame with an intact frame after it is corruption and stops startup.
+
+use super::AuditEvent;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+const FRAME_HEADER: usize = 4 + 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("audit journal {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "audit journal {0} is locked by another process: another sovra server uses this database"
+    )]
+    Locked(PathBuf),
+    #[error(
+        "audit journal {path} is corrupted at byte {offset} ({reason}); it holds audit events \
+         that may not be in the database yet: keep a copy of the file for investigation"
+    )]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+}
+
+/// An open journal, locked for this process.
+#[derive(Debug)]
+pub struct AuditJournal {
+    path: PathBuf,
+    file: File,
+    len: u64,
+    /// Set when a failed append could not be cut back off the file: nothing more may be
+    /// appended behind those bytes, or recovery would take them for corruption.
+    poisoned: bool,
+}
+
+impl AuditJournal {
+    /// Opens (or creates, mode 0600) the journal, locks it exclusively, and returns it with the
+    /// events it holds, in chain order. A torn last frame is cut off.
+    pub fn open(path: &Path) -> Result<(AuditJournal, Vec<AuditEvent>), JournalError> {
+        let io = |source| JournalError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut options = OpenOptions::new();
+        options.read(true).append(true).create(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(path).map_err(io)?;
+        file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => JournalError::Locked(path.to_path_buf()),
+            std::fs::TryLockError::Error(e) => io(e),
+        })?;
+        let mut data = Vec::new();
+        file.read_to_end(&mut data).map_err(io)?;
+        let (events, valid_len) = parse(path, &data)?;
+        if valid_len < data.len() {
+            tracing::warn!(
+                path = %path.display(),
+                dropped_bytes = data.len() - valid_len,
+                "audit journal ends in a torn frame (a crash during a write whose requests were never answered); dropping it"
+            );
+            file.set_len(valid_len as u64).map_err(io)?;
+            file.sync_all().map_err(io)?;
+        }
+        let journal = AuditJournal {
+            path: path.to_path_buf(),
+            file,
+            len: valid_len as u64,
+            poisoned: false,
+        };
+        Ok((journal, events))
+    }
+
+    /// Appends one frame and waits until it is on disk.
+    pub fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+        if self.poisoned {
+            return Err(std::io::Error::other(
+                "audit journal holds a failed write that could not be removed",
+            ));
+        }
+        let payload = serde_json::to_vec(events).map_err(std::io::Error::other)?;
+        let len = u32::try_from(payload.len()).map_err(std::io::Error::other)?;
+        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&sovra_crypto::sha256(&payload));
+        frame.extend_from_slice(&payload);
+        let written = self
+            .file
+            .write_all(&frame)
+            .and_then(|()| self.file.sync_data());
+        match written {
+            Ok(()) => {
+                self.len += frame.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                // A full disk can leave part of the frame behind; cut it off so the next frame
+                // starts where recovery expects one.
+                if self
+                    .file
+                    .set_len(self.len)
+                    .and_then(|()| self.file.sync_all())
+                    .is_err()
+                {
+                    self.poisoned = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Bytes in the journal.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Empties the journal, once every event in it is stored durably elsewhere.
+    pub fn clear(&mut self) -> std::io::Result<()> {
+        self.file.set_len(0)?;
+        self.file.sync_all()?;
+        self.len = 0;
+        self.poisoned = false;
+        Ok(())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Reads frames; returns the events and the length of the valid prefix.
+fn parse(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize), JournalError> {
+    let corrupt = |offset: usize, reason: &str| JournalError::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason: reason.to_string(),
+    };
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut offset = 0;
+    while offset < data.len() {
+        let rest = &data[offset..];
+        let frame = read_frame(rest);
+        let Some((frame_events, frame_len)) = frame else {
+            // Only the last frame written can be torn, since a frame is appended only after the
+            // previous one was synced: a bad frame with an intact one anywhere after it means
+            // synced bytes changed.
+            if (offset + 1..data.len()).any(|p| read_frame(&data[p..]).is_some()) {
+                return Err(corrupt(offset, "a frame fails its checksum"));
+            }
+            return Ok((events, offset));
+        };
+        for ev in frame_events {
+            if let Some(prev) = events.last()
+                && (ev.seq != prev.seq.wrapping_add(1) || ev.prev_hash != prev.hash)
+            {
+                return Err(corrupt(offset, "events do not continue the chain"));
+            }
+            if ev.hash != ev.compute_hash() {
+                return Err(corrupt(offset, "an event's hash does not match its fields"));
+            }
+            events.push(ev);
+        }
+        offset += frame_len;
+    }
+    Ok((events, offset))
+}
+
+/// One whole, intact frame at the start of `data`: its events and its length.
+fn read_frame(data: &[u8]) -> Option<(Vec<AuditEvent>, usize)> {
+    let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let digest = data.get(4..FRAME_HEADER)?;
+    let payload = data.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
+    if sovra_crypto::sha256(payload).as_slice() != digest {
+        return None;
+    }
+    let events: Vec<AuditEvent> = serde_json::from_slice(payload).ok()?;
+    Some((events, FRAME_HEADER + len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::GENESIS;
+
+    fn chain(from: u64, prev: &str, n: u64) -> Vec<AuditEvent> {
+        let mut prev = prev.to_string();
+        (from..from + n)
+            .map(|seq| {
+                let ev = AuditEvent {
+                    seq: 0,
+                    time_ms: 1_700_000_000_000 + seq as i64,
+                    org: Some("acme".into()),
+                    actor: "user#1".into(),
+                    auth_method: "jwt".into(),
+                    cert_fingerprint: None,
+                    action: "keys.encrypt".into(),
+                    resource: format!("key/{seq}"),
+                    outcome: "success".into(),
+                    error_code: None,
+                    request_id: format!("req-{seq}"),
+                    source: "127.0.0.1".into(),
+                    hashed: Default::default(),
+                    prev_hash: String::new(),
+                    hash: String::new(),
+                }
+                .seal_after(seq, &prev);
+                prev = ev.hash.clone();
+                ev
+            })
+            .collect()
+    }
+
+    fn dir() -> tempfile::TempDir {
+        tempfile::tempdir().unwrap()
+    }
+
+    #[test]
+    fn appended_frames_come_back_in_order_after_reopening() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let events = chain(1, GENESIS, 5);
+        {
+            let (mut j, found) = AuditJournal::open(&path).unwrap();
+            assert!(found.is_empty());
+            j.append(&events[..2]).unwrap();
+            j.append(&events[2..]).unwrap();
+        }
+        let (j, found) = AuditJournal::open(&path).unwrap();
+        assert_eq!(found, events);
+        assert_eq!(j.len(), std::fs::metadata(&path).unwrap().len());
+    }
+
+    #[test]
+    fn a_second_opener_is_refused_while_the_first_holds_the_lock() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let (_held, _) = AuditJournal::open(&path).unwrap();
+        assert!(matches!(
+            AuditJournal::open(&path),
+            Err(JournalError::Locked(_))
+        ));
+    }
+
+    #[test]
+    fn a_torn_last_frame_is_dropped_and_the_earlier_ones_kept() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let events = chain(1, GENESIS, 4);
+        {
+            let (mut j, _) = AuditJournal::open(&path).unwrap();
+            j.append(&events[..2]).unwrap();
+            j.append(&events[2..]).unwrap();
+        }
+        let full = std::fs::read(&path).unwrap();
+        let first_frame = {
+            let (j, _) = AuditJournal::open(&path).unwrap();
+            drop(j);
+            let len = u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
+            FRAME_HEADER + len
+        };
+        // Every cut inside the second frame, and zeros where its bytes never landed.
+        for cut in first_frame..full.len() {
+            let mut torn = full[..cut].to_vec();
+            std::fs::write(&path, &torn).unwrap();
+            let (j, found) = AuditJournal::open(&path).unwrap();
+            assert_eq!(found, events[..2], "cut at {cut}");
+            assert_eq!(j.len() as usize, first_frame);
+            drop(j);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().len() as usize,
+                first_frame
+            );
+            torn.resize(full.len(), 0);
+            std::fs::write(&path, &torn).unwrap();
+            let (_, found) = AuditJournal::open(&path).unwrap();
+            assert_eq!(found, events[..2], "zero-filled from {cut}");
+        }
+    }
+
+    #[test]
+    fn a_damaged_frame_followed_by_others_is_corruption_not_a_torn_tail() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let events = chain(1, GENESIS, 6);
+        {
+            let (mut j, _) = AuditJournal::open(&path).unwrap();
+            for pair in events.chunks(2) {
+                j.append(pair).unwrap();
+            }
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[FRAME_HEADER + 10] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let err = AuditJournal::open(&path).unwrap_err();
+        assert!(
+            matches!(err, JournalError::Corrupt { offset: 0, .. }),
+            "{err}"
+        );
+        // Nothing was cut: the evidence stays for the operator.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn frames_that_do_not_continue_the_chain_are_corruption() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let first = chain(1, GENESIS, 2);
+        let unrelated = chain(3, GENESIS, 2);
+        {
+            let (mut j, _) = AuditJournal::open(&path).unwrap();
+            j.append(&first).unwrap();
+            j.append(&unrelated).unwrap();
+        }
+        assert!(matches!(
+            AuditJournal::open(&path),
+            Err(JournalError::Corrupt { .. })
+        ));
+        // An event whose fields were changed after sealing.
+        let mut altered = chain(1, GENESIS, 1);
+        altered[0].actor = "someone-else".into();
+        std::fs::remove_file(&path).unwrap();
+        {
+            let (mut j, _) = AuditJournal::open(&path).unwrap();
+            j.append(&altered).unwrap();
+        }
+        assert!(matches!(
+            AuditJournal::open(&path),
+            Err(JournalError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn clear_empties_the_file_and_appending_starts_over() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let events = chain(1, GENESIS, 3);
+        let (mut j, _) = AuditJournal::open(&path).unwrap();
+        j.append(&events[..1]).unwrap();
+        j.clear().unwrap();
+        assert!(j.is_empty());
+        j.append(&events[1..]).unwrap();
+        drop(j);
+        let (_, found) = AuditJournal::open(&path).unwrap();
+        assert_eq!(found, events[1..]);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_journal_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let _ = AuditJournal::open(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
