@@ -602,6 +602,44 @@ async fn checkpoints_are_signed_periodically_and_at_shutdown() {
     assert!(out.contains(&format!("line {}", idx + 1)), "{out}");
 }
 
+/// The SQLite store's audit chain has one writer, which seals events into its journal: a
+/// second server on the same database would fork the chain, so it is refused at start and the
+/// first keeps serving.
+#[tokio::test]
+async fn a_second_server_on_the_same_sqlite_database_is_refused() {
+    let dir = TempDir::new("audit-one-writer");
+    let data = dir.path().join("data");
+    let s = Server::start_dev(&data, "");
+    let token = dev_token(&s).to_string();
+    let cfg = common::write_config(dir.path(), "");
+    let mut second = std::process::Command::new(sovra_bin())
+        .args(["server", "--dev", "--data-dir"])
+        .arg(&data)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while second.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second server on the same database kept running");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = second.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(said.contains("locked by another process"), "{said}");
+    let keys = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
+    assert_eq!(keys.status, 200, "{}", keys.raw);
+    let exported = export(&s, &token, "").await;
+    let (ok, out) = verify(dir.path(), &exported, &public_key_pem(&s).await);
+    assert!(ok, "{out}");
+}
+
 // ---- bad input -----------------------------------------------------------------------------
 
 #[tokio::test]

@@ -62,9 +62,11 @@ impl Progress {
 const MAX_BATCH: usize = 512;
 /// Most events in one store transaction of the journaled writer.
 const MAX_STORE_BATCH: usize = 8192;
-/// Journaled batches not yet stored before the writer waits: bounds memory and the journal
-/// when the store is slow or failing (requests then wait, and time out, rather than pile up).
-const STORE_BACKLOG_BATCHES: usize = 256;
+/// How long the journaled writer lets durable events gather before storing them.
+const STORE_GATHER: Duration = Duration::from_millis(25);
+/// Journaled events not yet stored before the writer waits: bounds memory and the journal when
+/// the store is slow or failing (requests then wait, and time out, rather than pile up).
+const STORE_BACKLOG_EVENTS: usize = 65_536;
 /// The journal is emptied once it is larger than this and everything in it is stored.
 const JOURNAL_CLEAR_BYTES: u64 = 8 << 20;
 /// How long an audit read waits for durable events to reach the store.
@@ -132,7 +134,8 @@ impl AuditWriter {
         })?;
 
         let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(8192);
-        let (to_store, from_writer) = tokio::sync::mpsc::channel(STORE_BACKLOG_BATCHES);
+        let (to_store, from_writer) = tokio::sync::mpsc::unbounded_channel();
+        let backlog = Arc::new(tokio::sync::Semaphore::new(STORE_BACKLOG_EVENTS));
         let progress = Progress::new(head.clone());
         if let Some((seq, hash)) = &head
             && let Ok(mut l) = progress.last_stored.lock()
@@ -143,7 +146,7 @@ impl AuditWriter {
             rx,
             journal,
             head,
-            to_store,
+            (to_store, backlog),
             progress.clone(),
         ));
         tokio::spawn(store_batches(store, from_writer, progress.clone()));
@@ -187,6 +190,10 @@ impl AuditWriter {
     }
 }
 
+/// Journaled batches on their way to the store, each with its room in the backlog.
+type ToStore =
+    tokio::sync::mpsc::UnboundedSender<(Vec<AuditEvent>, tokio::sync::OwnedSemaphorePermit)>;
+
 /// The first pending event and everything queued behind it, up to [`MAX_BATCH`].
 fn gather(first: Pending, rx: &mut tokio::sync::mpsc::Receiver<Pending>) -> Vec<Pending> {
     let mut batch = vec![first];
@@ -211,7 +218,7 @@ async fn journal_batches(
     mut rx: tokio::sync::mpsc::Receiver<Pending>,
     journal: AuditJournal,
     head: Option<(u64, String)>,
-    to_store: tokio::sync::mpsc::Sender<Vec<AuditEvent>>,
+    (to_store, backlog): (ToStore, Arc<tokio::sync::Semaphore>),
     progress: Arc<Progress>,
 ) {
     let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
@@ -220,6 +227,10 @@ async fn journal_batches(
     let mut stored = progress.stored.subscribe();
     while let Some(first) = rx.recv().await {
         let batch = gather(first, &mut rx);
+        // Room in the store backlog first, so that what is journaled can always be passed on.
+        let Ok(room) = backlog.clone().acquire_many_owned(batch.len() as u32).await else {
+            return;
+        };
         let Some(mut j) = journal.take() else {
             fail(batch.into_iter().map(|(_, w)| w).collect());
             continue;
@@ -272,7 +283,7 @@ async fn journal_batches(
         for (ev, w) in sealed.iter().zip(waiters) {
             let _ = w.send(Ok(ev.seq));
         }
-        if to_store.send(sealed).await.is_err() {
+        if to_store.send((sealed, room)).is_err() {
             return;
         }
     }
@@ -282,13 +293,22 @@ async fn journal_batches(
 /// retrying until the store takes them (they are safe in the journal meanwhile).
 async fn store_batches(
     store: Arc<dyn Store>,
-    mut from_writer: tokio::sync::mpsc::Receiver<Vec<AuditEvent>>,
+    mut from_writer: tokio::sync::mpsc::UnboundedReceiver<(
+        Vec<AuditEvent>,
+        tokio::sync::OwnedSemaphorePermit,
+    )>,
     progress: Arc<Progress>,
 ) {
-    while let Some(mut batch) = from_writer.recv().await {
+    while let Some((mut batch, mut room)) = from_writer.recv().await {
+        // Let batches gather: a store commit costs about the same for one event as for
+        // thousands, and the events are already durable in the journal.
+        tokio::time::sleep(STORE_GATHER).await;
         while batch.len() < MAX_STORE_BATCH {
             match from_writer.try_recv() {
-                Ok(more) => batch.extend(more),
+                Ok((more, more_room)) => {
+                    batch.extend(more);
+                    room.merge(more_room);
+                }
                 Err(_) => break,
             }
         }
@@ -310,6 +330,7 @@ async fn store_batches(
                 }
             }
         }
+        drop(room);
         if let Some(last) = batch.last() {
             progress.stored_up_to(last);
         } else if let Ok(Some((head, hash))) = store.audit_head().await {
