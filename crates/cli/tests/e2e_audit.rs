@@ -611,6 +611,7 @@ async fn a_second_server_on_the_same_sqlite_database_is_refused() {
     let data = dir.path().join("data");
     let s = Server::start_dev(&data, "");
     let token = dev_token(&s).to_string();
+    let dev_env = std::fs::read_to_string(data.join("dev.env")).unwrap();
     let cfg = common::write_config(dir.path(), "");
     let mut second = std::process::Command::new(sovra_bin())
         .args(["server", "--dev", "--data-dir"])
@@ -633,6 +634,11 @@ async fn a_second_server_on_the_same_sqlite_database_is_refused() {
     assert!(!out.status.success());
     let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
     assert!(said.contains("locked by another process"), "{said}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("dev.env")).unwrap(),
+        dev_env,
+        "the refused server must not point dev.env at itself"
+    );
     let keys = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
     assert_eq!(keys.status, 200, "{}", keys.raw);
     let exported = export(&s, &token, "").await;

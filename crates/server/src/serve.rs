@@ -212,6 +212,9 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
         heavy_ops_concurrency: config.limits.heavy_ops_concurrency,
     };
     let kms = Arc::new(Kms::new(store, kms_config).await?);
+    // Before anything visible happens (dev.env, the listener): a second server on the same
+    // SQLite database stops here, on the journal's lock, and the audit chain is recovered.
+    let audit = audit_writer(&kms, &config).await?;
     let tls_config = match (&config.tls, &dev_setup) {
         (Some(t), _) => tls::load(&t.cert_file, &t.key_file)?,
         (None, Some(d)) => tls::load(&d.cert_file, &d.key_file)?,
@@ -245,7 +248,6 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     let _ = metrics_handle();
     // Audit forwarding reads the durable chain; a bad sink stops startup here.
     let sinks = crate::siem::spawn_sinks(kms.store().clone(), &config.audit.sinks, &data_dir)?;
-    let audit = audit_writer(&kms, &config).await?;
     let (router, state) = app(kms.clone(), auth, config, audit);
     spawn_background(state.clone());
     let in_flight = state.in_flight.clone();
