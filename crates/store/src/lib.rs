@@ -233,6 +233,9 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             audit_journal: sqlite_file(url).map(|db| {
+                // One journal per database file, however the path names it (a symlink, `..`):
+                // its lock is what keeps a second server off the chain.
+                let db = std::fs::canonicalize(&db).unwrap_or(db);
                 let mut name = db.into_os_string();
                 name.push("-audit-journal");
                 std::path::PathBuf::from(name)

@@ -395,12 +395,78 @@ async fn a_journal_that_does_not_continue_the_stored_chain_stops_startup() {
             .await
             .err()
             .expect("refused");
-        assert!(err.to_string().contains("cannot be stored"), "{err}");
+        assert!(
+            matches!(err, sovra_core::audit::JournalError::Mismatch { .. }),
+            "{err}"
+        );
         assert_eq!(db.store.audit_head().await.unwrap().unwrap().0, 3);
         assert!(
             std::fs::metadata(&path).unwrap().len() > 0,
             "the journal is kept"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_journal_whose_events_differ_from_the_stored_ones_is_kept_and_refused() {
+    common::run(Backend::Sqlite, |db| async move {
+        let stored = sealed(1, sovra_core::audit::GENESIS, 3);
+        db.store.insert_sealed_audit(&stored).await.unwrap();
+        // Another chain from the same genesis: same sequence numbers, different events.
+        let mut other = sealed(1, sovra_core::audit::GENESIS, 4);
+        other[0].actor = "idp#someone-else".into();
+        let other = other
+            .into_iter()
+            .scan(sovra_core::audit::GENESIS.to_string(), |prev, ev| {
+                let seq = ev.seq;
+                let ev = ev.seal_after(seq, prev);
+                *prev = ev.hash.clone();
+                Some(ev)
+            })
+            .collect::<Vec<_>>();
+        let path = journal_path(&db);
+        let (mut j, _) = sovra_core::audit::AuditJournal::open(&path).unwrap();
+        j.append(&other).unwrap();
+        drop(j);
+        let before = std::fs::read(&path).unwrap();
+        let err = AuditWriter::start_journaled(db.store.clone(), &path)
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(err, sovra_core::audit::JournalError::Mismatch { .. }),
+            "{err}"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing dropped");
+        assert_eq!(db.store.audit_events(1, 10).await.unwrap(), stored);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_journal_is_named_by_the_database_file_not_by_the_path_used() {
+    common::run(Backend::Sqlite, |db| async move {
+        let real = journal_path(&db);
+        let db_file = std::path::PathBuf::from(
+            real.to_string_lossy()
+                .strip_suffix("-audit-journal")
+                .unwrap()
+                .to_string(),
+        );
+        let link_dir = std::env::temp_dir().join(format!("sovra-link-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&link_dir).unwrap();
+        let link = link_dir.join("other-name.db");
+        std::os::unix::fs::symlink(&db_file, &link).unwrap();
+        let through_link =
+            sovra_store::SqliteStore::connect(&format!("sqlite://{}", link.display()))
+                .await
+                .unwrap();
+        use sovra_core::Store;
+        let named = through_link.audit_journal_path();
+        through_link.pool().close().await;
+        std::fs::remove_dir_all(&link_dir).unwrap();
+        assert_eq!(named, Some(real));
     })
     .await;
 }

@@ -19,6 +19,12 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 const FRAME_HEADER: usize = 4 + 32;
+/// Largest payload a frame may have (a batch of 512 events is far smaller). A header declaring
+/// more is not a frame, which also bounds what recovery hashes per position it tries.
+const MAX_PAYLOAD: usize = 16 << 20;
+/// Most bytes recovery hashes while looking for intact frames after a bad one; past this, the
+/// file is treated as corrupted rather than scanned further.
+const MAX_SCAN_HASHED: usize = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
@@ -40,6 +46,13 @@ pub enum JournalError {
         offset: u64,
         reason: String,
     },
+    #[error(
+        "audit journal {path}: its events do not fit the database's audit chain ({reason}); the \
+         journal is kept as it is: was the database restored from an older copy?"
+    )]
+    Mismatch { path: PathBuf, reason: String },
+    #[error("audit journal {path}: the database cannot be read or written: {reason}")]
+    Store { path: PathBuf, reason: String },
 }
 
 /// An open journal, locked for this process.
@@ -66,6 +79,11 @@ impl AuditJournal {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(path).map_err(io)?;
+        // A new file's directory entry must survive power loss like its contents.
+        #[cfg(unix)]
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
+        }
         file.try_lock().map_err(|e| match e {
             std::fs::TryLockError::WouldBlock => JournalError::Locked(path.to_path_buf()),
             std::fs::TryLockError::Error(e) => io(e),
@@ -74,9 +92,21 @@ impl AuditJournal {
         file.read_to_end(&mut data).map_err(io)?;
         let (events, valid_len) = parse(path, &data)?;
         if valid_len < data.len() {
+            // Kept beside the journal: a torn tail is expected after a crash, but a damaged last
+            // frame looks the same, and its bytes are the only evidence.
+            let mut kept = path.as_os_str().to_owned();
+            let tag = sovra_crypto::rng::random_vec(4).unwrap_or_default();
+            kept.push(format!(
+                ".dropped-{}-{}",
+                crate::now_ms(),
+                tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+            ));
+            let kept = PathBuf::from(kept);
+            write_synced(&kept, &data[valid_len..]).map_err(io)?;
             tracing::warn!(
                 path = %path.display(),
                 dropped_bytes = data.len() - valid_len,
+                kept_in = %kept.display(),
                 "audit journal ends in a torn frame (a crash during a write whose requests were never answered); dropping it"
             );
             file.set_len(valid_len as u64).map_err(io)?;
@@ -94,11 +124,17 @@ impl AuditJournal {
     /// Appends one frame and waits until it is on disk.
     pub fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
         if self.poisoned {
-            return Err(std::io::Error::other(
-                "audit journal holds a failed write that could not be removed",
-            ));
+            // Try again to cut off the failed write; until then nothing may follow it.
+            self.file.set_len(self.len)?;
+            self.file.sync_all()?;
+            self.poisoned = false;
         }
         let payload = serde_json::to_vec(events).map_err(std::io::Error::other)?;
+        if payload.len() > MAX_PAYLOAD {
+            return Err(std::io::Error::other(
+                "audit batch too large for one journal frame",
+            ));
+        }
         let len = u32::try_from(payload.len()).map_err(std::io::Error::other)?;
         let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
         frame.extend_from_slice(&len.to_be_bytes());
@@ -141,10 +177,10 @@ impl AuditJournal {
     /// Empties the journal, once every event in it is stored durably elsewhere.
     pub fn clear(&mut self) -> std::io::Result<()> {
         self.file.set_len(0)?;
-        self.file.sync_all()?;
+        // The file is empty from here on, whether or not the sync below succeeds.
         self.len = 0;
         self.poisoned = false;
-        Ok(())
+        self.file.sync_all()
     }
 
     pub fn path(&self) -> &Path {
@@ -168,8 +204,15 @@ fn parse(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize), JournalEr
             // Only the last frame written can be torn, since a frame is appended only after the
             // previous one was synced: a bad frame with an intact one anywhere after it means
             // synced bytes changed.
-            if (offset + 1..data.len()).any(|p| read_frame(&data[p..]).is_some()) {
-                return Err(corrupt(offset, "a frame fails its checksum"));
+            let mut hashed = 0usize;
+            for p in offset + 1..data.len() {
+                if hashed > MAX_SCAN_HASHED {
+                    return Err(corrupt(offset, "a frame fails its checksum"));
+                }
+                hashed += declared_payload(&data[p..]).unwrap_or(0);
+                if read_frame(&data[p..]).is_some() {
+                    return Err(corrupt(offset, "a frame fails its checksum"));
+                }
             }
             return Ok((events, offset));
         };
@@ -189,9 +232,16 @@ fn parse(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize), JournalEr
     Ok((events, offset))
 }
 
+/// The payload length a frame header at the start of `data` declares, if plausible: within
+/// [`MAX_PAYLOAD`] and the bytes present.
+fn declared_payload(data: &[u8]) -> Option<usize> {
+    let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    (len <= MAX_PAYLOAD && FRAME_HEADER + len <= data.len()).then_some(len)
+}
+
 /// One whole, intact frame at the start of `data`: its events and its length.
 fn read_frame(data: &[u8]) -> Option<(Vec<AuditEvent>, usize)> {
-    let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
+    let len = declared_payload(data)?;
     let digest = data.get(4..FRAME_HEADER)?;
     let payload = data.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
     if sovra_crypto::sha256(payload).as_slice() != digest {
@@ -199,6 +249,16 @@ fn read_frame(data: &[u8]) -> Option<(Vec<AuditEvent>, usize)> {
     }
     let events: Vec<AuditEvent> = serde_json::from_slice(payload).ok()?;
     Some((events, FRAME_HEADER + len))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options.open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
 }
 
 #[cfg(test)]
@@ -294,10 +354,27 @@ mod tests {
                 std::fs::metadata(&path).unwrap().len() as usize,
                 first_frame
             );
+            if cut > first_frame {
+                // The dropped bytes are kept beside the journal, as evidence.
+                let kept: Vec<_> = std::fs::read_dir(d.path())
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.to_string_lossy().contains(".dropped-"))
+                    .collect();
+                assert_eq!(kept.len(), 1, "cut at {cut}");
+                assert_eq!(std::fs::read(&kept[0]).unwrap(), &full[first_frame..cut]);
+                std::fs::remove_file(&kept[0]).unwrap();
+            }
             torn.resize(full.len(), 0);
             std::fs::write(&path, &torn).unwrap();
             let (_, found) = AuditJournal::open(&path).unwrap();
             assert_eq!(found, events[..2], "zero-filled from {cut}");
+            for e in std::fs::read_dir(d.path()).unwrap() {
+                let p = e.unwrap().path();
+                if p.to_string_lossy().contains(".dropped-") {
+                    std::fs::remove_file(p).unwrap();
+                }
+            }
         }
     }
 

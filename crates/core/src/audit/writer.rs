@@ -69,6 +69,11 @@ const STORE_GATHER: Duration = Duration::from_millis(25);
 const STORE_BACKLOG_EVENTS: usize = 65_536;
 /// The journal is emptied once it is larger than this and everything in it is stored.
 const JOURNAL_CLEAR_BYTES: u64 = 8 << 20;
+/// How long a batch waits for room in the store backlog before its requests fail.
+const BACKLOG_WAIT: Duration = Duration::from_secs(5);
+/// How long the writer waits for the store to catch up before emptying a large journal; it
+/// tries again at the next batch.
+const CLEAR_WAIT: Duration = Duration::from_millis(100);
 /// How long an audit read waits for durable events to reach the store.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -110,17 +115,38 @@ impl AuditWriter {
         path: &Path,
     ) -> Result<AuditWriter, JournalError> {
         let (mut journal, recovered) = AuditJournal::open(path)?;
-        let store_err = |e: StoreError| JournalError::Corrupt {
+        let store_err = |e: StoreError| JournalError::Store {
             path: path.to_path_buf(),
-            offset: 0,
-            reason: format!("its events cannot be stored: {e}"),
+            reason: e.to_string(),
+        };
+        let mismatch = |reason: String| JournalError::Mismatch {
+            path: path.to_path_buf(),
+            reason,
         };
         let head = store.audit_head().await.map_err(store_err)?;
         let head_seq = head.as_ref().map_or(0, |h| h.0);
+        // Events the database already has must be the very same ones, or this journal belongs
+        // to another chain and nothing in it may be dropped.
+        if let Some(last_known) = recovered.iter().rev().find(|e| e.seq <= head_seq)
+            && !stored_matches(store.as_ref(), last_known)
+                .await
+                .map_err(store_err)?
+        {
+            return Err(mismatch(format!(
+                "its event {} differs from the stored one",
+                last_known.seq
+            )));
+        }
         let missing: Vec<AuditEvent> = recovered.into_iter().filter(|e| e.seq > head_seq).collect();
         if !missing.is_empty() {
             for chunk in missing.chunks(MAX_STORE_BATCH) {
-                store.insert_sealed_audit(chunk).await.map_err(store_err)?;
+                store
+                    .insert_sealed_audit(chunk)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::Conflict(c) => mismatch(c),
+                        other => store_err(other),
+                    })?;
             }
             tracing::info!(
                 events = missing.len(),
@@ -228,8 +254,21 @@ async fn journal_batches(
     while let Some(first) = rx.recv().await {
         let batch = gather(first, &mut rx);
         // Room in the store backlog first, so that what is journaled can always be passed on.
-        let Ok(room) = backlog.clone().acquire_many_owned(batch.len() as u32).await else {
-            return;
+        // None means the store has been failing for a while: fail these requests (503) now
+        // rather than let them, and every retry, wait without end.
+        let room = match tokio::time::timeout(
+            BACKLOG_WAIT,
+            backlog.clone().acquire_many_owned(batch.len() as u32),
+        )
+        .await
+        {
+            Ok(Ok(room)) => room,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::error!("audit events are not reaching the database; failing requests");
+                fail(batch.into_iter().map(|(_, w)| w).collect());
+                continue;
+            }
         };
         let Some(mut j) = journal.take() else {
             fail(batch.into_iter().map(|(_, w)| w).collect());
@@ -238,7 +277,7 @@ async fn journal_batches(
         // Empty a large journal once the store has everything in it; the wait is short, as the
         // store is at most a few batches behind.
         if j.len() > JOURNAL_CLEAR_BYTES
-            && tokio::time::timeout(FLUSH_WAIT, stored.wait_for(|s| *s >= seq))
+            && tokio::time::timeout(CLEAR_WAIT, stored.wait_for(|s| *s >= seq))
                 .await
                 .is_ok_and(|r| r.is_ok())
             && let Err(e) = j.clear()
@@ -320,11 +359,29 @@ async fn store_batches(
                     tracing::warn!(error = %e, "storing journaled audit events failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
-                    // A commit whose answer was lost may have stored part of this already.
-                    if let Ok(Some((head, _))) = store.audit_head().await {
-                        batch.retain(|e| e.seq > head);
-                        if batch.is_empty() {
-                            break;
+                    // A commit whose answer was lost may have stored part of this already; drop
+                    // only events the store holds identically (anything else is a second writer
+                    // on this database, and nothing may be dropped then).
+                    if let Ok(Some((head, _))) = store.audit_head().await
+                        && let Some(last_known) = batch.iter().rev().find(|e| e.seq <= head)
+                    {
+                        match stored_matches(store.as_ref(), last_known).await {
+                            Ok(true) => {
+                                let done = last_known.clone();
+                                batch.retain(|e| e.seq > head);
+                                if batch.is_empty() {
+                                    progress.stored_up_to(&done);
+                                    break;
+                                }
+                            }
+                            Ok(false) => {
+                                tracing::error!(
+                                    seq = last_known.seq,
+                                    "the database's audit chain differs from this node's journal (a second writer?); audit writes stop"
+                                );
+                                return;
+                            }
+                            Err(_) => {}
                         }
                     }
                 }
@@ -333,14 +390,16 @@ async fn store_batches(
         drop(room);
         if let Some(last) = batch.last() {
             progress.stored_up_to(last);
-        } else if let Ok(Some((head, hash))) = store.audit_head().await {
-            // Everything was already stored; record the head it ended at.
-            if let Ok(mut l) = progress.last_stored.lock() {
-                *l = Some((head, hash));
-            }
-            progress.stored.send_replace(head);
         }
     }
+}
+
+/// Whether the store holds exactly this event (same sequence number, same hash).
+async fn stored_matches(store: &dyn Store, ev: &AuditEvent) -> Result<bool, StoreError> {
+    let stored = store.audit_events(ev.seq, 1).await?;
+    Ok(stored
+        .first()
+        .is_some_and(|s| s.seq == ev.seq && s.hash == ev.hash))
 }
 
 /// Another node appending at the same moment makes the commit conflict; retry on the new head.
