@@ -420,7 +420,7 @@ macro_rules! sql_store {
 
             async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
-                let (mut seq, mut prev) = Self::audit_head_in(&mut tx).await?.unwrap_or((0, GENESIS.to_string()));
+                let (mut seq, mut prev) = Self::audit_head_on(&mut *tx).await?.unwrap_or((0, GENESIS.to_string()));
                 let mut stored = Vec::with_capacity(events.len());
                 for ev in events {
                     seq += 1;
@@ -436,7 +436,7 @@ macro_rules! sql_store {
             async fn insert_sealed_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
                 let Some(first) = events.first() else { return Ok(()) };
                 let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
-                let (seq, hash) = Self::audit_head_in(&mut tx).await?.unwrap_or((0, GENESIS.to_string()));
+                let (seq, hash) = Self::audit_head_on(&mut *tx).await?.unwrap_or((0, GENESIS.to_string()));
                 if first.seq != seq + 1 || first.prev_hash != hash {
                     return Err(StoreError::Conflict(format!(
                         "audit events from seq {} do not continue the stored head {seq}",
@@ -449,18 +449,7 @@ macro_rules! sql_store {
             }
 
             async fn audit_head(&self) -> Result<Option<(u64, String)>, StoreError> {
-                use sqlx::Row;
-                let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map_err)?;
-                head.map(|r| {
-                    Ok((
-                        r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
-                        r.try_get::<String, _>("hash").map_err(map_err)?,
-                    ))
-                })
-                .transpose()
+                Self::audit_head_on(&self.pool).await
             }
 
             async fn audit_events(&self, from_seq: u64, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
@@ -648,11 +637,14 @@ macro_rules! sql_store {
                 Ok(())
             }
 
-            /// The chain head as seen inside a transaction.
-            async fn audit_head_in(tx: &mut sqlx::Transaction<'_, $db>) -> Result<Option<(u64, String)>, StoreError> {
+            /// The chain head, read through the pool or inside a transaction.
+            async fn audit_head_on<'e, E>(exec: E) -> Result<Option<(u64, String)>, StoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
                 use sqlx::Row;
                 let head = sqlx::query("SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-                    .fetch_optional(&mut **tx)
+                    .fetch_optional(exec)
                     .await
                     .map_err(map_err)?;
                 head.map(|r| {
