@@ -52,6 +52,29 @@ async fn export_text(db: &TestDb) -> String {
         .join("\n")
 }
 
+/// Records `n` events as concurrent requests would, into an empty chain: each must get its own
+/// sequence number, together 1..=n with no gap and no duplicate.
+async fn record_concurrently(writer: &AuditWriter, n: u32) {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let w = writer.clone();
+        tasks.push(tokio::spawn(async move { w.record(event(i)).await }));
+    }
+    let mut seqs = HashSet::new();
+    for t in tasks {
+        let seq = t
+            .await
+            .unwrap()
+            .expect("durable before the request is answered");
+        assert!(seqs.insert(seq), "sequence {seq} handed out twice");
+    }
+    assert_eq!(
+        seqs,
+        (1..=u64::from(n)).collect::<HashSet<u64>>(),
+        "no gap, no duplicate"
+    );
+}
+
 /// Verifies the stored chain as an export under a throwaway key (there are no checkpoints) and
 /// returns how many events it holds.
 async fn verified_event_count(db: &TestDb) -> u64 {
@@ -81,24 +104,7 @@ both!(
     concurrent_requests_form_one_verifiable_chain,
     |db| async move {
         let writer = AuditWriter::start(db.store.clone());
-        let mut tasks = Vec::new();
-        for i in 0..300u32 {
-            let w = writer.clone();
-            tasks.push(tokio::spawn(async move { w.record(event(i)).await }));
-        }
-        let mut seqs = HashSet::new();
-        for t in tasks {
-            let seq = t
-                .await
-                .unwrap()
-                .expect("durable before the request is answered");
-            assert!(seqs.insert(seq), "sequence {seq} handed out twice");
-        }
-        assert_eq!(
-            seqs,
-            (1..=300).collect::<HashSet<u64>>(),
-            "no gap, no duplicate"
-        );
+        record_concurrently(&writer, 300).await;
 
         let key = SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap())
             .unwrap();
@@ -308,16 +314,7 @@ async fn journaled(db: &TestDb) -> AuditWriter {
 async fn journaled_writer_hands_out_one_gap_free_chain_and_stores_it() {
     common::run(Backend::Sqlite, |db| async move {
         let writer = journaled(&db).await;
-        let mut tasks = Vec::new();
-        for i in 0..600u32 {
-            let w = writer.clone();
-            tasks.push(tokio::spawn(async move { w.record(event(i)).await }));
-        }
-        let mut seqs = HashSet::new();
-        for t in tasks {
-            assert!(seqs.insert(t.await.unwrap().unwrap()));
-        }
-        assert_eq!(seqs, (1..=600).collect::<HashSet<u64>>());
+        record_concurrently(&writer, 600).await;
         // Answered means durable in the journal; `flushed` means in the store too.
         writer.flushed().await.unwrap();
         let head = db.store.audit_head().await.unwrap().unwrap();
