@@ -53,16 +53,27 @@ macro_rules! event_columns {
 
 /// Rows per audit INSERT statement on PostgreSQL (15 parameters each).
 const PG_AUDIT_INSERT_ROWS: usize = 128;
-/// Rows per audit INSERT statement on SQLite. Fewer: sqlx looks each parameter up by name, and
-/// SQLite finds a name by scanning the statement's parameter list, so binding costs grow with
-/// the square of the parameters per statement (at 128 rows, binding took most of the SQLite
-/// thread's time in a profile of the encrypt path).
-const SQLITE_AUDIT_INSERT_ROWS: usize = 8;
+/// Rows per audit INSERT statement on SQLite (15 parameters each, well under SQLite's limit of
+/// 32,766).
+const SQLITE_AUDIT_INSERT_ROWS: usize = 64;
+
+/// How an audit INSERT's placeholders are written.
+#[derive(Clone, Copy)]
+enum Placeholders {
+    /// `$1, $2, …` (PostgreSQL).
+    Numbered,
+    /// `?, ?, …` (SQLite). Not `$N`: sqlx asks SQLite for each parameter's name, and SQLite
+    /// finds a name by scanning the statement's named parameters, so numbered placeholders made
+    /// binding grow with the square of the parameters per statement (at 128 rows it took most
+    /// of the SQLite thread's time in a profile of the encrypt path). Anonymous ones have no
+    /// name to scan for.
+    Anonymous,
+}
 
 /// `INSERT INTO audit_events (…) VALUES ($1, …, $15), ($16, …)` for `rows` rows. The text holds
 /// only column names and placeholders — every value is bound — which is why it may be built at
 /// run time.
-fn audit_insert_sql(rows: usize) -> String {
+fn audit_insert_sql(rows: usize, placeholders: Placeholders) -> String {
     const COLUMNS: usize = 15;
     let mut sql = String::from(concat!(
         "INSERT INTO audit_events (",
@@ -78,7 +89,10 @@ fn audit_insert_sql(rows: usize) -> String {
             if c > 0 {
                 sql.push_str(", ");
             }
-            sql.push_str(&format!("${}", r * COLUMNS + c + 1));
+            match placeholders {
+                Placeholders::Numbered => sql.push_str(&format!("${}", r * COLUMNS + c + 1)),
+                Placeholders::Anonymous => sql.push('?'),
+            }
         }
         sql.push(')');
     }
@@ -86,7 +100,7 @@ fn audit_insert_sql(rows: usize) -> String {
 }
 
 macro_rules! sql_store {
-    ($name:ident, $db:ty, $row:ty, $begin:literal, $audit_rows:expr) => {
+    ($name:ident, $db:ty, $row:ty, $begin:literal, $audit_rows:expr, $placeholders:expr) => {
         /// The store on this sqlx driver.
         #[derive(Clone)]
         pub struct $name {
@@ -660,8 +674,16 @@ macro_rules! sql_store {
             /// make a batch's commit latency, and so the throughput of audited requests, grow per
             /// event.
             async fn insert_audit_rows(tx: &mut sqlx::Transaction<'_, $db>, events: &[AuditEvent]) -> Result<(), StoreError> {
+                // The statement for a full chunk is built once; only a batch's last chunk varies.
+                static FULL_CHUNK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+                let full = FULL_CHUNK.get_or_init(|| audit_insert_sql($audit_rows, $placeholders));
                 for chunk in events.chunks($audit_rows) {
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(audit_insert_sql(chunk.len())));
+                    let sql = if chunk.len() == $audit_rows {
+                        std::borrow::Cow::Borrowed(full.as_str())
+                    } else {
+                        std::borrow::Cow::Owned(audit_insert_sql(chunk.len(), $placeholders))
+                    };
+                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
                     for ev in chunk {
                         q = q
                             .bind(ev.seq as i64)
@@ -696,14 +718,16 @@ sql_store!(
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     "BEGIN IMMEDIATE",
-    SQLITE_AUDIT_INSERT_ROWS
+    SQLITE_AUDIT_INSERT_ROWS,
+    Placeholders::Anonymous
 );
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     "BEGIN",
-    PG_AUDIT_INSERT_ROWS
+    PG_AUDIT_INSERT_ROWS,
+    Placeholders::Numbered
 );
 
 impl SqliteStore {

@@ -180,7 +180,7 @@ fn link_hash(seq: u64, body_digest: &str, prev_hash: &str) -> String {
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    ::hex::encode(b)
 }
 
 /// What a successful verification covered.

@@ -99,7 +99,7 @@ impl AuditJournal {
             kept.push(format!(
                 ".dropped-{}-{}",
                 crate::now_ms(),
-                tag.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                ::hex::encode(tag)
             ));
             let kept = PathBuf::from(kept);
             write_synced(&kept, &data[valid_len..]).map_err(io)?;
