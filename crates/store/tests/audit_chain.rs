@@ -348,9 +348,14 @@ async fn events_only_in_the_journal_reach_the_store_at_the_next_start() {
             }
         };
         j.append(&pending).unwrap();
+        let torn_at = j.next_frame_offset() as usize;
+        j.append(&sealed(9, &pending[4].hash, 3)).unwrap();
+        let torn_end = j.next_frame_offset() as usize;
         drop(j);
+        // The crash came during that last write: only its header and the start of its payload
+        // reached the disk.
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes.extend_from_slice(&[0, 0, 1, 0, 7, 7, 7]);
+        bytes[torn_at + 60..torn_end].fill(0);
         std::fs::write(&path, bytes).unwrap();
 
         let restarted = journaled(&db).await;

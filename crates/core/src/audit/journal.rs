@@ -1,5 +1,5 @@
-//! The audit journal: an append-only file that makes a single node's audit events durable
-//! with one `fdatasync`, so a request waits for that rather than for a database commit.
+//! The audit journal: a file that makes a single node's audit events durable with one
+//! `fdatasync`, so a request waits for that rather than for a database commit.
 //!
 //! A SQLite commit with `synchronous = FULL` costs several round trips to SQLite's connection
 //! thread, B-tree page writes and a WAL fsync, and the audit chain allows only one at a time:
@@ -7,18 +7,42 @@
 //! and the events reach the database shortly after, in large batches (see `AuditWriter`).
 //! The journal only holds what the database may not have yet; it is emptied once it has.
 //!
-//! Format: a sequence of frames, each `len: u32 BE | SHA-256(payload) | payload`, the payload a
-//! JSON array of sealed events that continue the chain. A frame is written whole and synced
-//! before its events' requests are answered, so only the last frame can be torn (the process
-//! or machine died before the sync returned; none of its requests was answered). Recovery
-//! drops such a tail; a bad frame with an intact frame after it is corruption and stops startup.
+//! Format (version 2):
+//! - A header alone in the first 4 KiB block: `"SOVRAJ02" | generation: u64 BE |
+//!   SHA-256(magic ‖ generation)`.
+//! - Frames from byte 4096 on, each `len: u32 BE | SHA-256(generation ‖ payload) |
+//!   generation: u64 BE | payload`, the payload a JSON array of sealed events that continue the
+//!   chain.
+//!
+//! The file is written full of zeros when it is created, and frames overwrite those blocks in
+//! place: the file's size never changes, so an `fdatasync` writes the frame and nothing else
+//! (appending to a growing file costs a second write, for the new size). Emptying the journal
+//! writes a header with the next generation, which turns every frame already in the file into
+//! a stale one; recovery reads only frames of the header's generation.
+//!
+//! A frame is written whole and synced before its events' requests are answered, so only the
+//! last frame of the generation can be torn (the process or machine died before the sync
+//! returned; none of its requests was answered). Recovery drops such a frame; a bad frame with
+//! an intact frame of the same generation after it is corruption and stops startup.
+//!
+//! A journal written before version 2 (frames `len | SHA-256(payload) | payload` from byte 0,
+//! no header) is still read; emptying it rewrites it in the current format.
 
 use super::AuditEvent;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-const FRAME_HEADER: usize = 4 + 32;
+const MAGIC: &[u8; 8] = b"SOVRAJ02";
+const HEADER_LEN: usize = 8 + 8 + 32;
+/// Frames start after the header's block, so rewriting the header never touches a frame.
+const FIRST_FRAME: u64 = 4096;
+const FRAME_HEADER: usize = 4 + 32 + 8;
+/// Frame header of a journal written before version 2: no generation.
+const V1_FRAME_HEADER: usize = 4 + 32;
+/// Bytes of zeros a new journal is given: twice the size at which the writer empties it, so
+/// appends stay inside blocks already allocated while the database catches up.
+pub const PREALLOCATED_BYTES: u64 = 8 << 20;
 /// Largest payload a frame may have (a batch of 512 events is far smaller). A header declaring
 /// more is not a frame, which also bounds what recovery hashes per position it tries.
 const MAX_PAYLOAD: usize = 16 << 20;
@@ -55,27 +79,48 @@ pub enum JournalError {
     Store { path: PathBuf, reason: String },
 }
 
+/// Which frames a journal holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Version 2: frames of this generation count, all others are stale.
+    Generation(u64),
+    /// Before version 2: every frame from byte 0 counts.
+    V1,
+}
+
 /// An open journal, locked for this process.
 #[derive(Debug)]
 pub struct AuditJournal {
     path: PathBuf,
     file: File,
-    len: u64,
-    /// Set when a failed append could not be cut back off the file: nothing more may be
-    /// appended behind those bytes, or recovery would take them for corruption.
-    poisoned: bool,
+    layout: Layout,
+    /// Where the next frame goes.
+    end: u64,
+    /// Bytes the file was given when it was created (see [`PREALLOCATED_BYTES`]).
+    preallocated: u64,
+    /// False after a header write or sync failed: the disk may name either generation, so no
+    /// frame is written until a header naming `layout`'s generation is synced.
+    header_synced: bool,
 }
 
 impl AuditJournal {
     /// Opens (or creates, mode 0600) the journal, locks it exclusively, and returns it with the
-    /// events it holds, in chain order. A torn last frame is cut off.
+    /// events it holds, in chain order. A torn last frame is dropped.
     pub fn open(path: &Path) -> Result<(AuditJournal, Vec<AuditEvent>), JournalError> {
+        Self::open_preallocated(path, PREALLOCATED_BYTES)
+    }
+
+    /// [`open`](Self::open), giving a new journal `preallocated` bytes.
+    pub fn open_preallocated(
+        path: &Path,
+        preallocated: u64,
+    ) -> Result<(AuditJournal, Vec<AuditEvent>), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
         };
         let mut options = OpenOptions::new();
-        options.read(true).append(true).create(true);
+        options.read(true).write(true).create(true);
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(path).map_err(io)?;
@@ -90,10 +135,31 @@ impl AuditJournal {
         })?;
         let mut data = Vec::new();
         file.read_to_end(&mut data).map_err(io)?;
-        let (events, valid_len) = parse(path, &data)?;
-        if valid_len < data.len() {
-            // Kept beside the journal: a torn tail is expected after a crash, but a damaged last
-            // frame looks the same, and its bytes are the only evidence.
+        let preallocated = preallocated.max(FIRST_FRAME);
+        let mut journal = AuditJournal {
+            path: path.to_path_buf(),
+            file,
+            layout: Layout::Generation(1),
+            end: FIRST_FRAME,
+            preallocated,
+            header_synced: true,
+        };
+        if data.is_empty() {
+            journal.format(1).map_err(io)?;
+            return Ok((journal, Vec::new()));
+        }
+        let (layout, start) = if data.starts_with(MAGIC) {
+            (Layout::Generation(read_header(path, &data)?), FIRST_FRAME)
+        } else {
+            (Layout::V1, 0)
+        };
+        let (events, end) = parse(path, &data, layout, start as usize)?;
+        journal.layout = layout;
+        journal.end = end as u64;
+        let torn = torn_frame(&data, end, layout);
+        if !torn.is_empty() {
+            // Kept beside the journal: a torn frame is expected after a crash, but a damaged
+            // last frame looks the same, and its bytes are the only evidence.
             let mut kept = path.as_os_str().to_owned();
             let tag = sovra_crypto::rng::random_vec(4).unwrap_or_default();
             kept.push(format!(
@@ -102,115 +168,196 @@ impl AuditJournal {
                 ::hex::encode(tag)
             ));
             let kept = PathBuf::from(kept);
-            write_synced(&kept, &data[valid_len..]).map_err(io)?;
+            write_synced(&kept, torn).map_err(io)?;
             tracing::warn!(
                 path = %path.display(),
-                dropped_bytes = data.len() - valid_len,
+                dropped_bytes = torn.len(),
                 kept_in = %kept.display(),
                 "audit journal ends in a torn frame (a crash during a write whose requests were never answered); dropping it"
             );
-            file.set_len(valid_len as u64).map_err(io)?;
-            file.sync_all().map_err(io)?;
         }
-        let journal = AuditJournal {
-            path: path.to_path_buf(),
-            file,
-            len: valid_len as u64,
-            poisoned: false,
-        };
+        match layout {
+            // The next frame overwrites the torn one; a file whose zeros were never all written
+            // (a crash while it was created) gets the rest now.
+            Layout::Generation(_) => journal.preallocate(data.len() as u64).map_err(io)?,
+            // The old format appends, so a torn tail is cut off as it always was.
+            Layout::V1 if end < data.len() => {
+                journal.file.set_len(end as u64).map_err(io)?;
+                journal.file.sync_all().map_err(io)?;
+            }
+            Layout::V1 => {}
+        }
         Ok((journal, events))
     }
 
     /// Appends one frame and waits until it is on disk.
     pub fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
-        if self.poisoned {
-            // Try again to cut off the failed write; until then nothing may follow it.
-            self.file.set_len(self.len)?;
-            self.file.sync_all()?;
-            self.poisoned = false;
+        let Layout::Generation(generation) = self.layout else {
+            return Err(std::io::Error::other(
+                "an audit journal in the old format is emptied (once its events are stored) before it is appended to",
+            ));
+        };
+        if !self.header_synced {
+            self.sync_header(generation)?;
         }
-        let payload = serde_json::to_vec(events).map_err(std::io::Error::other)?;
-        if payload.len() > MAX_PAYLOAD {
+        // Room for the frame header first, then the payload serialized behind it: one buffer,
+        // one write.
+        let mut frame = vec![0u8; FRAME_HEADER];
+        serde_json::to_writer(&mut frame, events).map_err(std::io::Error::other)?;
+        let payload_len = frame.len() - FRAME_HEADER;
+        if payload_len > MAX_PAYLOAD {
             return Err(std::io::Error::other(
                 "audit batch too large for one journal frame",
             ));
         }
-        let len = u32::try_from(payload.len()).map_err(std::io::Error::other)?;
-        let mut frame = Vec::with_capacity(FRAME_HEADER + payload.len());
-        frame.extend_from_slice(&len.to_be_bytes());
-        frame.extend_from_slice(&sovra_crypto::sha256(&payload));
-        frame.extend_from_slice(&payload);
-        let written = self
-            .file
-            .write_all(&frame)
-            .and_then(|()| self.file.sync_data());
-        match written {
-            Ok(()) => {
-                self.len += frame.len() as u64;
-                Ok(())
-            }
-            Err(e) => {
-                // A full disk can leave part of the frame behind; cut it off so the next frame
-                // starts where recovery expects one.
-                if self
-                    .file
-                    .set_len(self.len)
-                    .and_then(|()| self.file.sync_all())
-                    .is_err()
-                {
-                    self.poisoned = true;
-                }
-                Err(e)
-            }
+        let len = u32::try_from(payload_len).map_err(std::io::Error::other)?;
+        frame[..4].copy_from_slice(&len.to_be_bytes());
+        frame[36..44].copy_from_slice(&generation.to_be_bytes());
+        let digest = sovra_crypto::sha256(&frame[36..]);
+        frame[4..36].copy_from_slice(&digest);
+        // In place: a failed write or sync leaves `end` where it was, and the next frame
+        // overwrites whatever part of this one landed.
+        self.write_at(self.end, &frame)?;
+        self.file.sync_data()?;
+        self.end += frame.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes of frames in the journal.
+    pub fn len(&self) -> u64 {
+        match self.layout {
+            Layout::Generation(_) => self.end - FIRST_FRAME,
+            Layout::V1 => self.end,
         }
     }
 
-    /// Bytes in the journal.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
-    /// Empties the journal, once every event in it is stored durably elsewhere.
+    /// Where the next frame will be written.
+    pub fn next_frame_offset(&self) -> u64 {
+        self.end
+    }
+
+    /// Empties the journal, once every event in it is stored durably elsewhere: the header
+    /// names the next generation, so every frame in the file is stale from then on.
     pub fn clear(&mut self) -> std::io::Result<()> {
-        self.file.set_len(0)?;
-        // The file is empty from here on, whether or not the sync below succeeds.
-        self.len = 0;
-        self.poisoned = false;
-        self.file.sync_all()
+        let next = match self.layout {
+            Layout::Generation(generation) => generation + 1,
+            Layout::V1 => {
+                self.file.set_len(0)?;
+                self.file.sync_all()?;
+                1
+            }
+        };
+        // From here the journal is empty whatever happens: every frame in it is stored. If the
+        // header cannot be synced now, the next append syncs it before writing a frame.
+        self.layout = Layout::Generation(next);
+        self.end = FIRST_FRAME;
+        self.header_synced = false;
+        self.sync_header(next)?;
+        // An old-format journal was emptied to its header: it gets its zeros now.
+        let len = self.file.metadata()?.len().max(HEADER_LEN as u64);
+        self.preallocate(len)
+    }
+
+    /// Writes the header naming `generation` and waits until it is on disk.
+    fn sync_header(&mut self, generation: u64) -> std::io::Result<()> {
+        self.write_at(0, &header(generation))?;
+        self.file.sync_data()?;
+        self.header_synced = true;
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Writes a new journal into an empty file: the header, then zeros up to the
+    /// preallocated size.
+    fn format(&mut self, generation: u64) -> std::io::Result<()> {
+        self.layout = Layout::Generation(generation);
+        self.end = FIRST_FRAME;
+        self.header_synced = false;
+        self.write_at(0, &header(generation))?;
+        self.preallocate(HEADER_LEN as u64)?;
+        self.header_synced = true;
+        Ok(())
+    }
+
+    /// Writes zeros from `from` up to the preallocated size, and syncs the file.
+    fn preallocate(&mut self, from: u64) -> std::io::Result<()> {
+        if from < self.preallocated {
+            let zeros = vec![0u8; 1 << 20];
+            let mut at = from;
+            while at < self.preallocated {
+                let n = (self.preallocated - at).min(zeros.len() as u64) as usize;
+                self.write_at(at, &zeros[..n])?;
+                at += n as u64;
+            }
+            self.file.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn write_at(&mut self, offset: u64, bytes: &[u8]) -> std::io::Result<()> {
+        self.file.seek(SeekFrom::Start(offset))?;
+        self.file.write_all(bytes)
+    }
 }
 
-/// Reads frames; returns the events and the length of the valid prefix.
-fn parse(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize), JournalError> {
+fn header(generation: u64) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&generation.to_be_bytes());
+    let digest = sovra_crypto::sha256(&h);
+    h.extend_from_slice(&digest);
+    h
+}
+
+/// The generation a version 2 header names.
+fn read_header(path: &Path, data: &[u8]) -> Result<u64, JournalError> {
+    let generation = data
+        .get(8..16)
+        .and_then(|g| g.try_into().ok())
+        .map(u64::from_be_bytes);
+    match generation {
+        Some(g) if data.get(..HEADER_LEN) == Some(header(g).as_slice()) => Ok(g),
+        _ => Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: "the header fails its checksum".into(),
+        }),
+    }
+}
+
+/// Reads frames from `start`; returns the events and where the valid frames end.
+fn parse(
+    path: &Path,
+    data: &[u8],
+    layout: Layout,
+    start: usize,
+) -> Result<(Vec<AuditEvent>, usize), JournalError> {
     let corrupt = |offset: usize, reason: &str| JournalError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
         reason: reason.to_string(),
     };
     let mut events: Vec<AuditEvent> = Vec::new();
-    let mut offset = 0;
+    let mut offset = start;
     while offset < data.len() {
-        let rest = &data[offset..];
-        let frame = read_frame(rest);
-        let Some((frame_events, frame_len)) = frame else {
-            // Only the last frame written can be torn, since a frame is appended only after the
-            // previous one was synced: a bad frame with an intact one anywhere after it means
-            // synced bytes changed.
+        let Some((frame_events, frame_len)) = read_frame(&data[offset..], layout) else {
+            // Only the last frame written can be torn, since a frame is written only after the
+            // previous one was synced: a bad frame with an intact one of its generation
+            // anywhere after it means synced bytes changed.
             let mut hashed = 0usize;
             for p in offset + 1..data.len() {
                 if hashed > MAX_SCAN_HASHED {
                     return Err(corrupt(offset, "a frame fails its checksum"));
                 }
-                hashed += declared_payload(&data[p..]).unwrap_or(0);
-                if read_frame(&data[p..]).is_some() {
+                hashed += declared_payload(&data[p..], layout).unwrap_or(0);
+                if read_frame(&data[p..], layout).is_some() {
                     return Err(corrupt(offset, "a frame fails its checksum"));
                 }
             }
@@ -232,23 +379,67 @@ fn parse(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize), JournalEr
     Ok((events, offset))
 }
 
+/// The bytes of a torn frame at `end`, where the valid frames stop: for version 2, a frame
+/// header of the current generation whose frame is not intact (zeros and stale frames are not
+/// torn frames); before version 2, everything after `end`.
+fn torn_frame(data: &[u8], end: usize, layout: Layout) -> &[u8] {
+    let rest = data.get(end..).unwrap_or_default();
+    match layout {
+        Layout::V1 => rest,
+        Layout::Generation(g) => {
+            let names_generation = rest.get(36..FRAME_HEADER) == Some(g.to_be_bytes().as_slice());
+            if !names_generation {
+                return &[];
+            }
+            let declared = rest
+                .get(..4)
+                .and_then(|l| l.try_into().ok())
+                .map_or(0, |l| u32::from_be_bytes(l) as usize)
+                .min(MAX_PAYLOAD);
+            &rest[..(FRAME_HEADER + declared).min(rest.len())]
+        }
+    }
+}
+
 /// The payload length a frame header at the start of `data` declares, if plausible: within
-/// [`MAX_PAYLOAD`] and the bytes present.
-fn declared_payload(data: &[u8]) -> Option<usize> {
+/// [`MAX_PAYLOAD`] and the bytes present, and (for version 2) of the right generation.
+fn declared_payload(data: &[u8], layout: Layout) -> Option<usize> {
+    let header = match layout {
+        Layout::Generation(g) => {
+            if data.get(36..FRAME_HEADER)? != g.to_be_bytes().as_slice() {
+                return None;
+            }
+            FRAME_HEADER
+        }
+        Layout::V1 => V1_FRAME_HEADER,
+    };
     let len = u32::from_be_bytes(data.get(..4)?.try_into().ok()?) as usize;
-    (len <= MAX_PAYLOAD && FRAME_HEADER + len <= data.len()).then_some(len)
+    (len <= MAX_PAYLOAD && header + len <= data.len()).then_some(len)
 }
 
 /// One whole, intact frame at the start of `data`: its events and its length.
-fn read_frame(data: &[u8]) -> Option<(Vec<AuditEvent>, usize)> {
-    let len = declared_payload(data)?;
-    let digest = data.get(4..FRAME_HEADER)?;
-    let payload = data.get(FRAME_HEADER..FRAME_HEADER.checked_add(len)?)?;
-    if sovra_crypto::sha256(payload).as_slice() != digest {
+fn read_frame(data: &[u8], layout: Layout) -> Option<(Vec<AuditEvent>, usize)> {
+    let len = declared_payload(data, layout)?;
+    // What the checksum covers: the payload, after the generation in version 2.
+    let (covered, payload) = match layout {
+        Layout::Generation(_) => (
+            data.get(36..FRAME_HEADER + len)?,
+            data.get(FRAME_HEADER..FRAME_HEADER + len)?,
+        ),
+        Layout::V1 => {
+            let p = data.get(V1_FRAME_HEADER..V1_FRAME_HEADER + len)?;
+            (p, p)
+        }
+    };
+    if sovra_crypto::sha256(covered).as_slice() != data.get(4..36)? {
         return None;
     }
     let events: Vec<AuditEvent> = serde_json::from_slice(payload).ok()?;
-    Some((events, FRAME_HEADER + len))
+    let header = match layout {
+        Layout::Generation(_) => FRAME_HEADER,
+        Layout::V1 => V1_FRAME_HEADER,
+    };
+    Some((events, header + len))
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
@@ -298,31 +489,67 @@ mod tests {
         tempfile::tempdir().unwrap()
     }
 
+    /// A small preallocation keeps the tests' files small.
+    const TEST_BYTES: u64 = 64 << 10;
+
+    fn open(path: &Path) -> Result<(AuditJournal, Vec<AuditEvent>), JournalError> {
+        AuditJournal::open_preallocated(path, TEST_BYTES)
+    }
+
+    fn kept_evidence(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".dropped-"))
+            .collect()
+    }
+
     #[test]
     fn appended_frames_come_back_in_order_after_reopening() {
         let d = dir();
         let path = d.path().join("audit.journal");
         let events = chain(1, GENESIS, 5);
-        {
-            let (mut j, found) = AuditJournal::open(&path).unwrap();
+        let end = {
+            let (mut j, found) = open(&path).unwrap();
             assert!(found.is_empty());
             j.append(&events[..2]).unwrap();
             j.append(&events[2..]).unwrap();
-        }
-        let (j, found) = AuditJournal::open(&path).unwrap();
+            j.next_frame_offset()
+        };
+        let (j, found) = open(&path).unwrap();
         assert_eq!(found, events);
-        assert_eq!(j.len(), std::fs::metadata(&path).unwrap().len());
+        assert_eq!(j.next_frame_offset(), end);
+        assert_eq!(j.len(), end - FIRST_FRAME);
+    }
+
+    #[test]
+    fn frames_overwrite_the_preallocated_zeros_and_the_size_never_changes() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let (mut j, _) = open(&path).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), TEST_BYTES);
+        let events = chain(1, GENESIS, 20);
+        for e in events.chunks(3) {
+            j.append(e).unwrap();
+        }
+        j.clear().unwrap();
+        j.append(&chain(21, &events[19].hash, 2)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), TEST_BYTES);
+        // A crash while the zeros were written leaves a short file: it gets the rest.
+        drop(j);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..5000]).unwrap();
+        let (_, found) = open(&path).unwrap();
+        assert_eq!(found, chain(21, &events[19].hash, 2));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), TEST_BYTES);
     }
 
     #[test]
     fn a_second_opener_is_refused_while_the_first_holds_the_lock() {
         let d = dir();
         let path = d.path().join("audit.journal");
-        let (_held, _) = AuditJournal::open(&path).unwrap();
-        assert!(matches!(
-            AuditJournal::open(&path),
-            Err(JournalError::Locked(_))
-        ));
+        let (_held, _) = open(&path).unwrap();
+        assert!(matches!(open(&path), Err(JournalError::Locked(_))));
     }
 
     #[test]
@@ -330,52 +557,57 @@ mod tests {
         let d = dir();
         let path = d.path().join("audit.journal");
         let events = chain(1, GENESIS, 4);
-        {
-            let (mut j, _) = AuditJournal::open(&path).unwrap();
-            j.append(&events[..2]).unwrap();
-            j.append(&events[2..]).unwrap();
-        }
-        let full = std::fs::read(&path).unwrap();
-        let first_frame = {
-            let (j, _) = AuditJournal::open(&path).unwrap();
-            drop(j);
-            let len = u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
-            FRAME_HEADER + len
-        };
-        // Every cut inside the second frame, and zeros where its bytes never landed.
-        for cut in first_frame..full.len() {
-            let mut torn = full[..cut].to_vec();
-            std::fs::write(&path, &torn).unwrap();
-            let (j, found) = AuditJournal::open(&path).unwrap();
-            assert_eq!(found, events[..2], "cut at {cut}");
-            assert_eq!(j.len() as usize, first_frame);
-            drop(j);
-            assert_eq!(
-                std::fs::metadata(&path).unwrap().len() as usize,
-                first_frame
-            );
-            if cut > first_frame {
-                // The dropped bytes are kept beside the journal, as evidence.
-                let kept: Vec<_> = std::fs::read_dir(d.path())
-                    .unwrap()
-                    .map(|e| e.unwrap().path())
-                    .filter(|p| p.to_string_lossy().contains(".dropped-"))
-                    .collect();
-                assert_eq!(kept.len(), 1, "cut at {cut}");
-                assert_eq!(std::fs::read(&kept[0]).unwrap(), &full[first_frame..cut]);
-                std::fs::remove_file(&kept[0]).unwrap();
+        // Stale frames of an older generation lie where the torn frame's bytes did not land.
+        let (first_end, second_end, stale) = {
+            let (mut j, _) = open(&path).unwrap();
+            for e in chain(1, GENESIS, 12).chunks(1) {
+                j.append(e).unwrap();
             }
-            torn.resize(full.len(), 0);
-            std::fs::write(&path, &torn).unwrap();
-            let (_, found) = AuditJournal::open(&path).unwrap();
-            assert_eq!(found, events[..2], "zero-filled from {cut}");
-            for e in std::fs::read_dir(d.path()).unwrap() {
-                let p = e.unwrap().path();
-                if p.to_string_lossy().contains(".dropped-") {
-                    std::fs::remove_file(p).unwrap();
+            let stale = std::fs::read(&path).unwrap();
+            j.clear().unwrap();
+            j.append(&events[..2]).unwrap();
+            let first_end = j.next_frame_offset();
+            j.append(&events[2..]).unwrap();
+            (first_end as usize, j.next_frame_offset() as usize, stale)
+        };
+        let full = std::fs::read(&path).unwrap();
+        let mut zeroed = full.clone();
+        zeroed[first_end..second_end].fill(0);
+        // Every cut inside the second frame; where its bytes never landed lie zeros, or a
+        // previous generation's frames.
+        for cut in first_end..second_end {
+            for (what, before) in [("zeros", &zeroed), ("stale frames", &stale)] {
+                let mut torn = full.clone();
+                torn[cut..second_end].copy_from_slice(&before[cut..second_end]);
+                std::fs::write(&path, &torn).unwrap();
+                let (j, found) = open(&path).unwrap();
+                assert_eq!(found, events[..2], "cut at {cut}, then {what}");
+                assert_eq!(j.next_frame_offset() as usize, first_end);
+                drop(j);
+                // The torn frame's bytes are kept beside the journal, as evidence, once its
+                // header (with the generation) landed.
+                let kept = kept_evidence(d.path());
+                if cut >= first_end + FRAME_HEADER {
+                    assert_eq!(kept.len(), 1, "cut at {cut}, then {what}");
+                    assert_eq!(
+                        std::fs::read(&kept[0]).unwrap(),
+                        &torn[first_end..second_end]
+                    );
+                } else {
+                    assert!(kept.is_empty(), "cut at {cut}, then {what}");
+                }
+                for k in kept {
+                    std::fs::remove_file(k).unwrap();
                 }
             }
         }
+        // The next frame overwrites the torn one.
+        let (mut j, _) = open(&path).unwrap();
+        let more = chain(3, &events[1].hash, 1);
+        j.append(&more).unwrap();
+        drop(j);
+        let (_, found) = open(&path).unwrap();
+        assert_eq!(found, [&events[..2], &more[..]].concat());
     }
 
     #[test]
@@ -384,21 +616,77 @@ mod tests {
         let path = d.path().join("audit.journal");
         let events = chain(1, GENESIS, 6);
         {
-            let (mut j, _) = AuditJournal::open(&path).unwrap();
+            let (mut j, _) = open(&path).unwrap();
             for pair in events.chunks(2) {
                 j.append(pair).unwrap();
             }
         }
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[FRAME_HEADER + 10] ^= 1;
+        bytes[FIRST_FRAME as usize + FRAME_HEADER + 10] ^= 1;
         std::fs::write(&path, &bytes).unwrap();
-        let err = AuditJournal::open(&path).unwrap_err();
+        let err = open(&path).unwrap_err();
         assert!(
-            matches!(err, JournalError::Corrupt { offset: 0, .. }),
+            matches!(
+                err,
+                JournalError::Corrupt {
+                    offset: FIRST_FRAME,
+                    ..
+                }
+            ),
             "{err}"
         );
         // Nothing was cut: the evidence stays for the operator.
         assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_damaged_header_is_corruption() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        {
+            let (mut j, _) = open(&path).unwrap();
+            j.append(&chain(1, GENESIS, 2)).unwrap();
+        }
+        let mut bytes = std::fs::read(&path).unwrap();
+        // Another generation without the checksum to match would hide every frame.
+        bytes[15] ^= 2;
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            open(&path),
+            Err(JournalError::Corrupt { offset: 0, .. })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    }
+
+    #[test]
+    fn a_journal_in_the_old_format_is_read_and_rewritten_when_emptied() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let events = chain(1, GENESIS, 5);
+        let mut old = Vec::new();
+        for e in [&events[..2], &events[2..]] {
+            let payload = serde_json::to_vec(e).unwrap();
+            old.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+            old.extend_from_slice(&sovra_crypto::sha256(&payload));
+            old.extend_from_slice(&payload);
+        }
+        // A torn frame at its end is cut off, as the old format always did.
+        let torn_at = old.len();
+        old.extend_from_slice(&[0, 0, 1, 0, 7, 7, 7]);
+        std::fs::write(&path, &old).unwrap();
+        let (mut j, found) = open(&path).unwrap();
+        assert_eq!(found, events);
+        assert_eq!(std::fs::metadata(&path).unwrap().len() as usize, torn_at);
+        assert_eq!(kept_evidence(d.path()).len(), 1);
+        // Not appended to in the old format; emptying it writes the new one.
+        assert!(j.append(&chain(6, &events[4].hash, 1)).is_err());
+        j.clear().unwrap();
+        let more = chain(6, &events[4].hash, 2);
+        j.append(&more).unwrap();
+        drop(j);
+        assert!(std::fs::read(&path).unwrap().starts_with(MAGIC));
+        let (_, found) = open(&path).unwrap();
+        assert_eq!(found, more);
     }
 
     #[test]
@@ -408,41 +696,45 @@ mod tests {
         let first = chain(1, GENESIS, 2);
         let unrelated = chain(3, GENESIS, 2);
         {
-            let (mut j, _) = AuditJournal::open(&path).unwrap();
+            let (mut j, _) = open(&path).unwrap();
             j.append(&first).unwrap();
             j.append(&unrelated).unwrap();
         }
-        assert!(matches!(
-            AuditJournal::open(&path),
-            Err(JournalError::Corrupt { .. })
-        ));
+        assert!(matches!(open(&path), Err(JournalError::Corrupt { .. })));
         // An event whose fields were changed after sealing.
         let mut altered = chain(1, GENESIS, 1);
         altered[0].actor = "someone-else".into();
         std::fs::remove_file(&path).unwrap();
         {
-            let (mut j, _) = AuditJournal::open(&path).unwrap();
+            let (mut j, _) = open(&path).unwrap();
             j.append(&altered).unwrap();
         }
-        assert!(matches!(
-            AuditJournal::open(&path),
-            Err(JournalError::Corrupt { .. })
-        ));
+        assert!(matches!(open(&path), Err(JournalError::Corrupt { .. })));
     }
 
     #[test]
-    fn clear_empties_the_file_and_appending_starts_over() {
+    fn clear_makes_every_frame_stale_and_appending_starts_over() {
         let d = dir();
         let path = d.path().join("audit.journal");
-        let events = chain(1, GENESIS, 3);
-        let (mut j, _) = AuditJournal::open(&path).unwrap();
-        j.append(&events[..1]).unwrap();
+        let events = chain(1, GENESIS, 6);
+        let (mut j, _) = open(&path).unwrap();
+        for e in events[..4].chunks(1) {
+            j.append(e).unwrap();
+        }
         j.clear().unwrap();
         assert!(j.is_empty());
-        j.append(&events[1..]).unwrap();
         drop(j);
-        let (_, found) = AuditJournal::open(&path).unwrap();
-        assert_eq!(found, events[1..]);
+        let (mut j, found) = open(&path).unwrap();
+        assert!(
+            found.is_empty(),
+            "the previous generation's frames are stale"
+        );
+        // A frame of the new generation overwrites the first stale one; the stale frames
+        // after it are neither events nor corruption.
+        j.append(&events[4..]).unwrap();
+        drop(j);
+        let (_, found) = open(&path).unwrap();
+        assert_eq!(found, events[4..]);
     }
 
     #[cfg(unix)]
@@ -451,7 +743,7 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let d = dir();
         let path = d.path().join("audit.journal");
-        let _ = AuditJournal::open(&path).unwrap();
+        let _ = open(&path).unwrap();
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
     }

@@ -67,13 +67,12 @@ const STORE_GATHER: Duration = Duration::from_millis(25);
 /// Journaled events not yet stored before the writer waits: bounds memory and the journal when
 /// the store is slow or failing (requests then wait, and time out, rather than pile up).
 const STORE_BACKLOG_EVENTS: usize = 65_536;
-/// The journal is emptied once it is larger than this and everything in it is stored.
-const JOURNAL_CLEAR_BYTES: u64 = 8 << 20;
+/// The journal is emptied once it is larger than this and everything in it is stored: half of
+/// what a new journal is given, so appends stay in preallocated blocks while the store catches
+/// up.
+const JOURNAL_CLEAR_BYTES: u64 = super::journal::PREALLOCATED_BYTES / 2;
 /// How long a batch waits for room in the store backlog before its requests fail.
 const BACKLOG_WAIT: Duration = Duration::from_secs(5);
-/// How long the writer waits for the store to catch up before emptying a large journal; it
-/// tries again at the next batch.
-const CLEAR_WAIT: Duration = Duration::from_millis(100);
 /// How long an audit read waits for durable events to reach the store.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -168,13 +167,14 @@ impl AuditWriter {
         {
             *l = Some((*seq, hash.clone()));
         }
-        tokio::spawn(journal_batches(
-            rx,
-            journal,
-            head,
-            (to_store, backlog),
-            progress.clone(),
-        ));
+        let shared = progress.clone();
+        std::thread::Builder::new()
+            .name("sovra-audit-journal".into())
+            .spawn(move || journal_batches(rx, journal, head, (to_store, backlog), shared))
+            .map_err(|source| JournalError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
         tokio::spawn(store_batches(store, from_writer, progress.clone()));
         Ok(AuditWriter { tx, progress })
     }
@@ -238,49 +238,37 @@ fn fail(waiters: Vec<tokio::sync::oneshot::Sender<Result<u64, StoreError>>>) {
     }
 }
 
-/// The journaled writer's first task: seals each batch onto the chain, makes it durable in the
-/// journal, answers its requests, and passes it on to be stored.
-async fn journal_batches(
+/// The journaled writer's first part, a thread of its own: seals each batch onto the chain,
+/// makes it durable in the journal, answers its requests, and passes it on to be stored. A
+/// thread rather than a task, so that a batch costs no hand-off to the blocking pool and back
+/// for its write and `fdatasync`. If it panics, its queue closes and audited requests fail
+/// (503).
+fn journal_batches(
     mut rx: tokio::sync::mpsc::Receiver<Pending>,
-    journal: AuditJournal,
+    mut journal: AuditJournal,
     head: Option<(u64, String)>,
     (to_store, backlog): (ToStore, Arc<tokio::sync::Semaphore>),
     progress: Arc<Progress>,
 ) {
     let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
-    // Moved into the blocking pool for each write and back; `None` after a panic there.
-    let mut journal = Some(journal);
-    let mut stored = progress.stored.subscribe();
-    while let Some(first) = rx.recv().await {
+    while let Some(first) = rx.blocking_recv() {
         let batch = gather(first, &mut rx);
         // Room in the store backlog first, so that what is journaled can always be passed on.
         // None means the store has been failing for a while: fail these requests (503) now
         // rather than let them, and every retry, wait without end.
-        let room = match tokio::time::timeout(
-            BACKLOG_WAIT,
-            backlog.clone().acquire_many_owned(batch.len() as u32),
-        )
-        .await
-        {
-            Ok(Ok(room)) => room,
-            Ok(Err(_)) => return,
-            Err(_) => {
-                tracing::error!("audit events are not reaching the database; failing requests");
-                fail(batch.into_iter().map(|(_, w)| w).collect());
-                continue;
+        let Some(room) = backlog_room(&backlog, batch.len()) else {
+            if backlog.is_closed() {
+                return;
             }
-        };
-        let Some(mut j) = journal.take() else {
+            tracing::error!("audit events are not reaching the database; failing requests");
             fail(batch.into_iter().map(|(_, w)| w).collect());
             continue;
         };
-        // Empty a large journal once the store has everything in it; the wait is short, as the
-        // store is at most a few batches behind.
-        if j.len() > JOURNAL_CLEAR_BYTES
-            && tokio::time::timeout(CLEAR_WAIT, stored.wait_for(|s| *s >= seq))
-                .await
-                .is_ok_and(|r| r.is_ok())
-            && let Err(e) = j.clear()
+        // Empty a large journal once the store has everything in it. Never waited for: until
+        // the store catches up (within a gathering interval) the journal just grows.
+        if journal.len() > JOURNAL_CLEAR_BYTES
+            && *progress.stored.borrow() >= seq
+            && let Err(e) = journal.clear()
         {
             tracing::warn!(error = %e, "audit journal could not be emptied; it keeps growing");
         }
@@ -295,28 +283,11 @@ async fn journal_batches(
                 ev
             })
             .collect();
-        let written = tokio::task::spawn_blocking(move || {
-            let r = j.append(&sealed);
-            (j, sealed, r)
-        })
-        .await;
-        let sealed = match written {
-            Ok((j, sealed, Ok(()))) => {
-                journal = Some(j);
-                sealed
-            }
-            Ok((j, _, Err(e))) => {
-                journal = Some(j);
-                tracing::error!(error = %e, "audit journal write failed; the requests fail with it");
-                fail(waiters);
-                continue;
-            }
-            Err(_) => {
-                tracing::error!("audit journal writer panicked; audited requests fail from now on");
-                fail(waiters);
-                continue;
-            }
-        };
+        if let Err(e) = journal.append(&sealed) {
+            tracing::error!(error = %e, "audit journal write failed; the requests fail with it");
+            fail(waiters);
+            continue;
+        }
         (seq, prev) = (next_seq, next_prev);
         progress.durable.store(seq, Ordering::SeqCst);
         for (ev, w) in sealed.iter().zip(waiters) {
@@ -324,6 +295,29 @@ async fn journal_batches(
         }
         if to_store.send((sealed, room)).is_err() {
             return;
+        }
+    }
+}
+
+/// Room for `events` in the store backlog, waiting up to [`BACKLOG_WAIT`] for it; `None` when
+/// the store did not make room in time or the backlog is closed. Polls while it waits: the
+/// backlog is full only when the store is failing or far behind.
+fn backlog_room(
+    backlog: &Arc<tokio::sync::Semaphore>,
+    events: usize,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let events = u32::try_from(events).ok()?;
+    let deadline = std::time::Instant::now() + BACKLOG_WAIT;
+    loop {
+        match backlog.clone().try_acquire_many_owned(events) {
+            Ok(room) => return Some(room),
+            Err(tokio::sync::TryAcquireError::Closed) => return None,
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                if std::time::Instant::now() >= deadline {
+                    return None;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
     }
 }
