@@ -325,6 +325,50 @@ async fn journaled_writer_hands_out_one_gap_free_chain_and_stores_it() {
     .await;
 }
 
+/// Under steady load the store is always a gathering pause behind the journal. The writer must
+/// still empty the journal once it is large, or the journal grows without end (and, past its
+/// preallocation, every sync writes the file's size again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_journal_is_emptied_under_steady_load() {
+    common::run(Backend::Sqlite, |db| async move {
+        let writer = journaled(&db).await;
+        let path = journal_path(&db);
+        let generation = |p: &std::path::Path| {
+            let header = std::fs::read(p).unwrap();
+            u64::from_be_bytes(header[8..16].try_into().unwrap())
+        };
+        let first = generation(&path);
+        // Enough events for the journal to pass its emptying size about twice over.
+        let per_task = 1800u32;
+        let tasks: Vec<_> = (0..16u32)
+            .map(|t| {
+                let w = writer.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_task {
+                        w.record(event(t * per_task + i)).await.unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        writer.flushed().await.unwrap();
+        assert!(
+            generation(&path) >= first + 2,
+            "the journal was emptied {} times",
+            generation(&path) - first
+        );
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            sovra_core::audit::JOURNAL_PREALLOCATED_BYTES,
+            "it never grew past its preallocation"
+        );
+        assert_eq!(verified_event_count(&db).await, u64::from(16 * per_task));
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn events_only_in_the_journal_reach_the_store_at_the_next_start() {
     common::run(Backend::Sqlite, |db| async move {

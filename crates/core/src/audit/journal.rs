@@ -144,18 +144,31 @@ impl AuditJournal {
             preallocated,
             header_synced: true,
         };
-        if data.is_empty() {
+        // Empty, or only zeros: new, or a crash while it was created before its header landed.
+        if data.iter().all(|&b| b == 0) {
+            journal.file.set_len(0).map_err(io)?;
             journal.format(1).map_err(io)?;
             return Ok((journal, Vec::new()));
         }
         let (layout, start) = if data.starts_with(MAGIC) {
             (Layout::Generation(read_header(path, &data)?), FIRST_FRAME)
-        } else {
+        } else if data[0] == 0 {
+            // An old-format frame begins with its length, whose top byte is zero.
             (Layout::V1, 0)
+        } else {
+            // Neither: a damaged header. Guessing the old format here would drop every frame.
+            return Err(JournalError::Corrupt {
+                path: path.to_path_buf(),
+                offset: 0,
+                reason: "the header is damaged".into(),
+            });
         };
         let (events, end) = parse(path, &data, layout, start as usize)?;
         journal.layout = layout;
         journal.end = end as u64;
+        // The header may never have reached the disk (a process killed after its sync failed):
+        // it is synced again before the first frame.
+        journal.header_synced = false;
         let torn = torn_frame(&data, end, layout);
         if !torn.is_empty() {
             // Kept beside the journal: a torn frame is expected after a crash, but a damaged
@@ -257,9 +270,14 @@ impl AuditJournal {
         self.end = FIRST_FRAME;
         self.header_synced = false;
         self.sync_header(next)?;
+        let len = self.file.metadata()?.len();
+        if len > self.preallocated {
+            // It grew while the store lagged; what lies past the preallocation is stale now.
+            self.file.set_len(self.preallocated)?;
+            self.file.sync_all()?;
+        }
         // An old-format journal was emptied to its header: it gets its zeros now.
-        let len = self.file.metadata()?.len().max(HEADER_LEN as u64);
-        self.preallocate(len)
+        self.preallocate(len.max(HEADER_LEN as u64))
     }
 
     /// Writes the header naming `generation` and waits until it is on disk.
@@ -449,7 +467,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut f = options.open(path)?;
     f.write_all(bytes)?;
-    f.sync_all()
+    f.sync_all()?;
+    #[cfg(unix)]
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -542,6 +565,45 @@ mod tests {
         let (_, found) = open(&path).unwrap();
         assert_eq!(found, chain(21, &events[19].hash, 2));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), TEST_BYTES);
+        let (_, found) = open(&path).unwrap();
+        assert_eq!(found, chain(21, &events[19].hash, 2), "after the repair");
+    }
+
+    #[test]
+    fn a_journal_grown_past_its_preallocation_shrinks_back_when_emptied() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        let (mut j, _) = open(&path).unwrap();
+        let events = chain(1, GENESIS, 400);
+        for e in events.chunks(10) {
+            j.append(e).unwrap();
+        }
+        assert!(std::fs::metadata(&path).unwrap().len() > TEST_BYTES);
+        let generation =
+            |p: &Path| u64::from_be_bytes(std::fs::read(p).unwrap()[8..16].try_into().unwrap());
+        let before = generation(&path);
+        j.clear().unwrap();
+        assert_eq!(generation(&path), before + 1);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), TEST_BYTES);
+        let more = chain(401, &events[399].hash, 3);
+        j.append(&more).unwrap();
+        drop(j);
+        let (_, found) = open(&path).unwrap();
+        assert_eq!(found, more);
+    }
+
+    #[test]
+    fn a_file_of_zeros_is_a_new_journal() {
+        let d = dir();
+        let path = d.path().join("audit.journal");
+        // What a crash while the journal was created can leave: its zeros, not its header.
+        std::fs::write(&path, vec![0u8; 10_000]).unwrap();
+        let (mut j, found) = open(&path).unwrap();
+        assert!(found.is_empty());
+        let events = chain(1, GENESIS, 2);
+        j.append(&events).unwrap();
+        drop(j);
+        assert_eq!(open(&path).unwrap().1, events);
     }
 
     #[test]
@@ -647,15 +709,19 @@ mod tests {
             let (mut j, _) = open(&path).unwrap();
             j.append(&chain(1, GENESIS, 2)).unwrap();
         }
-        let mut bytes = std::fs::read(&path).unwrap();
-        // Another generation without the checksum to match would hide every frame.
-        bytes[15] ^= 2;
-        std::fs::write(&path, &bytes).unwrap();
-        assert!(matches!(
-            open(&path),
-            Err(JournalError::Corrupt { offset: 0, .. })
-        ));
-        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        let bytes = std::fs::read(&path).unwrap();
+        // Another generation without the checksum to match would hide every frame; a damaged
+        // magic must not pass for the old format, which would drop them too.
+        for at in [15, 0] {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 2;
+            std::fs::write(&path, &damaged).unwrap();
+            assert!(
+                matches!(open(&path), Err(JournalError::Corrupt { offset: 0, .. })),
+                "byte {at}"
+            );
+            assert_eq!(std::fs::read(&path).unwrap(), damaged);
+        }
     }
 
     #[test]

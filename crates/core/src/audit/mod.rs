@@ -13,7 +13,7 @@ pub use chain::{
     AuditEvent, Checkpoint, ExportLine, GENESIS, RedactedEvent, VerifyError, VerifyReport,
     verify_export,
 };
-pub use journal::{AuditJournal, JournalError};
+pub use journal::{AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES};
 pub use keys::AuditKeys;
 pub use read::MAX_PAGE;
 pub use writer::AuditWriter;

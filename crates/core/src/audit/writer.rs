@@ -38,6 +38,8 @@ struct Progress {
     /// Highest sequence number in the store, and the store's last appended event.
     stored: tokio::sync::watch::Sender<u64>,
     last_stored: Mutex<Option<(u64, String)>>,
+    /// Wakes the store task from its gathering pause: the journal wants to be emptied.
+    store_now: tokio::sync::Notify,
 }
 
 impl Progress {
@@ -47,6 +49,7 @@ impl Progress {
             durable: AtomicU64::new(seq),
             stored: tokio::sync::watch::Sender::new(seq),
             last_stored: Mutex::new(None),
+            store_now: tokio::sync::Notify::new(),
         })
     }
 
@@ -73,6 +76,10 @@ const STORE_BACKLOG_EVENTS: usize = 65_536;
 const JOURNAL_CLEAR_BYTES: u64 = super::journal::PREALLOCATED_BYTES / 2;
 /// How long a batch waits for room in the store backlog before its requests fail.
 const BACKLOG_WAIT: Duration = Duration::from_secs(5);
+/// How long the journal writer waits for the store to take everything journaled, so that it
+/// can empty a large journal. The store skips its gathering pause then, so this is about one
+/// small transaction; a store that takes longer is retried only once it has made progress.
+const CLEAR_WAIT: Duration = Duration::from_millis(50);
 /// How long an audit read waits for durable events to reach the store.
 const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
@@ -251,26 +258,34 @@ fn journal_batches(
     progress: Arc<Progress>,
 ) {
     let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+    // The store's progress when a wait to empty the journal last timed out: no new wait until
+    // the store has moved on, so a failing store does not slow every batch.
+    let mut gave_up_at = u64::MAX;
     while let Some(first) = rx.blocking_recv() {
         let batch = gather(first, &mut rx);
         // Room in the store backlog first, so that what is journaled can always be passed on.
         // None means the store has been failing for a while: fail these requests (503) now
         // rather than let them, and every retry, wait without end.
         let Some(room) = backlog_room(&backlog, batch.len()) else {
-            if backlog.is_closed() {
-                return;
-            }
             tracing::error!("audit events are not reaching the database; failing requests");
             fail(batch.into_iter().map(|(_, w)| w).collect());
             continue;
         };
-        // Empty a large journal once the store has everything in it. Never waited for: until
-        // the store catches up (within a gathering interval) the journal just grows.
-        if journal.len() > JOURNAL_CLEAR_BYTES
-            && *progress.stored.borrow() >= seq
-            && let Err(e) = journal.clear()
-        {
-            tracing::warn!(error = %e, "audit journal could not be emptied; it keeps growing");
+        // Empty a large journal once the store has everything in it. Under steady load the
+        // store is always a gathering pause behind, so it is told to store now and waited for
+        // (briefly: one small transaction).
+        if journal.len() > JOURNAL_CLEAR_BYTES {
+            let stored_now = *progress.stored.borrow();
+            if stored_now != gave_up_at {
+                progress.store_now.notify_one();
+                if stored_at_least(&progress, seq, CLEAR_WAIT) {
+                    if let Err(e) = journal.clear() {
+                        tracing::warn!(error = %e, "audit journal could not be emptied; it keeps growing");
+                    }
+                } else {
+                    gave_up_at = *progress.stored.borrow();
+                }
+            }
         }
         let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
         let (mut next_seq, mut next_prev) = (seq, prev.clone());
@@ -299,9 +314,24 @@ fn journal_batches(
     }
 }
 
+/// Whether the store holds every event up to `seq`, waiting up to `wait` for it. Polls: it
+/// runs on the journal thread, outside the runtime.
+fn stored_at_least(progress: &Progress, seq: u64, wait: Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if *progress.stored.borrow() >= seq {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 /// Room for `events` in the store backlog, waiting up to [`BACKLOG_WAIT`] for it; `None` when
-/// the store did not make room in time or the backlog is closed. Polls while it waits: the
-/// backlog is full only when the store is failing or far behind.
+/// the store did not make room in time. Polls while it waits: the backlog is full only when
+/// the store is failing or far behind.
 fn backlog_room(
     backlog: &Arc<tokio::sync::Semaphore>,
     events: usize,
@@ -334,8 +364,9 @@ async fn store_batches(
 ) {
     while let Some((mut batch, mut room)) = from_writer.recv().await {
         // Let batches gather: a store commit costs about the same for one event as for
-        // thousands, and the events are already durable in the journal.
-        tokio::time::sleep(STORE_GATHER).await;
+        // thousands, and the events are already durable in the journal. Cut short when the
+        // journal writer wants to empty the journal.
+        let _ = tokio::time::timeout(STORE_GATHER, progress.store_now.notified()).await;
         while batch.len() < MAX_STORE_BATCH {
             match from_writer.try_recv() {
                 Ok((more, more_room)) => {
