@@ -3,6 +3,11 @@
 
 mod client_cmds;
 
+/// mimalloc rather than glibc's allocator: in a profile of the audited encrypt path, glibc's
+/// malloc and free (fastbin consolidation above all) took about a fifth of the server's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;

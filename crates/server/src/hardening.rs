@@ -67,8 +67,10 @@ fn lock_all_memory() -> Result<(), MemoryLockRefused> {
             limit: limit.rlim_cur,
         });
     }
+    // MCL_ONFAULT: pages are locked as they are first touched, so address space the allocator
+    // reserves but never uses does not become resident (docs/hardening.md).
     // SAFETY: mlockall takes flags only.
-    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE) } != 0 {
+    if unsafe { libc::mlockall(libc::MCL_CURRENT | libc::MCL_FUTURE | libc::MCL_ONFAULT) } != 0 {
         return Err(MemoryLockRefused::Failed(io::Error::last_os_error()));
     }
     Ok(())
