@@ -417,6 +417,29 @@ async fn events_only_in_the_journal_reach_the_store_at_the_next_start() {
     .await;
 }
 
+/// Writes a journal holding `journaled` and starts a journaled writer on it, which must refuse
+/// (the events do not fit the stored chain) and leave the journal exactly as it was.
+async fn start_refused_with_journal(db: &TestDb, journaled: &[AuditEvent]) {
+    let path = journal_path(db);
+    let (mut j, _) = sovra_core::audit::AuditJournal::open(&path).unwrap();
+    j.append(journaled).unwrap();
+    drop(j);
+    let before = std::fs::read(&path).unwrap();
+    let err = AuditWriter::start_journaled(db.store.clone(), &path)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, sovra_core::audit::JournalError::Mismatch { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        before,
+        "the journal is kept, nothing dropped"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_journal_that_does_not_continue_the_stored_chain_stops_startup() {
     common::run(Backend::Sqlite, |db| async move {
@@ -427,23 +450,8 @@ async fn a_journal_that_does_not_continue_the_stored_chain_stops_startup() {
         // A journal from another chain (say, the database was restored from an older backup
         // than the journal): its events cannot be placed, and nothing is guessed.
         let foreign = sealed(4, &"ab".repeat(32), 2);
-        let path = journal_path(&db);
-        let (mut j, _) = sovra_core::audit::AuditJournal::open(&path).unwrap();
-        j.append(&foreign).unwrap();
-        drop(j);
-        let err = AuditWriter::start_journaled(db.store.clone(), &path)
-            .await
-            .err()
-            .expect("refused");
-        assert!(
-            matches!(err, sovra_core::audit::JournalError::Mismatch { .. }),
-            "{err}"
-        );
+        start_refused_with_journal(&db, &foreign).await;
         assert_eq!(db.store.audit_head().await.unwrap().unwrap().0, 3);
-        assert!(
-            std::fs::metadata(&path).unwrap().len() > 0,
-            "the journal is kept"
-        );
     })
     .await;
 }
@@ -465,20 +473,7 @@ async fn a_journal_whose_events_differ_from_the_stored_ones_is_kept_and_refused(
                 Some(ev)
             })
             .collect::<Vec<_>>();
-        let path = journal_path(&db);
-        let (mut j, _) = sovra_core::audit::AuditJournal::open(&path).unwrap();
-        j.append(&other).unwrap();
-        drop(j);
-        let before = std::fs::read(&path).unwrap();
-        let err = AuditWriter::start_journaled(db.store.clone(), &path)
-            .await
-            .err()
-            .expect("refused");
-        assert!(
-            matches!(err, sovra_core::audit::JournalError::Mismatch { .. }),
-            "{err}"
-        );
-        assert_eq!(std::fs::read(&path).unwrap(), before, "nothing dropped");
+        start_refused_with_journal(&db, &other).await;
         assert_eq!(db.store.audit_events(1, 10).await.unwrap(), stored);
     })
     .await;
