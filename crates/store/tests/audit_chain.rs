@@ -417,6 +417,53 @@ async fn events_only_in_the_journal_reach_the_store_at_the_next_start() {
     .await;
 }
 
+/// A database that stops taking audit events: answered events pile up in the journal until the
+/// store backlog (65,536 events) is full; then requests fail within seconds instead of waiting
+/// without end. Once the database takes events again, every answered one is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_database_that_stops_taking_events_fails_requests_and_loses_none() {
+    common::run(Backend::Sqlite, |db| async move {
+        let writer = journaled(&db).await;
+        db.exec(
+            "CREATE TRIGGER audit_blocked BEFORE INSERT ON audit_events \
+             BEGIN SELECT RAISE(ABORT, 'blocked by the test'); END",
+        )
+        .await;
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let tasks: Vec<_> = (0..64u32)
+            .map(|t| {
+                let (w, answered) = (writer.clone(), answered.clone());
+                tokio::spawn(async move {
+                    for i in 0.. {
+                        match w.record(event(t * 100_000 + i)).await {
+                            Ok(_) => answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+                            Err(_) => return,
+                        };
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            tokio::time::timeout(std::time::Duration::from_secs(120), t)
+                .await
+                .expect("a request failed once the backlog was full, without waiting forever")
+                .unwrap();
+        }
+        let answered = answered.load(std::sync::atomic::Ordering::SeqCst);
+        // Each answered event holds its room in the backlog until it is stored; the batch that
+        // no longer fits (at most 512 events) fails whole.
+        assert!(
+            (65_536 - 512..=65_536).contains(&answered),
+            "{answered} events answered while the database took none"
+        );
+        assert_eq!(db.store.audit_head().await.unwrap(), None);
+        db.exec("DROP TRIGGER audit_blocked").await;
+        writer.flushed().await.unwrap();
+        assert_eq!(verified_event_count(&db).await, answered);
+    })
+    .await;
+}
+
 /// Writes a journal holding `journaled` and starts a journaled writer on it, which must refuse
 /// (the events do not fit the stored chain) and leave the journal exactly as it was.
 async fn start_refused_with_journal(db: &TestDb, journaled: &[AuditEvent]) {

@@ -314,41 +314,43 @@ fn journal_batches(
     }
 }
 
-/// Whether the store holds every event up to `seq`, waiting up to `wait` for it. Polls: it
-/// runs on the journal thread, outside the runtime.
+/// Whether the store holds every event up to `seq`, waiting up to `wait` for it.
 fn stored_at_least(progress: &Progress, seq: u64, wait: Duration) -> bool {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
-        if *progress.stored.borrow() >= seq {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    poll_for(wait, Duration::from_micros(200), || {
+        (*progress.stored.borrow() >= seq).then_some(())
+    })
+    .is_some()
 }
 
 /// Room for `events` in the store backlog, waiting up to [`BACKLOG_WAIT`] for it; `None` when
-/// the store did not make room in time. Polls while it waits: the backlog is full only when
-/// the store is failing or far behind.
+/// the store did not make room in time (the backlog is full only when the store is failing or
+/// far behind).
 fn backlog_room(
     backlog: &Arc<tokio::sync::Semaphore>,
     events: usize,
 ) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let events = u32::try_from(events).ok()?;
-    let deadline = std::time::Instant::now() + BACKLOG_WAIT;
+    poll_for(BACKLOG_WAIT, Duration::from_millis(1), || {
+        backlog.clone().try_acquire_many_owned(events).ok()
+    })
+}
+
+/// Tries `attempt` until it gives a result or `wait` has passed, sleeping `step` in between.
+/// The journal thread waits this way: it runs outside the runtime.
+fn poll_for<T>(
+    wait: Duration,
+    step: Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = std::time::Instant::now() + wait;
     loop {
-        match backlog.clone().try_acquire_many_owned(events) {
-            Ok(room) => return Some(room),
-            Err(tokio::sync::TryAcquireError::Closed) => return None,
-            Err(tokio::sync::TryAcquireError::NoPermits) => {
-                if std::time::Instant::now() >= deadline {
-                    return None;
-                }
-                std::thread::sleep(Duration::from_millis(1));
-            }
+        if let Some(done) = attempt() {
+            return Some(done);
         }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(step);
     }
 }
 
