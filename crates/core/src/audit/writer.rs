@@ -266,12 +266,12 @@ fn journal_batches(
     // The store's progress when a wait to empty the journal last timed out: no new wait until
     // the store has moved on, so a failing store does not slow every batch.
     let mut gave_up_at = u64::MAX;
-    let mut last_sync = std::time::Instant::now() - SYNC_SPACING;
+    let mut last_sync: Option<std::time::Instant> = None;
     while let Some(first) = rx.blocking_recv() {
-        if let Some(rest) = SYNC_SPACING.checked_sub(last_sync.elapsed()) {
+        if let Some(rest) = last_sync.and_then(|t| SYNC_SPACING.checked_sub(t.elapsed())) {
             std::thread::sleep(rest);
         }
-        last_sync = std::time::Instant::now();
+        last_sync = Some(std::time::Instant::now());
         let batch = gather(first, &mut rx);
         // Room in the store backlog first, so that what is journaled can always be passed on.
         // None means the store has been failing for a while: fail these requests (503) now
