@@ -374,8 +374,8 @@ async fn store_batches(
     )>,
     progress: Arc<Progress>,
 ) {
-    // One buffer for the whole life of the task: a batch of thousands of events is megabytes,
-    // and allocating it afresh each time made the allocator fault in new (huge) pages.
+    // One buffer for the whole life of the task (about 3 MB): a batch of thousands of events
+    // is megabytes, and growing a fresh one for each commit reallocated and copied it.
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(MAX_STORE_BATCH + MAX_BATCH);
     while let Some((mut first, mut room)) = from_writer.recv().await {
         // Let batches gather: a store commit costs about the same for one event as for
