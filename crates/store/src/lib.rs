@@ -3,6 +3,7 @@
 //! Both speak the same SQL (`$n` parameters, BIGINT, BLOB/BYTEA), so one macro writes the
 //! implementation for each native sqlx driver; only migrations and connection setup differ.
 
+pub mod nodelay;
 mod sql;
 
 use sovra_core::StoreError;
@@ -157,12 +158,29 @@ async fn sqlite_pool(url: &str, max: u32) -> Result<sqlx::SqlitePool, StoreError
 }
 
 async fn pg_pool(url: &str, max: u32) -> Result<sqlx::PgPool, StoreError> {
-    sqlx::postgres::PgPoolOptions::new()
+    let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(sql::map_err)?;
+    pg_pool_options(opts.get_port())
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(5))
-        .connect(url)
+        .connect_with(opts)
         .await
         .map_err(sql::map_err)
+}
+
+/// Pool options for every PostgreSQL pool: each new connection gets TCP_NODELAY (see
+/// [`nodelay`]).
+fn pg_pool_options(port: u16) -> sqlx::postgres::PgPoolOptions {
+    sqlx::postgres::PgPoolOptions::new().after_connect(move |_, _| {
+        Box::pin(async move {
+            if let Err(e) = nodelay::set_on_connections_to(port) {
+                static WARNED: std::sync::Once = std::sync::Once::new();
+                WARNED.call_once(|| {
+                    tracing::warn!(error = %e, "cannot disable Nagle's algorithm on database connections; PostgreSQL statements may stall about 40 ms");
+                });
+            }
+            Ok(())
+        })
+    })
 }
 
 async fn sqlite_migrate(pool: &sqlx::SqlitePool) -> Result<Vec<String>, StoreError> {

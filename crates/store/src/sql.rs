@@ -751,7 +751,7 @@ impl PostgresStore {
         &self,
     ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
         let options = (*self.pool.connect_options()).clone();
-        let listen_pool = sqlx::postgres::PgPoolOptions::new()
+        let listen_pool = crate::pg_pool_options(options.get_port())
             .max_connections(1)
             .connect_lazy_with(options);
         let mut listener = sqlx::postgres::PgListener::connect_with(&listen_pool)

@@ -1,0 +1,68 @@
+//! The PostgreSQL store's connections run with TCP_NODELAY: without it (sqlx 0.9.0 leaves
+//! Nagle's algorithm on), a statement longer than one TCP segment, such as a batch of audit
+//! rows, waits about 40 ms for the server's delayed ACK.
+
+#[allow(unused_macros)]
+mod common;
+
+use common::{Backend, TestDb};
+use sovra_core::audit::AuditEvent;
+use std::str::FromStr;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_to_postgres_has_nagle_disabled() {
+    common::run(Backend::Postgres, |db: TestDb| async move {
+        let port = sqlx::postgres::PgConnectOptions::from_str(&db.url)
+            .expect("test URL")
+            .get_port();
+        // Statements far longer than one segment, and several connections open at once.
+        for n in 0..4 {
+            let events: Vec<AuditEvent> = (0..200).map(|i| big_event(n * 1000 + i)).collect();
+            db.store
+                .append_audit(events)
+                .await
+                .expect("audit batch appended");
+        }
+        let reads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = db.store.clone();
+                tokio::spawn(async move { store.audit_events(1, 500).await })
+            })
+            .collect();
+        for read in reads {
+            assert_eq!(read.await.expect("task").expect("audit read").len(), 500);
+        }
+        let sockets = sovra_store::nodelay::tcp_sockets_to(port).expect("this process's sockets");
+        assert!(
+            !sockets.is_empty(),
+            "the store holds connections to port {port}"
+        );
+        for fd in &sockets {
+            assert!(
+                rustix::net::sockopt::tcp_nodelay(fd).expect("TCP_NODELAY readable"),
+                "a connection to the database still runs Nagle's algorithm"
+            );
+        }
+    })
+    .await;
+}
+
+fn big_event(i: u32) -> AuditEvent {
+    AuditEvent {
+        seq: 0,
+        time_ms: 1_700_000_000_000 + i64::from(i),
+        org: Some("org-1".into()),
+        actor: format!("user-{i}-{}", "x".repeat(200)),
+        auth_method: "jwt".into(),
+        cert_fingerprint: None,
+        action: "keys.encrypt".into(),
+        resource: format!("key/{i}"),
+        outcome: "success".into(),
+        error_code: None,
+        request_id: format!("req-{i}"),
+        source: "127.0.0.1".into(),
+        hashed: Default::default(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    }
+}
