@@ -51,56 +51,30 @@ macro_rules! event_columns {
     };
 }
 
-/// Rows per audit INSERT statement on PostgreSQL (15 parameters each).
-const PG_AUDIT_INSERT_ROWS: usize = 128;
 /// Rows per audit INSERT statement on SQLite (15 parameters each, well under SQLite's limit of
 /// 32,766).
 const SQLITE_AUDIT_INSERT_ROWS: usize = 64;
 
-/// How an audit INSERT's placeholders are written.
-#[derive(Clone, Copy)]
-enum Placeholders {
-    /// `$1, $2, …` (PostgreSQL).
-    Numbered,
-    /// `?, ?, …` (SQLite). Not `$N`: sqlx asks SQLite for each parameter's name, and SQLite
-    /// finds a name by scanning the statement's named parameters, so numbered placeholders made
-    /// binding grow with the square of the parameters per statement (at 128 rows it took most
-    /// of the SQLite thread's time in a profile of the encrypt path). Anonymous ones have no
-    /// name to scan for.
-    Anonymous,
-}
-
-/// `INSERT INTO audit_events (…) VALUES ($1, …, $15), ($16, …)` for `rows` rows. The text holds
-/// only column names and placeholders — every value is bound — which is why it may be built at
-/// run time.
-fn audit_insert_sql(rows: usize, placeholders: Placeholders) -> String {
+/// `INSERT INTO audit_events (…) VALUES (?, …, ?), (?, …)` for `rows` rows (SQLite). The text
+/// holds only column names and placeholders — every value is bound — which is why it may be
+/// built at run time. Anonymous placeholders, not `$N`: sqlx asks SQLite for each parameter's
+/// name, and SQLite finds a name by scanning the statement's named parameters, so numbered
+/// placeholders made binding grow with the square of the parameters per statement (at 128 rows
+/// it took most of the SQLite thread's time in a profile of the encrypt path).
+fn audit_insert_sql(rows: usize) -> String {
     const COLUMNS: usize = 15;
+    let row = format!("({})", vec!["?"; COLUMNS].join(", "));
     let mut sql = String::from(concat!(
         "INSERT INTO audit_events (",
         event_columns!(),
         ") VALUES "
     ));
-    for r in 0..rows {
-        if r > 0 {
-            sql.push_str(", ");
-        }
-        sql.push('(');
-        for c in 0..COLUMNS {
-            if c > 0 {
-                sql.push_str(", ");
-            }
-            match placeholders {
-                Placeholders::Numbered => sql.push_str(&format!("${}", r * COLUMNS + c + 1)),
-                Placeholders::Anonymous => sql.push('?'),
-            }
-        }
-        sql.push(')');
-    }
+    sql.push_str(&vec![row; rows].join(", "));
     sql
 }
 
 macro_rules! sql_store {
-    ($name:ident, $db:ty, $row:ty, $begin:literal, $audit_rows:expr, $placeholders:expr) => {
+    ($name:ident, $db:ty, $row:ty, $begin:literal, $insert_rows:path) => {
         /// The store on this sqlx driver.
         #[derive(Clone)]
         pub struct $name {
@@ -674,37 +648,7 @@ macro_rules! sql_store {
             /// make a batch's commit latency, and so the throughput of audited requests, grow per
             /// event.
             async fn insert_audit_rows(tx: &mut sqlx::Transaction<'_, $db>, events: &[AuditEvent]) -> Result<(), StoreError> {
-                // The statement for a full chunk is built once; only a batch's last chunk varies.
-                static FULL_CHUNK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-                let full = FULL_CHUNK.get_or_init(|| audit_insert_sql($audit_rows, $placeholders));
-                for chunk in events.chunks($audit_rows) {
-                    let sql = if chunk.len() == $audit_rows {
-                        std::borrow::Cow::Borrowed(full.as_str())
-                    } else {
-                        std::borrow::Cow::Owned(audit_insert_sql(chunk.len(), $placeholders))
-                    };
-                    let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-                    for ev in chunk {
-                        q = q
-                            .bind(ev.seq as i64)
-                            .bind(ev.time_ms)
-                            .bind(&ev.org)
-                            .bind(&ev.actor)
-                            .bind(&ev.auth_method)
-                            .bind(&ev.cert_fingerprint)
-                            .bind(&ev.action)
-                            .bind(&ev.resource)
-                            .bind(&ev.outcome)
-                            .bind(&ev.error_code)
-                            .bind(&ev.request_id)
-                            .bind(&ev.source)
-                            .bind((!ev.hashed.is_empty()).then(|| serde_json::to_string(&ev.hashed).unwrap_or_default()))
-                            .bind(&ev.prev_hash)
-                            .bind(&ev.hash);
-                    }
-                    q.execute(&mut **tx).await.map_err(map_err)?;
-                }
-                Ok(())
+                $insert_rows(tx, events).await
             }
         }
     };
@@ -718,17 +662,96 @@ sql_store!(
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     "BEGIN IMMEDIATE",
-    SQLITE_AUDIT_INSERT_ROWS,
-    Placeholders::Anonymous
+    insert_audit_rows_sqlite
 );
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     "BEGIN",
-    PG_AUDIT_INSERT_ROWS,
-    Placeholders::Numbered
+    insert_audit_rows_pg
 );
+
+/// The `hashed` column: the keyed hashes as a JSON object, or NULL when there are none.
+fn hashed_column(ev: &AuditEvent) -> Option<String> {
+    (!ev.hashed.is_empty()).then(|| serde_json::to_string(&ev.hashed).unwrap_or_default())
+}
+
+/// Audit rows into SQLite: multi-row INSERTs of [`SQLITE_AUDIT_INSERT_ROWS`] rows.
+async fn insert_audit_rows_sqlite(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    // The statement for a full chunk is built once; only a batch's last chunk varies.
+    static FULL_CHUNK: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let full = FULL_CHUNK.get_or_init(|| audit_insert_sql(SQLITE_AUDIT_INSERT_ROWS));
+    for chunk in events.chunks(SQLITE_AUDIT_INSERT_ROWS) {
+        let sql = if chunk.len() == SQLITE_AUDIT_INSERT_ROWS {
+            std::borrow::Cow::Borrowed(full.as_str())
+        } else {
+            std::borrow::Cow::Owned(audit_insert_sql(chunk.len()))
+        };
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for ev in chunk {
+            q = q
+                .bind(ev.seq as i64)
+                .bind(ev.time_ms)
+                .bind(&ev.org)
+                .bind(&ev.actor)
+                .bind(&ev.auth_method)
+                .bind(&ev.cert_fingerprint)
+                .bind(&ev.action)
+                .bind(&ev.resource)
+                .bind(&ev.outcome)
+                .bind(&ev.error_code)
+                .bind(&ev.request_id)
+                .bind(&ev.source)
+                .bind(hashed_column(ev))
+                .bind(&ev.prev_hash)
+                .bind(&ev.hash);
+        }
+        q.execute(&mut **tx).await.map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// Audit rows into PostgreSQL: one statement for any number of rows, each column bound as one
+/// array. A multi-row `VALUES` list was a different statement for every batch size, so
+/// PostgreSQL parsed and planned a statement of up to 1,920 parameters for most batches.
+async fn insert_audit_rows_pg(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    fn column<'e, T>(events: &'e [AuditEvent], f: impl Fn(&'e AuditEvent) -> T) -> Vec<T> {
+        events.iter().map(f).collect()
+    }
+    sqlx::query(concat!(
+        "INSERT INTO audit_events (",
+        event_columns!(),
+        ") SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
+         $12::text[], $13::text[], $14::text[], $15::text[])"
+    ))
+    .bind(column(events, |e| e.seq as i64))
+    .bind(column(events, |e| e.time_ms))
+    .bind(column(events, |e| e.org.as_deref()))
+    .bind(column(events, |e| e.actor.as_str()))
+    .bind(column(events, |e| e.auth_method.as_str()))
+    .bind(column(events, |e| e.cert_fingerprint.as_deref()))
+    .bind(column(events, |e| e.action.as_str()))
+    .bind(column(events, |e| e.resource.as_str()))
+    .bind(column(events, |e| e.outcome.as_str()))
+    .bind(column(events, |e| e.error_code.as_deref()))
+    .bind(column(events, |e| e.request_id.as_str()))
+    .bind(column(events, |e| e.source.as_str()))
+    .bind(column(events, hashed_column))
+    .bind(column(events, |e| e.prev_hash.as_str()))
+    .bind(column(events, |e| e.hash.as_str()))
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
 
 impl SqliteStore {
     /// One process owns a SQLite database: nobody else changes its keys.

@@ -552,3 +552,27 @@ async fn the_journal_is_named_by_the_database_file_not_by_the_path_used() {
     })
     .await;
 }
+
+both!(
+    every_field_of_an_event_round_trips_through_the_store,
+    |db| async move {
+        // One event with every optional field set, one with none, in one batch: each column of
+        // the batch insert carries both cases.
+        let mut full = event(3);
+        full.cert_fingerprint = Some("sha256:ab".repeat(8));
+        full.error_code = Some("forbidden".into());
+        full.hashed = [
+            ("context".to_string(), "c".repeat(64)),
+            ("token".to_string(), "t".repeat(64)),
+        ]
+        .into();
+        let mut bare = event(1);
+        bare.org = None;
+        bare.error_code = None;
+        bare.hashed = Default::default();
+        let stored = db.store.append_audit(vec![full, bare]).await.unwrap();
+        let read = db.store.audit_events(1, 10).await.unwrap();
+        assert_eq!(read, stored, "the rows read back are the events appended");
+        assert!(read[0].cert_fingerprint.is_some() && read[1].org.is_none());
+    }
+);
