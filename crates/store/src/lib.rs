@@ -258,6 +258,7 @@ impl SqliteStore {
                 name.push("-audit-journal");
                 std::path::PathBuf::from(name)
             }),
+            audit_head: Default::default(),
         })
     }
 }
@@ -271,6 +272,7 @@ impl PostgresStore {
         Ok(PostgresStore {
             pool,
             audit_journal: None,
+            audit_head: Default::default(),
         })
     }
 }

@@ -74,13 +74,17 @@ fn audit_insert_sql(rows: usize) -> String {
 }
 
 macro_rules! sql_store {
-    ($name:ident, $db:ty, $row:ty, $begin:literal, $insert_rows:path) => {
+    ($name:ident, $db:ty, $row:ty, $begin:literal, $insert_rows:path, $append_rows:path) => {
         /// The store on this sqlx driver.
         #[derive(Clone)]
         pub struct $name {
             pub(crate) pool: sqlx::Pool<$db>,
             /// Where the node that is this store's only writer keeps its audit journal.
             pub(crate) audit_journal: Option<std::path::PathBuf>,
+            /// The chain head this process appended last, so that its next batch can continue
+            /// it in one statement without reading the head first. Only a hint: the sequence
+            /// number's primary key refuses a batch that does not continue the stored chain.
+            pub(crate) audit_head: std::sync::Arc<std::sync::Mutex<Option<(u64, String)>>>,
         }
 
         impl $name {
@@ -108,6 +112,16 @@ macro_rules! sql_store {
                     rotated_at: r.try_get("rotated_at").map_err(map_err)?,
                     deletion_date: r.try_get("deletion_date").map_err(map_err)?,
                 })
+            }
+
+            /// Appends `events` after the head read inside the same transaction.
+            async fn append_after_stored_head(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError> {
+                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
+                let (seq, prev) = Self::audit_head_on(&mut *tx).await?.unwrap_or((0, GENESIS.to_string()));
+                let stored = seal_chain(events, seq, &prev);
+                Self::insert_audit_rows(&mut tx, &stored).await?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(stored)
             }
 
             fn event_from_row(r: &$row) -> Result<AuditEvent, StoreError> {
@@ -407,17 +421,24 @@ macro_rules! sql_store {
             }
 
             async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError> {
-                let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
-                let (mut seq, mut prev) = Self::audit_head_on(&mut *tx).await?.unwrap_or((0, GENESIS.to_string()));
-                let mut stored = Vec::with_capacity(events.len());
-                for ev in events {
-                    seq += 1;
-                    let ev = ev.seal_after(seq, &prev);
-                    prev = ev.hash.clone();
-                    stored.push(ev);
+                // Taken, not read: after a failure the next batch reads the stored head.
+                let known = self.audit_head.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let stored = match known {
+                    Some((seq, prev)) => {
+                        let sealed = seal_chain(events, seq, &prev);
+                        match $append_rows(&self.pool, &sealed).await {
+                            Ok(()) => sealed,
+                            // Another writer appended since: continue the stored head instead.
+                            Err(StoreError::Conflict(_)) => self.append_after_stored_head(sealed).await?,
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    None => self.append_after_stored_head(events).await?,
+                };
+                if let Some(last) = stored.last() {
+                    *self.audit_head.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some((last.seq, last.hash.clone()));
                 }
-                Self::insert_audit_rows(&mut tx, &stored).await?;
-                tx.commit().await.map_err(map_err)?;
                 Ok(stored)
             }
 
@@ -662,14 +683,16 @@ sql_store!(
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     "BEGIN IMMEDIATE",
-    insert_audit_rows_sqlite
+    insert_audit_rows_sqlite,
+    append_audit_rows_sqlite
 );
 sql_store!(
     PostgresStore,
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     "BEGIN",
-    insert_audit_rows_pg
+    insert_audit_rows_pg,
+    append_audit_rows_pg
 );
 
 /// The `hashed` column: the keyed hashes as a JSON object, or NULL when there are none.
@@ -722,6 +745,47 @@ async fn insert_audit_rows_pg(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     events: &[AuditEvent],
 ) -> Result<(), StoreError> {
+    unnest_audit_rows(&mut **tx, events).await
+}
+
+/// Audit rows continuing a known head, in PostgreSQL: one statement, atomic on its own, so a
+/// batch costs one round trip and its commit.
+async fn append_audit_rows_pg(
+    pool: &sqlx::PgPool,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    unnest_audit_rows(pool, events).await
+}
+
+/// Audit rows continuing a known head, in SQLite: its chunks in one transaction.
+async fn append_audit_rows_sqlite(
+    pool: &sqlx::SqlitePool,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
+    insert_audit_rows_sqlite(&mut tx, events).await?;
+    tx.commit().await.map_err(map_err)
+}
+
+/// `events` sealed into the chain after `seq` and `prev_hash`.
+fn seal_chain(events: Vec<AuditEvent>, mut seq: u64, prev_hash: &str) -> Vec<AuditEvent> {
+    let mut prev = prev_hash.to_string();
+    events
+        .into_iter()
+        .map(|ev| {
+            seq += 1;
+            let ev = ev.seal_after(seq, &prev);
+            prev.clone_from(&ev.hash);
+            ev
+        })
+        .collect()
+}
+
+/// One INSERT of every row, each column bound as one array.
+async fn unnest_audit_rows<'c>(
+    exec: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    events: &[AuditEvent],
+) -> Result<(), StoreError> {
     fn column<'e, T>(events: &'e [AuditEvent], f: impl Fn(&'e AuditEvent) -> T) -> Vec<T> {
         events.iter().map(f).collect()
     }
@@ -747,7 +811,7 @@ async fn insert_audit_rows_pg(
     .bind(column(events, hashed_column))
     .bind(column(events, |e| e.prev_hash.as_str()))
     .bind(column(events, |e| e.hash.as_str()))
-    .execute(&mut **tx)
+    .execute(exec)
     .await
     .map_err(map_err)?;
     Ok(())

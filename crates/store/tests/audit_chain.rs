@@ -7,11 +7,13 @@
 mod common;
 
 use common::{Backend, TestDb};
+use sovra_core::Store;
 use sovra_core::audit::{
     AuditEvent, AuditQuery, AuditWriter, Checkpoint, ExportLine, verify_export,
 };
 use sovra_crypto::KeyType;
 use sovra_crypto::sign::SigningKey;
+use sovra_store::{PostgresStore, SqliteStore};
 use std::collections::HashSet;
 
 fn event(i: u32) -> AuditEvent {
@@ -574,5 +576,34 @@ both!(
         let read = db.store.audit_events(1, 10).await.unwrap();
         assert_eq!(read, stored, "the rows read back are the events appended");
         assert!(read[0].cert_fingerprint.is_some() && read[1].org.is_none());
+    }
+);
+
+both!(
+    a_node_whose_remembered_head_is_stale_continues_the_stored_chain,
+    |db| async move {
+        // Two nodes on one database. Each remembers the head it appended last, to skip reading
+        // it; once the other node has appended, that memory is stale and must not fork the
+        // chain or lose the batch.
+        let other: std::sync::Arc<dyn Store> = match db.backend {
+            Backend::Sqlite => std::sync::Arc::new(SqliteStore::connect(&db.url).await.unwrap()),
+            Backend::Postgres => {
+                std::sync::Arc::new(PostgresStore::connect(&db.url).await.unwrap())
+            }
+        };
+        let first = db
+            .store
+            .append_audit(vec![event(0), event(1)])
+            .await
+            .unwrap();
+        assert_eq!(first.last().unwrap().seq, 2);
+        let between = other.append_audit(vec![event(2), event(3)]).await.unwrap();
+        assert_eq!(between.first().unwrap().seq, 3);
+        let after = db.store.append_audit(vec![event(4)]).await.unwrap();
+        assert_eq!(after[0].seq, 5, "continues after the other node's events");
+        assert_eq!(after[0].prev_hash, between[1].hash);
+        let again = other.append_audit(vec![event(5)]).await.unwrap();
+        assert_eq!(again[0].seq, 6);
+        assert_eq!(verified_event_count(&db).await, 6);
     }
 );
