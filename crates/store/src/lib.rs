@@ -159,7 +159,7 @@ async fn sqlite_pool(url: &str, max: u32) -> Result<sqlx::SqlitePool, StoreError
 
 async fn pg_pool(url: &str, max: u32) -> Result<sqlx::PgPool, StoreError> {
     let opts = sqlx::postgres::PgConnectOptions::from_str(url).map_err(sql::map_err)?;
-    pg_pool_options(opts.get_port())
+    pg_pool_options(&opts)
         .max_connections(max)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(opts)
@@ -167,12 +167,26 @@ async fn pg_pool(url: &str, max: u32) -> Result<sqlx::PgPool, StoreError> {
         .map_err(sql::map_err)
 }
 
-/// Pool options for every PostgreSQL pool: each new connection gets TCP_NODELAY (see
+/// Pool options for every PostgreSQL pool: each new TCP connection gets TCP_NODELAY (see
 /// [`nodelay`]).
-fn pg_pool_options(port: u16) -> sqlx::postgres::PgPoolOptions {
+fn pg_pool_options(opts: &sqlx::postgres::PgConnectOptions) -> sqlx::postgres::PgPoolOptions {
+    // A Unix socket has no Nagle's algorithm.
+    let tcp = opts
+        .get_socket()
+        .is_none()
+        .then(|| (opts.get_host().to_string(), opts.get_port()));
     sqlx::postgres::PgPoolOptions::new().after_connect(move |_, _| {
+        let tcp = tcp.clone();
         Box::pin(async move {
-            if let Err(e) = nodelay::set_on_connections_to(port) {
+            let Some((host, port)) = tcp else {
+                return Ok(());
+            };
+            let peers: Vec<std::net::SocketAddr> = match tokio::net::lookup_host((host.as_str(), port)).await {
+                Ok(addrs) => addrs.collect(),
+                Err(_) => return Ok(()),
+            };
+            let set = tokio::task::spawn_blocking(move || nodelay::set_on_connections_to(&peers)).await;
+            if let Ok(Err(e)) = set {
                 static WARNED: std::sync::Once = std::sync::Once::new();
                 WARNED.call_once(|| {
                     tracing::warn!(error = %e, "cannot disable Nagle's algorithm on database connections; PostgreSQL statements may stall about 40 ms");

@@ -7,28 +7,31 @@
 //! from about 16k/s (over a Unix socket, which has no Nagle) to about 1.5k/s.
 //!
 //! sqlx gives no access to its socket, so after each new connection this sets the option on
-//! every TCP socket of the process whose peer is the database's port. It reaches those sockets
+//! every TCP socket of the process whose peer is one of the database's addresses. It reaches those sockets
 //! through a duplicate of their descriptor (`pidfd_getfd` on this process), which needs no
 //! `unsafe` and leaves the originals untouched. Remove it once sqlx sets the option itself.
 
+use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 
-/// Sets TCP_NODELAY on every TCP socket of this process connected to `port`; returns how many
-/// sockets it changed. Fails only when this process's descriptors cannot be read or
-/// duplicated (an old kernel, or a seccomp profile that refuses `pidfd_getfd`).
-pub fn set_on_connections_to(port: u16) -> std::io::Result<usize> {
+/// Sets TCP_NODELAY on every TCP socket of this process connected to one of `peers`; returns
+/// how many sockets it changed. A socket that refuses is skipped. Fails only when this
+/// process's descriptors cannot be read or duplicated (an old kernel, or a seccomp profile that
+/// refuses `pidfd_getfd`).
+pub fn set_on_connections_to(peers: &[SocketAddr]) -> std::io::Result<usize> {
     let mut changed = 0;
-    for fd in tcp_sockets_to(port)? {
-        if !rustix::net::sockopt::tcp_nodelay(&fd)? {
-            rustix::net::sockopt::set_tcp_nodelay(&fd, true)?;
+    for fd in tcp_sockets_to(peers)? {
+        if rustix::net::sockopt::tcp_nodelay(&fd).is_ok_and(|on| !on)
+            && rustix::net::sockopt::set_tcp_nodelay(&fd, true).is_ok()
+        {
             changed += 1;
         }
     }
     Ok(changed)
 }
 
-/// Duplicates of this process's TCP sockets whose peer port is `port`.
-pub fn tcp_sockets_to(port: u16) -> std::io::Result<Vec<OwnedFd>> {
+/// Duplicates of this process's TCP sockets whose peer is one of `peers`.
+pub fn tcp_sockets_to(peers: &[SocketAddr]) -> std::io::Result<Vec<OwnedFd>> {
     let me = rustix::process::pidfd_open(
         rustix::process::getpid(),
         rustix::process::PidfdFlags::empty(),
@@ -59,19 +62,19 @@ pub fn tcp_sockets_to(port: u16) -> std::io::Result<Vec<OwnedFd>> {
         else {
             continue;
         };
-        if is_tcp_to(&fd, port) {
+        if is_tcp_to(&fd, peers) {
             found.push(fd);
         }
     }
     Ok(found)
 }
 
-fn is_tcp_to(fd: &OwnedFd, port: u16) -> bool {
-    let stream =
-        rustix::net::sockopt::socket_type(fd).is_ok_and(|t| t == rustix::net::SocketType::STREAM);
+fn is_tcp_to(fd: &OwnedFd, peers: &[SocketAddr]) -> bool {
+    let tcp = rustix::net::sockopt::socket_protocol(fd)
+        .is_ok_and(|p| p == Some(rustix::net::ipproto::TCP));
     let peer = rustix::net::getpeername(fd)
         .ok()
         .flatten()
-        .and_then(|addr| std::net::SocketAddr::try_from(addr).ok());
-    stream && peer.is_some_and(|p| p.port() == port)
+        .and_then(|addr| SocketAddr::try_from(addr).ok());
+    tcp && peer.is_some_and(|p| peers.contains(&p))
 }

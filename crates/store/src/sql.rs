@@ -426,11 +426,11 @@ macro_rules! sql_store {
                 let stored = match known {
                     Some((seq, prev)) => {
                         let sealed = seal_chain(events, seq, &prev);
-                        match $append_rows(&self.pool, &sealed).await {
-                            Ok(()) => sealed,
-                            // Another writer appended since: continue the stored head instead.
-                            Err(StoreError::Conflict(_)) => self.append_after_stored_head(sealed).await?,
-                            Err(e) => return Err(e),
+                        if $append_rows(&self.pool, (seq, &prev), &sealed).await? {
+                            sealed
+                        } else {
+                            // Not the stored head any more: continue the one stored.
+                            self.append_after_stored_head(sealed).await?
                         }
                     }
                     None => self.append_after_stored_head(events).await?,
@@ -745,26 +745,59 @@ async fn insert_audit_rows_pg(
     tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
     events: &[AuditEvent],
 ) -> Result<(), StoreError> {
-    unnest_audit_rows(&mut **tx, events).await
+    unnest_audit_rows(&mut **tx, None, events)
+        .await
+        .map(drop)
+        .map_err(map_err)
 }
 
-/// Audit rows continuing a known head, in PostgreSQL: one statement, atomic on its own, so a
-/// batch costs one round trip and its commit.
+/// Audit rows continuing the head `after` (sequence, hash), in PostgreSQL: one statement, atomic
+/// on its own, so a batch costs one round trip and its commit. `Ok(false)` when `after` is not
+/// the stored head: it is gone (a database restored to an earlier point, a failover that lost
+/// commits) or another writer appended after it (the sequence's primary key).
 async fn append_audit_rows_pg(
     pool: &sqlx::PgPool,
+    after: (u64, &str),
     events: &[AuditEvent],
-) -> Result<(), StoreError> {
-    unnest_audit_rows(pool, events).await
+) -> Result<bool, StoreError> {
+    match unnest_audit_rows(pool, Some(after), events).await {
+        Ok(rows) => Ok(rows == events.len() as u64),
+        Err(sqlx::Error::Database(db))
+            if db.is_unique_violation()
+                && db.constraint().is_none_or(|c| c == "audit_events_pkey") =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(map_err(e)),
+    }
 }
 
-/// Audit rows continuing a known head, in SQLite: its chunks in one transaction.
+/// Audit rows continuing the head `after`, in SQLite: its chunks in one transaction that first
+/// checks the head is still there (see [`append_audit_rows_pg`]).
 async fn append_audit_rows_sqlite(
     pool: &sqlx::SqlitePool,
+    after: (u64, &str),
     events: &[AuditEvent],
-) -> Result<(), StoreError> {
+) -> Result<bool, StoreError> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)?;
-    insert_audit_rows_sqlite(&mut tx, events).await?;
-    tx.commit().await.map_err(map_err)
+    let present: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM audit_events WHERE seq = ? AND hash = ?)")
+            .bind(after.0 as i64)
+            .bind(after.1)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+    if !present {
+        return Ok(false);
+    }
+    // The only unique key of the table is the sequence.
+    match insert_audit_rows_sqlite(&mut tx, events).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    tx.commit().await.map_err(map_err)?;
+    Ok(true)
 }
 
 /// `events` sealed into the chain after `seq` and `prev_hash`.
@@ -781,40 +814,55 @@ fn seal_chain(events: Vec<AuditEvent>, mut seq: u64, prev_hash: &str) -> Vec<Aud
         .collect()
 }
 
-/// One INSERT of every row, each column bound as one array.
+/// One INSERT of every row, each column bound as one array; with `after`, only if that event
+/// (sequence, hash) is stored. Returns the rows inserted.
 async fn unnest_audit_rows<'c>(
     exec: impl sqlx::Executor<'c, Database = sqlx::Postgres>,
+    after: Option<(u64, &str)>,
     events: &[AuditEvent],
-) -> Result<(), StoreError> {
+) -> Result<u64, sqlx::Error> {
     fn column<'e, T>(events: &'e [AuditEvent], f: impl Fn(&'e AuditEvent) -> T) -> Vec<T> {
         events.iter().map(f).collect()
     }
-    sqlx::query(concat!(
-        "INSERT INTO audit_events (",
-        event_columns!(),
-        ") SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
-         $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], \
-         $12::text[], $13::text[], $14::text[], $15::text[])"
-    ))
-    .bind(column(events, |e| e.seq as i64))
-    .bind(column(events, |e| e.time_ms))
-    .bind(column(events, |e| e.org.as_deref()))
-    .bind(column(events, |e| e.actor.as_str()))
-    .bind(column(events, |e| e.auth_method.as_str()))
-    .bind(column(events, |e| e.cert_fingerprint.as_deref()))
-    .bind(column(events, |e| e.action.as_str()))
-    .bind(column(events, |e| e.resource.as_str()))
-    .bind(column(events, |e| e.outcome.as_str()))
-    .bind(column(events, |e| e.error_code.as_deref()))
-    .bind(column(events, |e| e.request_id.as_str()))
-    .bind(column(events, |e| e.source.as_str()))
-    .bind(column(events, hashed_column))
-    .bind(column(events, |e| e.prev_hash.as_str()))
-    .bind(column(events, |e| e.hash.as_str()))
-    .execute(exec)
-    .await
-    .map_err(map_err)?;
-    Ok(())
+    macro_rules! insert_unnest {
+        () => {
+            concat!(
+                "INSERT INTO audit_events (",
+                event_columns!(),
+                ") SELECT * FROM UNNEST($1::bigint[], $2::bigint[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], \
+                 $11::text[], $12::text[], $13::text[], $14::text[], $15::text[])"
+            )
+        };
+    }
+    let sql = match after {
+        None => insert_unnest!(),
+        Some(_) => concat!(
+            insert_unnest!(),
+            " WHERE EXISTS (SELECT 1 FROM audit_events WHERE seq = $16 AND hash = $17)"
+        ),
+    };
+    let query = sqlx::query(sql)
+        .bind(column(events, |e| e.seq as i64))
+        .bind(column(events, |e| e.time_ms))
+        .bind(column(events, |e| e.org.as_deref()))
+        .bind(column(events, |e| e.actor.as_str()))
+        .bind(column(events, |e| e.auth_method.as_str()))
+        .bind(column(events, |e| e.cert_fingerprint.as_deref()))
+        .bind(column(events, |e| e.action.as_str()))
+        .bind(column(events, |e| e.resource.as_str()))
+        .bind(column(events, |e| e.outcome.as_str()))
+        .bind(column(events, |e| e.error_code.as_deref()))
+        .bind(column(events, |e| e.request_id.as_str()))
+        .bind(column(events, |e| e.source.as_str()))
+        .bind(column(events, hashed_column))
+        .bind(column(events, |e| e.prev_hash.as_str()))
+        .bind(column(events, |e| e.hash.as_str()));
+    let query = match after {
+        None => query,
+        Some((seq, hash)) => query.bind(seq as i64).bind(hash),
+    };
+    Ok(query.execute(exec).await?.rows_affected())
 }
 
 impl SqliteStore {
@@ -838,7 +886,7 @@ impl PostgresStore {
         &self,
     ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
         let options = (*self.pool.connect_options()).clone();
-        let listen_pool = crate::pg_pool_options(options.get_port())
+        let listen_pool = crate::pg_pool_options(&options)
             .max_connections(1)
             .connect_lazy_with(options);
         let mut listener = sqlx::postgres::PgListener::connect_with(&listen_pool)

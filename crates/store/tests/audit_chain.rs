@@ -607,3 +607,24 @@ both!(
         assert_eq!(verified_event_count(&db).await, 6);
     }
 );
+
+both!(
+    a_remembered_head_the_database_no_longer_has_is_not_continued,
+    |db| async move {
+        // The database loses the newest event behind the process's back (restored to an
+        // earlier point, or a failover that lost a commit). Continuing the remembered head
+        // would leave a gap and a link to nothing; the next batch must follow the stored head.
+        db.store
+            .append_audit(vec![event(0), event(1), event(2)])
+            .await
+            .unwrap();
+        disable_append_only(&db).await;
+        assert_eq!(db.exec("DELETE FROM audit_events WHERE seq = 3").await, 1);
+        let next = db.store.append_audit(vec![event(3)]).await.unwrap();
+        assert_eq!(
+            next[0].seq, 3,
+            "follows the stored head, not the remembered one"
+        );
+        assert_eq!(verified_event_count(&db).await, 3);
+    }
+);
