@@ -7,9 +7,10 @@
 //! from about 16k/s (over a Unix socket, which has no Nagle) to about 1.5k/s.
 //!
 //! sqlx gives no access to its socket, so after each new connection this sets the option on
-//! every TCP socket of the process whose peer is one of the database's addresses. It reaches those sockets
-//! through a duplicate of their descriptor (`pidfd_getfd` on this process), which needs no
-//! `unsafe` and leaves the originals untouched. Remove it once sqlx sets the option itself.
+//! every TCP socket of the process whose peer is one of the database's addresses. It reaches
+//! those sockets through a duplicate of their descriptor (`pidfd_getfd` on this process), which
+//! needs no `unsafe` and leaves the originals untouched. Remove it once sqlx sets the option
+//! itself.
 
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;

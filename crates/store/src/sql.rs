@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use sovra_core::StoreError;
-use sovra_core::audit::{AuditEvent, AuditQuery, Checkpoint, GENESIS};
+use sovra_core::audit::{AuditEvent, AuditQuery, Checkpoint, GENESIS, seal_chain};
 use sovra_core::model::{
     AuditKeyRecord, KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, SealKind,
     SealRecord,
@@ -82,8 +82,9 @@ macro_rules! sql_store {
             /// Where the node that is this store's only writer keeps its audit journal.
             pub(crate) audit_journal: Option<std::path::PathBuf>,
             /// The chain head this process appended last, so that its next batch can continue
-            /// it in one statement without reading the head first. Only a hint: the sequence
-            /// number's primary key refuses a batch that does not continue the stored chain.
+            /// it in one statement without reading the head first. Only a hint: that batch is
+            /// inserted only while this head is stored, and the sequence's primary key refuses
+            /// it when another writer has appended after the head.
             pub(crate) audit_head: std::sync::Arc<std::sync::Mutex<Option<(u64, String)>>>,
         }
 
@@ -798,20 +799,6 @@ async fn append_audit_rows_sqlite(
     }
     tx.commit().await.map_err(map_err)?;
     Ok(true)
-}
-
-/// `events` sealed into the chain after `seq` and `prev_hash`.
-fn seal_chain(events: Vec<AuditEvent>, mut seq: u64, prev_hash: &str) -> Vec<AuditEvent> {
-    let mut prev = prev_hash.to_string();
-    events
-        .into_iter()
-        .map(|ev| {
-            seq += 1;
-            let ev = ev.seal_after(seq, &prev);
-            prev.clone_from(&ev.hash);
-            ev
-        })
-        .collect()
 }
 
 /// One INSERT of every row, each column bound as one array; with `after`, only if that event

@@ -131,6 +131,20 @@ impl AuditEvent {
     }
 }
 
+/// `events` sealed into the chain one after another, the first after `seq` and `prev_hash`.
+pub fn seal_chain(events: Vec<AuditEvent>, mut seq: u64, prev_hash: &str) -> Vec<AuditEvent> {
+    let mut prev = prev_hash.to_string();
+    events
+        .into_iter()
+        .map(|ev| {
+            seq += 1;
+            let ev = ev.seal_after(seq, &prev);
+            prev.clone_from(&ev.hash);
+            ev
+        })
+        .collect()
+}
+
 impl RedactedEvent {
     /// The hash this link must carry, given its body digest and `prev_hash`.
     pub fn compute_hash(&self) -> String {

@@ -11,7 +11,7 @@ mod writer;
 
 pub use chain::{
     AuditEvent, Checkpoint, ExportLine, GENESIS, RedactedEvent, VerifyError, VerifyReport,
-    verify_export,
+    seal_chain, verify_export,
 };
 pub use journal::{AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES};
 pub use keys::AuditKeys;

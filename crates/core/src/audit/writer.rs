@@ -298,22 +298,15 @@ fn journal_batches(
             }
         }
         let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let (mut next_seq, mut next_prev) = (seq, prev.clone());
-        let sealed: Vec<AuditEvent> = events
-            .into_iter()
-            .map(|ev| {
-                next_seq += 1;
-                let ev = ev.seal_after(next_seq, &next_prev);
-                next_prev.clone_from(&ev.hash);
-                ev
-            })
-            .collect();
+        let sealed = super::seal_chain(events, seq, &prev);
         if let Err(e) = journal.append(&sealed) {
             tracing::error!(error = %e, "audit journal write failed; the requests fail with it");
             fail(waiters);
             continue;
         }
-        (seq, prev) = (next_seq, next_prev);
+        if let Some(last) = sealed.last() {
+            (seq, prev) = (last.seq, last.hash.clone());
+        }
         progress.durable.store(seq, Ordering::SeqCst);
         for (ev, w) in sealed.iter().zip(waiters) {
             let _ = w.send(Ok(ev.seq));
