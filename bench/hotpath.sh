@@ -7,6 +7,8 @@
 # so that key creation measures the store, not the limiter; all other limits are the defaults.
 # With PERF=1 it also records the server with `perf` during a closed-loop encrypt run and
 # draws docs/flamegraph-encrypt.svg (needs inferno-collapse-perf and inferno-flamegraph).
+# SERVER_ENV adds environment variables to the server's (not the load generator's), e.g.
+# SERVER_ENV=TOKIO_WORKER_THREADS=1 for a server with one request worker thread.
 # Usage: bench/hotpath.sh [seconds-per-scenario] [connections] [postgres-admin-url]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -32,7 +34,7 @@ start_server() { # name, extra config
         printf '[rate_limits.crypto]\nper_second = 100000000\nburst = 100000000\n'
         printf '[[auth.jwt]]\nissuer = "https://bench-idp.sovra.test"\naudience = "sovra"\njwks = "%s"\n' "$dir/idp/jwks.json"
     } > "$dir/sovra-$1.toml"
-    SOVRA_LOG=warn "$target/release/sovra" server --dev --data-dir "$data" --config "$dir/sovra-$1.toml" > "$dir/server-$1.log" 2>&1 &
+    SOVRA_LOG=warn env ${SERVER_ENV:-X=1} "$target/release/sovra" server --dev --data-dir "$data" --config "$dir/sovra-$1.toml" > "$dir/server-$1.log" 2>&1 &
     pid=$!
     for _ in $(seq 1 300); do [ -f "$data/dev.env" ] && break; sleep 0.1; done
     [ -f "$data/dev.env" ] || { cat "$dir/server-$1.log"; exit 1; }

@@ -122,6 +122,14 @@ impl AuditEvent {
         }
     }
 
+    /// Links this event after `prev_hash` at `seq`, given its [`body_digest`](Self::body_digest)
+    /// (computed beforehand, outside whatever lock orders the chain).
+    pub fn link_after(&mut self, seq: u64, prev_hash: String, body_digest: &str) {
+        self.seq = seq;
+        self.hash = link_hash(seq, body_digest, &prev_hash);
+        self.prev_hash = prev_hash;
+    }
+
     /// Links this event after `prev_hash` at `seq` and sets its hash.
     pub fn seal_after(mut self, seq: u64, prev_hash: &str) -> AuditEvent {
         self.seq = seq;

@@ -203,8 +203,18 @@ impl AuditJournal {
         Ok((journal, events))
     }
 
-    /// Appends one frame and waits until it is on disk.
+    /// Appends one frame of `events` and waits until it is on disk.
     pub fn append(&mut self, events: &[AuditEvent]) -> std::io::Result<()> {
+        let mut frame = new_frame();
+        serde_json::to_writer(&mut frame, events).map_err(std::io::Error::other)?;
+        self.append_frame(&mut frame)
+    }
+
+    /// Appends a frame built in place and waits until it is on disk: `frame` is a buffer from
+    /// [`new_frame`] with the payload (a JSON array of sealed events continuing the chain)
+    /// written behind the header's room; the header is filled in here. The writer's requests
+    /// serialize their events straight into such a buffer, so a batch is never copied.
+    pub fn append_frame(&mut self, frame: &mut [u8]) -> std::io::Result<()> {
         let Layout::Generation(generation) = self.layout else {
             return Err(std::io::Error::other(
                 "an audit journal in the old format is emptied (once its events are stored) before it is appended to",
@@ -213,11 +223,7 @@ impl AuditJournal {
         if !self.header_synced {
             self.sync_header(generation)?;
         }
-        // Room for the frame header first, then the payload serialized behind it: one buffer,
-        // one write.
-        let mut frame = vec![0u8; FRAME_HEADER];
-        serde_json::to_writer(&mut frame, events).map_err(std::io::Error::other)?;
-        let payload_len = frame.len() - FRAME_HEADER;
+        let payload_len = frame.len().saturating_sub(FRAME_HEADER);
         if payload_len > MAX_PAYLOAD {
             return Err(std::io::Error::other(
                 "audit batch too large for one journal frame",
@@ -230,7 +236,7 @@ impl AuditJournal {
         frame[4..36].copy_from_slice(&digest);
         // In place: a failed write or sync leaves `end` where it was, and the next frame
         // overwrites whatever part of this one landed.
-        self.write_at(self.end, &frame)?;
+        self.write_at(self.end, frame)?;
         self.file.sync_data()?;
         self.end += frame.len() as u64;
         Ok(())
@@ -324,6 +330,17 @@ impl AuditJournal {
         self.file.write_all(bytes)
     }
 }
+
+/// An empty frame for [`AuditJournal::append_frame`]: room for the frame header, the payload to
+/// be written behind it.
+pub fn new_frame() -> Vec<u8> {
+    let mut frame = Vec::with_capacity(16 << 10);
+    frame.resize(FRAME_HEADER, 0);
+    frame
+}
+
+/// Where a frame's payload starts in a buffer from [`new_frame`].
+pub const FRAME_PAYLOAD_START: usize = FRAME_HEADER;
 
 fn header(generation: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);

@@ -14,21 +14,26 @@ type Pending = (
     tokio::sync::oneshot::Sender<Result<u64, StoreError>>,
 );
 
-/// Group commit: requests hand their event to one writer task, which makes everything queued
-/// durable at once and then answers each waiter with its sequence number. A request is
-/// answered only after its event is durable, and one commit serves many requests.
-///
-/// Two ways to be durable:
-/// - [`AuditWriter::start`]: a store transaction per batch, the database assigning sequence
+/// Group commit: one durable write serves many requests, and a request is answered only after
+/// its event is durable. Two ways to be durable:
+/// - [`AuditWriter::start`]: requests hand their events to one writer task, which appends
+///   everything queued in one store transaction per batch, the database assigning sequence
 ///   numbers, so several nodes can share one chain (PostgreSQL).
-/// - [`AuditWriter::start_journaled`]: this node seals the batch into the chain itself, appends
-///   it to its [`AuditJournal`] with one `fdatasync`, answers, and a second task stores the
-///   events in large batches. For a store only this node writes (SQLite), where a durable
-///   database commit per batch capped audited requests.
+/// - [`AuditWriter::start_journaled`]: each request seals its event onto the chain and
+///   serializes it into the open frame of this node's [`AuditJournal`] itself; a journal thread
+///   writes the frame with one `fdatasync`, wakes the frame's requests, and a store task
+///   stores the events in large batches. For a store only this node writes (SQLite), where a
+///   durable database commit per batch capped audited requests.
 #[derive(Clone)]
 pub struct AuditWriter {
-    tx: tokio::sync::mpsc::Sender<Pending>,
+    route: Route,
     progress: Arc<Progress>,
+}
+
+#[derive(Clone)]
+enum Route {
+    Store(tokio::sync::mpsc::Sender<Pending>),
+    Journal(Arc<StagingHandle>),
 }
 
 /// What is durable and what is in the store.
@@ -53,15 +58,15 @@ impl Progress {
         })
     }
 
-    fn stored_up_to(&self, last: &AuditEvent) {
+    fn stored_up_to(&self, seq: u64, hash: &str) {
         if let Ok(mut l) = self.last_stored.lock() {
-            *l = Some((last.seq, last.hash.clone()));
+            *l = Some((seq, hash.to_string()));
         }
-        self.stored.send_replace(last.seq);
+        self.stored.send_replace(seq);
     }
 }
 
-/// Most events in one durable write.
+/// Most events in one store transaction of the store-committing writer.
 const MAX_BATCH: usize = 512;
 /// Most events in one store transaction of the journaled writer.
 const MAX_STORE_BATCH: usize = 8192;
@@ -102,7 +107,7 @@ impl AuditWriter {
                     Ok(stored) => {
                         if let Some(ev) = stored.last() {
                             shared.durable.fetch_max(ev.seq, Ordering::SeqCst);
-                            shared.stored_up_to(ev);
+                            shared.stored_up_to(ev.seq, &ev.hash);
                         }
                         for (ev, w) in stored.iter().zip(waiters) {
                             let _ = w.send(Ok(ev.seq));
@@ -115,7 +120,10 @@ impl AuditWriter {
                 }
             }
         });
-        AuditWriter { tx, progress }
+        AuditWriter {
+            route: Route::Store(tx),
+            progress,
+        }
     }
 
     /// Opens this node's journal at `path`, stores the events it holds that the store lacks
@@ -170,7 +178,7 @@ impl AuditWriter {
             source,
         })?;
 
-        let (tx, rx) = tokio::sync::mpsc::channel::<Pending>(8192);
+        let staging = Arc::new(Staging::new(head.clone()));
         let (to_store, from_writer) = tokio::sync::mpsc::unbounded_channel();
         let backlog = Arc::new(tokio::sync::Semaphore::new(STORE_BACKLOG_EVENTS));
         let progress = Progress::new(head.clone());
@@ -180,26 +188,32 @@ impl AuditWriter {
             *l = Some((*seq, hash.clone()));
         }
         let shared = progress.clone();
+        let frames = staging.clone();
         std::thread::Builder::new()
             .name("sovra-audit-journal".into())
-            .spawn(move || journal_batches(rx, journal, head, (to_store, backlog), shared))
+            .spawn(move || journal_frames(frames, journal, head, (to_store, backlog), shared))
             .map_err(|source| JournalError::Io {
                 path: path.to_path_buf(),
                 source,
             })?;
         tokio::spawn(store_batches(store, from_writer, progress.clone()));
-        Ok(AuditWriter { tx, progress })
+        Ok(AuditWriter {
+            route: Route::Journal(Arc::new(StagingHandle(staging))),
+            progress,
+        })
     }
 
     /// Appends one event and returns its sequence number once it is durable.
     pub async fn record(&self, event: AuditEvent) -> Result<u64, StoreError> {
-        let (done, wait) = tokio::sync::oneshot::channel();
-        self.tx
-            .send((event, done))
-            .await
-            .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?;
-        wait.await
-            .map_err(|_| StoreError::Unavailable("audit writer stopped".into()))?
+        let stopped = || StoreError::Unavailable("audit writer stopped".into());
+        match &self.route {
+            Route::Store(tx) => {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                tx.send((event, done)).await.map_err(|_| stopped())?;
+                wait.await.map_err(|_| stopped())?
+            }
+            Route::Journal(handle) => handle.0.record(event).await,
+        }
     }
 
     /// Waits until every event durable now is also in the store, so a read of the store sees
@@ -228,10 +242,6 @@ impl AuditWriter {
     }
 }
 
-/// Journaled batches on their way to the store, each with its room in the backlog.
-type ToStore =
-    tokio::sync::mpsc::UnboundedSender<(Vec<AuditEvent>, tokio::sync::OwnedSemaphorePermit)>;
-
 /// The first pending event and everything queued behind it, up to [`MAX_BATCH`].
 fn gather(first: Pending, rx: &mut tokio::sync::mpsc::Receiver<Pending>) -> Vec<Pending> {
     let mut batch = vec![first];
@@ -250,45 +260,282 @@ fn fail(waiters: Vec<tokio::sync::oneshot::Sender<Result<u64, StoreError>>>) {
     }
 }
 
-/// The journaled writer's first part, a thread of its own: seals each batch onto the chain,
-/// makes it durable in the journal, answers its requests, and passes it on to be stored. A
-/// thread rather than a task, so that a batch costs no hand-off to the blocking pool and back
-/// for its write and `fdatasync`. If it panics, its queue closes and audited requests fail
-/// (503).
-fn journal_batches(
-    mut rx: tokio::sync::mpsc::Receiver<Pending>,
+/// Most events in one journal frame; requests wait for the next frame once it is full.
+const MAX_FRAME_EVENTS: usize = 4096;
+/// Most payload bytes in one journal frame (far under the journal's limit per frame).
+const MAX_FRAME_BYTES: usize = 4 << 20;
+
+/// The journal frame that requests are filling, shared by the requests and the journal thread.
+struct Staging {
+    open: Mutex<OpenFrame>,
+    /// Wakes the journal thread when an event enters a frame it is not already writing.
+    staged: std::sync::Condvar,
+    /// Wakes requests that found the open frame full, once the journal thread takes it.
+    room: tokio::sync::Notify,
+}
+
+/// The open frame, and the chain as its events extend it.
+struct OpenFrame {
+    /// Sequence number and hash of the last event sealed (the durable head when the frame is
+    /// empty).
+    seq: u64,
+    head: String,
+    /// A buffer from [`super::journal::new_frame`]: `[` and the sealed events' JSON, separated by
+    /// commas, behind the frame header's room.
+    frame: Vec<u8>,
+    /// The frame's events, for the store once the frame is durable.
+    sealed: Vec<AuditEvent>,
+    /// How the frame's write ends, for its requests.
+    done: Arc<FrameDone>,
+    /// The journal thread waits on `staged` and must be woken.
+    thread_idle: bool,
+    /// No writer is left (or the journal thread ended): no more events are taken.
+    closed: bool,
+}
+
+/// The outcome of one frame's durable write, awaited by the requests whose events it carries.
+#[derive(Default)]
+struct FrameDone {
+    durable: std::sync::OnceLock<bool>,
+    notify: tokio::sync::Notify,
+}
+
+impl FrameDone {
+    fn finish(&self, durable: bool) {
+        let _ = self.durable.set(durable);
+        self.notify.notify_waiters();
+    }
+
+    async fn wait(&self) -> bool {
+        // Created before the check, so a `finish` between the check and the await still wakes
+        // it (`notify_waiters` reaches every `Notified` created before it).
+        let notified = self.notify.notified();
+        if let Some(durable) = self.durable.get() {
+            return *durable;
+        }
+        notified.await;
+        self.durable.get().copied().unwrap_or(false)
+    }
+}
+
+/// A frame taken from the staging area by the journal thread.
+struct TakenFrame {
+    frame: Vec<u8>,
+    sealed: Vec<AuditEvent>,
+    /// The chain head after the frame.
+    last: (u64, String),
+    done: FrameOutcome,
+}
+
+/// A taken frame's outcome: failed if it is dropped unfinished (the journal thread panicked
+/// while writing it), so that its requests fail (503) rather than wait for ever.
+struct FrameOutcome(Arc<FrameDone>);
+
+impl Drop for FrameOutcome {
+    fn drop(&mut self) {
+        // No effect once the frame was finished: its outcome is set only once.
+        self.0.finish(false);
+    }
+}
+
+/// Closes the staging area when the last [`AuditWriter`] using it is dropped, so that the
+/// journal thread writes what is staged and ends.
+struct StagingHandle(Arc<Staging>);
+
+impl Drop for StagingHandle {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl Staging {
+    fn new(head: Option<(u64, String)>) -> Staging {
+        let (seq, head) = head.unwrap_or((0, GENESIS.to_string()));
+        Staging {
+            open: Mutex::new(OpenFrame {
+                seq,
+                head,
+                frame: super::journal::new_frame(),
+                sealed: Vec::new(),
+                done: Arc::default(),
+                thread_idle: false,
+                closed: false,
+            }),
+            staged: std::sync::Condvar::new(),
+            room: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, OpenFrame> {
+        self.open.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Seals `event` onto the chain into the open frame and waits until that frame is durable.
+    /// The sealing happens here, on the request's own thread: the journal thread only writes
+    /// and syncs, and the event never crosses threads (its fields are freed where they were
+    /// allocated).
+    async fn record(&self, mut event: AuditEvent) -> Result<u64, StoreError> {
+        // The event's own digest needs no lock; only linking it to the previous event does.
+        let digest = event.body_digest();
+        let (seq, done, wake) = loop {
+            let room = self.room.notified();
+            {
+                let mut guard = self.lock();
+                let open = &mut *guard;
+                if open.closed {
+                    return Err(StoreError::Unavailable("audit writer stopped".into()));
+                }
+                let full = open.sealed.len() >= MAX_FRAME_EVENTS
+                    || open.frame.len() - super::journal::FRAME_PAYLOAD_START >= MAX_FRAME_BYTES;
+                if !full {
+                    let seq = open.seq + 1;
+                    event.link_after(seq, std::mem::take(&mut open.head), &digest);
+                    let mark = open.frame.len();
+                    open.frame
+                        .push(if open.sealed.is_empty() { b'[' } else { b',' });
+                    if let Err(e) = serde_json::to_writer(&mut open.frame, &event) {
+                        // Cannot happen for these field types; leave the frame as it was.
+                        open.frame.truncate(mark);
+                        open.head = std::mem::take(&mut event.prev_hash);
+                        tracing::error!(error = %e, "audit event could not be serialized");
+                        return Err(StoreError::Unavailable("audit log unavailable".into()));
+                    }
+                    open.seq = seq;
+                    open.head.clone_from(&event.hash);
+                    open.sealed.push(event);
+                    break (
+                        seq,
+                        open.done.clone(),
+                        std::mem::take(&mut open.thread_idle),
+                    );
+                }
+            }
+            room.await;
+        };
+        if wake {
+            self.staged.notify_one();
+        }
+        if done.wait().await {
+            Ok(seq)
+        } else {
+            Err(StoreError::Unavailable("audit log unavailable".into()))
+        }
+    }
+
+    /// Waits (blocking: the journal thread's own) until events are staged; `None` once the
+    /// staging area is closed and empty.
+    fn wait_for_events(&self) -> Option<()> {
+        let mut open = self.lock();
+        while open.sealed.is_empty() {
+            if open.closed {
+                return None;
+            }
+            open.thread_idle = true;
+            open = self.staged.wait(open).unwrap_or_else(|e| e.into_inner());
+        }
+        open.thread_idle = false;
+        Some(())
+    }
+
+    /// Takes the open frame (closed with `]`), leaving `spare` (emptied) to be filled next.
+    fn take(&self, mut spare: Vec<u8>) -> TakenFrame {
+        spare.truncate(super::journal::FRAME_PAYLOAD_START);
+        let done = Arc::default();
+        let mut open = self.lock();
+        let taken = TakenFrame {
+            frame: std::mem::replace(&mut open.frame, spare),
+            sealed: std::mem::take(&mut open.sealed),
+            last: (open.seq, open.head.clone()),
+            done: FrameOutcome(std::mem::replace(&mut open.done, done)),
+        };
+        drop(open);
+        self.room.notify_waiters();
+        let mut taken = taken;
+        taken.frame.push(b']');
+        taken
+    }
+
+    /// A frame could not be made durable: it fails, and so does the open frame, whose events
+    /// were sealed after it; the chain goes on from the durable head.
+    fn rewind(&self, failed: &FrameDone, durable_head: &(u64, String)) {
+        let done = {
+            let mut open = self.lock();
+            open.frame.truncate(super::journal::FRAME_PAYLOAD_START);
+            open.sealed.clear();
+            (open.seq, open.head) = durable_head.clone();
+            std::mem::take(&mut open.done)
+        };
+        self.room.notify_waiters();
+        failed.finish(false);
+        done.finish(false);
+    }
+
+    /// No more events are taken; the journal thread writes what is staged, then ends.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.staged.notify_one();
+        self.room.notify_waiters();
+    }
+}
+
+/// Closes the staging area if the journal thread ends (a panic included), failing the open
+/// frame, so that requests fail (503) rather than wait for a thread that is gone.
+struct JournalThreadExit(Arc<Staging>);
+
+impl Drop for JournalThreadExit {
+    fn drop(&mut self) {
+        let done = {
+            let mut open = self.0.lock();
+            open.closed = true;
+            open.sealed.clear();
+            std::mem::take(&mut open.done)
+        };
+        done.finish(false);
+        self.0.room.notify_waiters();
+    }
+}
+
+/// Journaled batches on their way to the store, each with its room in the backlog.
+type ToStore =
+    tokio::sync::mpsc::UnboundedSender<(Vec<AuditEvent>, tokio::sync::OwnedSemaphorePermit)>;
+
+/// The journaled writer's first part, a thread of its own: writes each frame the requests
+/// filled to the journal with one `fdatasync`, wakes its requests, and passes its events on to
+/// be stored. A thread rather than a task, so that a frame costs no hand-off to the blocking
+/// pool and back for its write and `fdatasync`.
+fn journal_frames(
+    staging: Arc<Staging>,
     mut journal: AuditJournal,
     head: Option<(u64, String)>,
     (to_store, backlog): (ToStore, Arc<tokio::sync::Semaphore>),
     progress: Arc<Progress>,
 ) {
-    let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_string()));
+    let _exit = JournalThreadExit(staging.clone());
+    let mut durable = head.unwrap_or((0, GENESIS.to_string()));
     // The store's progress when a wait to empty the journal last timed out: no new wait until
-    // the store has moved on, so a failing store does not slow every batch.
+    // the store has moved on, so a failing store does not slow every frame.
     let mut gave_up_at = u64::MAX;
     let mut last_sync: Option<std::time::Instant> = None;
-    while let Some(first) = rx.blocking_recv() {
+    // Two frame buffers take turns: requests fill one while the other is written.
+    let mut spare = super::journal::new_frame();
+    while staging.wait_for_events().is_some() {
         if let Some(rest) = last_sync.and_then(|t| SYNC_SPACING.checked_sub(t.elapsed())) {
             std::thread::sleep(rest);
         }
         last_sync = Some(std::time::Instant::now());
-        let batch = gather(first, &mut rx);
+        let mut taken = staging.take(spare);
         // Room in the store backlog first, so that what is journaled can always be passed on.
         // None means the store has been failing for a while: fail these requests (503) now
         // rather than let them, and every retry, wait without end.
-        let Some(room) = backlog_room(&backlog, batch.len()) else {
-            tracing::error!("audit events are not reaching the database; failing requests");
-            fail(batch.into_iter().map(|(_, w)| w).collect());
-            continue;
-        };
+        let room = backlog_room(&backlog, taken.sealed.len());
         // Empty a large journal once the store has everything in it. Under steady load the
         // store is always a gathering pause behind, so it is told to store now and waited for
         // (briefly: one small transaction).
-        if journal.len() > JOURNAL_CLEAR_BYTES {
+        if room.is_some() && journal.len() > JOURNAL_CLEAR_BYTES {
             let stored_now = *progress.stored.borrow();
             if stored_now != gave_up_at {
                 progress.store_now.notify_one();
-                if stored_at_least(&progress, seq, CLEAR_WAIT) {
+                if stored_at_least(&progress, durable.0, CLEAR_WAIT) {
                     if let Err(e) = journal.clear() {
                         tracing::warn!(error = %e, "audit journal could not be emptied; it keeps growing");
                     }
@@ -297,21 +544,28 @@ fn journal_batches(
                 }
             }
         }
-        let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-        let sealed = super::seal_chain(events, seq, &prev);
-        if let Err(e) = journal.append(&sealed) {
-            tracing::error!(error = %e, "audit journal write failed; the requests fail with it");
-            fail(waiters);
+        let written = match room {
+            None => {
+                tracing::error!("audit events are not reaching the database; failing requests");
+                None
+            }
+            Some(room) => match journal.append_frame(&mut taken.frame) {
+                Ok(()) => Some(room),
+                Err(e) => {
+                    tracing::error!(error = %e, "audit journal write failed; the requests fail with it");
+                    None
+                }
+            },
+        };
+        spare = taken.frame;
+        let Some(room) = written else {
+            staging.rewind(&taken.done.0, &durable);
             continue;
-        }
-        if let Some(last) = sealed.last() {
-            (seq, prev) = (last.seq, last.hash.clone());
-        }
-        progress.durable.store(seq, Ordering::SeqCst);
-        for (ev, w) in sealed.iter().zip(waiters) {
-            let _ = w.send(Ok(ev.seq));
-        }
-        if to_store.send((sealed, room)).is_err() {
+        };
+        durable = taken.last;
+        progress.durable.store(durable.0, Ordering::SeqCst);
+        taken.done.0.finish(true);
+        if to_store.send((taken.sealed, room)).is_err() {
             return;
         }
     }
@@ -357,7 +611,7 @@ fn poll_for<T>(
     }
 }
 
-/// The journaled writer's second task: stores journaled batches in order, several at once,
+/// The journaled writer's second task: stores journaled frames in order, several at once,
 /// retrying until the store takes them (they are safe in the journal meanwhile).
 async fn store_batches(
     store: Arc<dyn Store>,
@@ -405,7 +659,7 @@ async fn store_batches(
                                 let done = last_known.clone();
                                 batch.retain(|e| e.seq > head);
                                 if batch.is_empty() {
-                                    progress.stored_up_to(&done);
+                                    progress.stored_up_to(done.seq, &done.hash);
                                     break;
                                 }
                             }
@@ -424,7 +678,7 @@ async fn store_batches(
         }
         drop(room);
         if let Some(last) = batch.last() {
-            progress.stored_up_to(last);
+            progress.stored_up_to(last.seq, &last.hash);
         }
     }
 }
@@ -454,5 +708,46 @@ async fn append_with_retry(
             }
             other => return other,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Requests wait on their frame's outcome: they must learn it whether it is set before or
+    /// after they start waiting, and a frame dropped unfinished (the journal thread panicked
+    /// while writing it) must fail them rather than leave them waiting.
+    #[tokio::test]
+    async fn a_frames_requests_learn_its_outcome_and_an_abandoned_frame_fails_them() {
+        let durable = FrameOutcome(Arc::default());
+        let before = tokio::spawn({
+            let done = durable.0.clone();
+            async move { done.wait().await }
+        });
+        tokio::task::yield_now().await;
+        durable.0.finish(true);
+        let after = durable.0.clone();
+        drop(durable);
+        assert!(
+            before.await.unwrap(),
+            "woken with the outcome set meanwhile"
+        );
+        assert!(
+            after.wait().await,
+            "a finished frame stays durable when dropped"
+        );
+
+        let abandoned = FrameOutcome(Arc::default());
+        let waiter = tokio::spawn({
+            let done = abandoned.0.clone();
+            async move { done.wait().await }
+        });
+        tokio::task::yield_now().await;
+        drop(abandoned);
+        let outcome = tokio::time::timeout(Duration::from_secs(10), waiter)
+            .await
+            .expect("an abandoned frame wakes its requests");
+        assert!(!outcome.unwrap(), "and fails them");
     }
 }
