@@ -18,6 +18,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+/// Rounds of `/health` then encrypt, for the ratio between them.
+const ROUNDS: usize = 3;
+
 pub struct HotPathArgs<'a> {
     pub addr: &'a str,
     pub idp: &'a Path,
@@ -140,8 +143,22 @@ pub async fn run(a: HotPathArgs<'_>) -> Result<()> {
 
     let secs = a.seconds;
     let raw_sign = raw_ecdsa_sign(secs)?;
-    let health = load(clients, &token, Req::Get(format!("{addr}/health")), secs).await?;
-    let enc = load(clients, &token, encrypt.clone(), secs).await?;
+    // This machine's speed drifts by tens of percent within minutes (other tenants), so the
+    // encrypt/health ratio is taken from alternating rounds, each pair a few seconds apart; the
+    // table shows the round with the median ratio.
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let health = load(clients, &token, Req::Get(format!("{addr}/health")), secs).await?;
+        let enc = load(clients, &token, encrypt.clone(), secs).await?;
+        rounds.push((health, enc));
+    }
+    let ratio = |(h, e): &(Stats, Stats)| rate(e) / rate(h);
+    let ratios: Vec<String> = rounds
+        .iter()
+        .map(|r| format!("{:.0} %", 100.0 * ratio(r)))
+        .collect();
+    rounds.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let (health, enc) = rounds.swap_remove(ROUNDS / 2);
     let half = paced(clients, &token, encrypt.clone(), rate(&health) / 2.0, secs).await?;
     let dec = load(
         clients,
@@ -205,9 +222,11 @@ pub async fn run(a: HotPathArgs<'_>) -> Result<()> {
     println!("{}", created.row("key creation (aes-256-gcm)"));
     println!();
     println!(
-        "- encrypt reaches {:.0} % of /health's rate (target ≥ 50 %); paced at half that rate it \
-         completed {:.0}/s with p99 {:.2} ms (target < 2 ms).",
+        "- encrypt reaches {:.0} % of /health's rate (target ≥ 50 %; the median of {ROUNDS} \
+         alternating rounds: {}); paced at half that round's /health rate it completed {:.0}/s \
+         with p99 {:.2} ms (target < 2 ms).",
         100.0 * rate(&enc) / rate(&health),
+        ratios.join(", "),
         rate(&half),
         half.p(0.99)
     );

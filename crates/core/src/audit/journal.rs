@@ -43,7 +43,7 @@ const V1_FRAME_HEADER: usize = 4 + 32;
 /// Bytes of zeros a new journal is given: twice the size at which the writer empties it, so
 /// appends stay inside blocks already allocated while the database catches up.
 pub const PREALLOCATED_BYTES: u64 = 8 << 20;
-/// Largest payload a frame may have (a batch of 512 events is far smaller). A header declaring
+/// Largest payload a frame may have (the writer's frames stay under 1 MiB). A header declaring
 /// more is not a frame, which also bounds what recovery hashes per position it tries.
 const MAX_PAYLOAD: usize = 16 << 20;
 /// Most bytes recovery hashes while looking for intact frames after a bad one; past this, the
@@ -223,7 +223,11 @@ impl AuditJournal {
         if !self.header_synced {
             self.sync_header(generation)?;
         }
-        let payload_len = frame.len().saturating_sub(FRAME_HEADER);
+        let Some(payload_len) = frame.len().checked_sub(FRAME_HEADER) else {
+            return Err(std::io::Error::other(
+                "an audit journal frame must leave room for its header",
+            ));
+        };
         if payload_len > MAX_PAYLOAD {
             return Err(std::io::Error::other(
                 "audit batch too large for one journal frame",

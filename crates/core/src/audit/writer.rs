@@ -260,10 +260,11 @@ fn fail(waiters: Vec<tokio::sync::oneshot::Sender<Result<u64, StoreError>>>) {
     }
 }
 
-/// Most events in one journal frame; requests wait for the next frame once it is full.
-const MAX_FRAME_EVENTS: usize = 4096;
-/// Most payload bytes in one journal frame (far under the journal's limit per frame).
-const MAX_FRAME_BYTES: usize = 4 << 20;
+/// Most events in one journal frame; requests wait for the next frame once it is full. Also
+/// bounds how many requests one failed write fails (this frame and the one filling behind it).
+const MAX_FRAME_EVENTS: usize = 1024;
+/// Most payload bytes in one journal frame: a few frames fit the journal's preallocation.
+const MAX_FRAME_BYTES: usize = 1 << 20;
 
 /// The journal frame that requests are filling, shared by the requests and the journal thread.
 struct Staging {
@@ -366,8 +367,19 @@ impl Staging {
         }
     }
 
+    /// The open frame. A panic while it was held may have left it half-written: then no event
+    /// is taken any more and the frame's requests fail, rather than a broken frame be synced.
     fn lock(&self) -> std::sync::MutexGuard<'_, OpenFrame> {
-        self.open.lock().unwrap_or_else(|e| e.into_inner())
+        self.open.lock().unwrap_or_else(|poisoned| {
+            let mut open = poisoned.into_inner();
+            if !open.closed {
+                open.closed = true;
+                open.frame.truncate(super::journal::FRAME_PAYLOAD_START);
+                open.sealed.clear();
+                std::mem::take(&mut open.done).finish(false);
+            }
+            open
+        })
     }
 
     /// Seals `event` onto the chain into the open frame and waits until that frame is durable.
@@ -389,14 +401,13 @@ impl Staging {
                     || open.frame.len() - super::journal::FRAME_PAYLOAD_START >= MAX_FRAME_BYTES;
                 if !full {
                     let seq = open.seq + 1;
-                    event.link_after(seq, std::mem::take(&mut open.head), &digest);
+                    event.link_after(seq, open.head.clone(), &digest);
                     let mark = open.frame.len();
                     open.frame
                         .push(if open.sealed.is_empty() { b'[' } else { b',' });
                     if let Err(e) = serde_json::to_writer(&mut open.frame, &event) {
                         // Cannot happen for these field types; leave the frame as it was.
                         open.frame.truncate(mark);
-                        open.head = std::mem::take(&mut event.prev_hash);
                         tracing::error!(error = %e, "audit event could not be serialized");
                         return Err(StoreError::Unavailable("audit log unavailable".into()));
                     }
@@ -438,13 +449,16 @@ impl Staging {
     }
 
     /// Takes the open frame (closed with `]`), leaving `spare` (emptied) to be filled next.
-    fn take(&self, mut spare: Vec<u8>) -> TakenFrame {
+    /// `events_hint` sizes the next frame's event list (the last frame's count), so that it is
+    /// not regrown under the lock.
+    fn take(&self, mut spare: Vec<u8>, events_hint: usize) -> TakenFrame {
         spare.truncate(super::journal::FRAME_PAYLOAD_START);
         let done = Arc::default();
+        let sealed = Vec::with_capacity(events_hint.clamp(16, MAX_FRAME_EVENTS));
         let mut open = self.lock();
         let taken = TakenFrame {
             frame: std::mem::replace(&mut open.frame, spare),
-            sealed: std::mem::take(&mut open.sealed),
+            sealed: std::mem::replace(&mut open.sealed, sealed),
             last: (open.seq, open.head.clone()),
             done: FrameOutcome(std::mem::replace(&mut open.done, done)),
         };
@@ -518,12 +532,14 @@ fn journal_frames(
     let mut last_sync: Option<std::time::Instant> = None;
     // Two frame buffers take turns: requests fill one while the other is written.
     let mut spare = super::journal::new_frame();
+    let mut events_hint = 0;
     while staging.wait_for_events().is_some() {
         if let Some(rest) = last_sync.and_then(|t| SYNC_SPACING.checked_sub(t.elapsed())) {
             std::thread::sleep(rest);
         }
         last_sync = Some(std::time::Instant::now());
-        let mut taken = staging.take(spare);
+        let mut taken = staging.take(spare, events_hint);
+        events_hint = taken.sealed.len();
         // Room in the store backlog first, so that what is journaled can always be passed on.
         // None means the store has been failing for a while: fail these requests (503) now
         // rather than let them, and every retry, wait without end.
@@ -623,7 +639,7 @@ async fn store_batches(
 ) {
     // One buffer for the whole life of the task (about 3 MB): a batch of thousands of events
     // is megabytes, and growing a fresh one for each commit reallocated and copied it.
-    let mut batch: Vec<AuditEvent> = Vec::with_capacity(MAX_STORE_BATCH + MAX_BATCH);
+    let mut batch: Vec<AuditEvent> = Vec::with_capacity(MAX_STORE_BATCH + MAX_FRAME_EVENTS);
     while let Some((mut first, mut room)) = from_writer.recv().await {
         // Let batches gather: a store commit costs about the same for one event as for
         // thousands, and the events are already durable in the journal. Cut short when the
