@@ -132,9 +132,8 @@ impl AuditEvent {
 
     /// Links this event after `prev_hash` at `seq` and sets its hash.
     pub fn seal_after(mut self, seq: u64, prev_hash: &str) -> AuditEvent {
-        self.seq = seq;
-        self.prev_hash = prev_hash.to_string();
-        self.hash = self.compute_hash();
+        let digest = self.body_digest();
+        self.link_after(seq, prev_hash.to_string(), &digest);
         self
     }
 }

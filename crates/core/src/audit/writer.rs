@@ -294,6 +294,15 @@ struct OpenFrame {
     closed: bool,
 }
 
+impl OpenFrame {
+    /// Empties the frame without writing it; returns its outcome, for the caller to fail.
+    fn discard(&mut self) -> Arc<FrameDone> {
+        self.frame.truncate(super::journal::FRAME_PAYLOAD_START);
+        self.sealed.clear();
+        std::mem::take(&mut self.done)
+    }
+}
+
 /// The outcome of one frame's durable write, awaited by the requests whose events it carries.
 #[derive(Default)]
 struct FrameDone {
@@ -374,18 +383,15 @@ impl Staging {
             let mut open = poisoned.into_inner();
             if !open.closed {
                 open.closed = true;
-                open.frame.truncate(super::journal::FRAME_PAYLOAD_START);
-                open.sealed.clear();
-                std::mem::take(&mut open.done).finish(false);
+                open.discard().finish(false);
             }
             open
         })
     }
 
     /// Seals `event` onto the chain into the open frame and waits until that frame is durable.
-    /// The sealing happens here, on the request's own thread: the journal thread only writes
-    /// and syncs, and the event never crosses threads (its fields are freed where they were
-    /// allocated).
+    /// The sealing and serializing happen here, on the request's own thread, so that the
+    /// journal thread only writes and syncs.
     async fn record(&self, mut event: AuditEvent) -> Result<u64, StoreError> {
         // The event's own digest needs no lock; only linking it to the previous event does.
         let digest = event.body_digest();
@@ -456,7 +462,7 @@ impl Staging {
         let done = Arc::default();
         let sealed = Vec::with_capacity(events_hint.clamp(16, MAX_FRAME_EVENTS));
         let mut open = self.lock();
-        let taken = TakenFrame {
+        let mut taken = TakenFrame {
             frame: std::mem::replace(&mut open.frame, spare),
             sealed: std::mem::replace(&mut open.sealed, sealed),
             last: (open.seq, open.head.clone()),
@@ -464,7 +470,6 @@ impl Staging {
         };
         drop(open);
         self.room.notify_waiters();
-        let mut taken = taken;
         taken.frame.push(b']');
         taken
     }
@@ -474,10 +479,8 @@ impl Staging {
     fn rewind(&self, failed: &FrameDone, durable_head: &(u64, String)) {
         let done = {
             let mut open = self.lock();
-            open.frame.truncate(super::journal::FRAME_PAYLOAD_START);
-            open.sealed.clear();
             (open.seq, open.head) = durable_head.clone();
-            std::mem::take(&mut open.done)
+            open.discard()
         };
         self.room.notify_waiters();
         failed.finish(false);
@@ -501,8 +504,7 @@ impl Drop for JournalThreadExit {
         let done = {
             let mut open = self.0.lock();
             open.closed = true;
-            open.sealed.clear();
-            std::mem::take(&mut open.done)
+            open.discard()
         };
         done.finish(false);
         self.0.room.notify_waiters();
