@@ -6,7 +6,7 @@
 //! encrypts at half the `/health` rate (open loop, latency measured from each request's
 //! scheduled time, so a stall is not hidden by the client waiting) to read p99 at that load.
 
-use crate::{Req, Stats, gather, load, on_every_core, send};
+use crate::{Prepared, Req, Stats, gather, hit, load, on_every_core, send};
 use anyhow::{Context, Result};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -49,8 +49,14 @@ fn raw_ecdsa_sign(seconds: u64) -> Result<Stats> {
     })
 }
 
-/// Open loop: `rate` requests per second spread over the connections, each sent at its
-/// scheduled time (or at once if late); latency counts from the scheduled time.
+/// How often, at most, the pacer thread wakes to release the requests that have come due.
+const PACER_TICK: Duration = Duration::from_micros(100);
+
+/// Open loop: `rate` requests per second, each released at its scheduled time to the next
+/// connection in turn; latency counts from the scheduled time, so a request that waits behind
+/// a slow one on its connection, or a late release, counts against the server, never for it.
+/// A thread of its own releases them: tokio's timers round every deadline up to the next
+/// millisecond, which would add up to a millisecond of the client's own timer to each latency.
 async fn paced(
     clients: &[reqwest::Client],
     token: &str,
@@ -58,28 +64,51 @@ async fn paced(
     rate: f64,
     seconds: u64,
 ) -> Result<Stats> {
-    let per_worker = rate / clients.len() as f64;
-    let interval = Duration::from_secs_f64(1.0 / per_worker);
+    let req = Arc::new(Prepared::new(&req, token)?);
+    for c in clients {
+        hit(c, &req).await?;
+    }
+    let (releases, queues): (Vec<_>, Vec<_>) = clients
+        .iter()
+        .map(|_| tokio::sync::mpsc::unbounded_channel::<Instant>())
+        .unzip();
     let started = Instant::now();
     let end = started + Duration::from_secs(seconds);
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let pacer = std::thread::spawn(move || {
+        let mut due = started;
+        let mut turn = 0;
+        while due < end {
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep((due - now).max(PACER_TICK));
+                continue;
+            }
+            while due <= now && due < end {
+                // A worker that has gone (its request failed) is reported by the gather.
+                let _ = releases[turn % releases.len()].send(due);
+                turn += 1;
+                due += interval;
+            }
+        }
+    });
     let mut tasks = Vec::new();
-    for (i, c) in clients.iter().enumerate() {
-        let (c, req, token) = (c.clone(), req.clone(), token.to_string());
-        // Stagger the workers across one interval.
-        let first = started + interval.mul_f64(i as f64 / clients.len() as f64);
+    for (c, mut queue) in clients.iter().cloned().zip(queues) {
+        let req = req.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
-            let mut due = first;
-            while due < end {
-                tokio::time::sleep_until(due.into()).await;
-                send(&c, &token, &req).await?;
+            while let Some(due) = queue.recv().await {
+                hit(&c, &req).await?;
                 lat.push(due.elapsed());
-                due += interval;
             }
             Ok::<_, anyhow::Error>(lat)
         }));
     }
-    gather(started, tasks).await
+    let stats = gather(started, tasks).await;
+    pacer
+        .join()
+        .map_err(|_| anyhow::anyhow!("pacer thread panicked"))?;
+    stats
 }
 
 /// Key creation, closed loop: each request creates a new AES key with a unique name.

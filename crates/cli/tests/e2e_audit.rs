@@ -450,6 +450,65 @@ async fn token_plaintext_and_context_are_stored_only_as_keyed_hashes() {
 
 // ---- access --------------------------------------------------------------------------------
 
+/// A token's keyed hash is kept with the verified token, so that it is computed once per token:
+/// every event must still carry the hash of the token that made its request, whichever tokens
+/// came before it, as the auditor's hash lookup computes it afresh.
+#[tokio::test]
+async fn each_event_carries_the_keyed_hash_of_its_own_token() {
+    let dir = TempDir::new("audit-token-hash");
+    let es = Signer::es256("es-1");
+    let jwks = dir.path().join("jwks.json");
+    jwt::write_jwks(&jwks, std::slice::from_ref(&es.jwk));
+    let s = Server::start_dev(dir.path(), &jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
+    let alice = es.token(&claims_with_roles("alice", "acme", &["user"]));
+    let carol = es.token(&claims_with_roles("carol", "acme", &["user"]));
+    let auditor = es.token(&claims_with_roles("audrey", "acme", &["auditor"]));
+    let alice_key = create_key(&s, &alice, "alice-key").await;
+    let carol_key = create_key(&s, &carol, "carol-key").await;
+
+    let mut requests = Vec::new();
+    for (token, key) in [
+        (&alice, &alice_key),
+        (&carol, &carol_key),
+        (&alice, &alice_key),
+        (&carol, &carol_key),
+        // Someone else's key: denied, and still audited under the caller's token.
+        (&alice, &carol_key),
+    ] {
+        let r = send(
+            &s,
+            Method::POST,
+            &format!("/api/v1/keys/{key}/encrypt"),
+            Some(token),
+            Some(&json!({"plaintext": b64(b"x")}).to_string()),
+        )
+        .await;
+        requests.push((token, r.request_id));
+    }
+
+    let events = lines(&export(&s, &auditor, "").await);
+    for (token, request_id) in &requests {
+        let expected = send(
+            &s,
+            Method::POST,
+            "/api/v1/audit/hash",
+            Some(&auditor),
+            Some(&json!({ "token": token }).to_string()),
+        )
+        .await;
+        assert_eq!(expected.status, 200, "{}", expected.raw);
+        let event = by_request_id(&events, request_id);
+        assert_eq!(event.len(), 1, "one event for {request_id}");
+        assert_eq!(
+            event[0]["hashed"]["token"], expected.body["hash"],
+            "event {request_id} carries another token's hash"
+        );
+    }
+    let alice_hash = &by_request_id(&events, &requests[0].1)[0]["hashed"]["token"];
+    let carol_hash = &by_request_id(&events, &requests[1].1)[0]["hashed"]["token"];
+    assert_ne!(alice_hash, carol_hash);
+}
+
 #[tokio::test]
 async fn users_cannot_read_the_log_and_auditors_see_only_their_org() {
     let dir = TempDir::new("audit-access");

@@ -53,7 +53,10 @@ impl WrappingKey {
 /// Builds an unambiguous AAD from labelled parts: each part is length-prefixed, so
 /// ("ab","c") and ("a","bc") never collide.
 pub fn context(purpose: &str, parts: &[&[u8]]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
+    // Sized exactly: a context is built on every audited request (a bearer token is hundreds
+    // of bytes), and growing it from a guess reallocated and copied it several times.
+    let len = 4 + purpose.len() + parts.iter().map(|p| 4 + p.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(len);
     for p in std::iter::once(purpose.as_bytes()).chain(parts.iter().copied()) {
         out.extend_from_slice(&(p.len() as u32).to_be_bytes());
         out.extend_from_slice(p);

@@ -16,7 +16,7 @@ use sovra_core::Principal;
 use sovra_core::audit::AuditEvent;
 use sovra_crypto::SecretBytes;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What the request revealed while it ran.
 #[derive(Default)]
@@ -27,6 +27,8 @@ struct Facts {
     cert_fingerprint: Option<String>,
     resource: Option<String>,
     sensitive: Vec<(&'static str, SecretBytes)>,
+    /// Where the authenticated bearer token's keyed hash is kept between its requests.
+    token_hash: Option<Arc<OnceLock<String>>>,
 }
 
 tokio::task_local! {
@@ -49,6 +51,13 @@ pub fn note_principal(p: &Principal) {
         f.auth_method = Some(p.auth_method.as_str());
         f.cert_fingerprint = p.cert_fingerprint.clone();
     });
+}
+
+/// Where the keyed hash of the token that authenticated this request is kept (with the
+/// verified token, by the `Auth` extractor's authenticator), so that it is computed once per
+/// token rather than once per request.
+pub fn note_token_hash_slot(slot: Arc<OnceLock<String>>) {
+    with_facts(|f| f.token_hash = Some(slot));
 }
 
 /// The resource acted on, when the path does not name it (a decrypt names its key in the
@@ -83,21 +92,28 @@ pub fn action_name(method: &Method, route: Option<&str>) -> String {
     let Some(route) = route else {
         return "unmatched".into();
     };
-    let raw: Vec<&str> = route
-        .trim_start_matches("/api/v1/")
-        .trim_start_matches('/')
-        .split('/')
-        .collect();
-    let named: Vec<&str> = raw
-        .iter()
-        .copied()
-        .filter(|s| !s.starts_with('{'))
-        .collect();
-    let mut action = named.join(".");
-    let ends_in_param = raw.last().is_some_and(|s| s.starts_with('{'));
+    let route = route.trim_start_matches("/api/v1/").trim_start_matches('/');
+    // Taken on every audited request: one string, no list of segments.
+    let mut action = String::with_capacity(route.len() + 8);
+    let mut named = 0;
+    let mut first = "";
+    let mut ends_in_param = false;
+    for segment in route.split('/') {
+        ends_in_param = segment.starts_with('{');
+        if ends_in_param {
+            continue;
+        }
+        if named == 0 {
+            first = segment;
+        } else {
+            action.push('.');
+        }
+        action.push_str(segment);
+        named += 1;
+    }
     // `/decrypt` is an operation, not a collection: it is its own action (not `decrypt.create`).
-    let operation = named.len() == 1 && OPERATIONS.contains(&named[0]);
-    if ends_in_param || (named.len() == 1 && !operation) {
+    let operation = named == 1 && OPERATIONS.contains(&first);
+    if ends_in_param || (named == 1 && !operation) {
         let verb = match (method.as_str(), ends_in_param) {
             ("GET", false) => "list",
             ("GET", true) => "read",
@@ -120,8 +136,11 @@ fn resource_from_path(route: Option<&str>, path: &str) -> String {
     for (pattern, actual) in route.split('/').zip(path.split('/')) {
         if pattern == "{id}" {
             // The id is caller-chosen text: bounded, whatever was sent.
-            let id: String = actual.chars().take(64).collect();
-            return format!("key/{id}");
+            let end = actual
+                .char_indices()
+                .nth(MAX_RESOURCE_ID_CHARS)
+                .map_or(actual.len(), |(at, _)| at);
+            return ["key/", &actual[..end]].concat();
         }
     }
     route
@@ -131,6 +150,9 @@ fn resource_from_path(route: Option<&str>, path: &str) -> String {
         .unwrap_or("none")
         .to_string()
 }
+
+/// Most characters of a caller-chosen key id an event keeps.
+const MAX_RESOURCE_ID_CHARS: usize = 64;
 
 fn outcome(status: StatusCode) -> &'static str {
     match status.as_u16() {
@@ -164,9 +186,9 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string());
-    let action = action_name(req.method(), route.as_deref());
-    let path_resource = resource_from_path(route.as_deref(), req.uri().path());
+        .map(MatchedPath::as_str);
+    let action = action_name(req.method(), route);
+    let path_resource = resource_from_path(route, req.uri().path());
     let source = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -183,11 +205,15 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
         if st.kms.is_unsealed()
             && let Ok(keys) = st.kms.audit_keys().await
         {
-            for (field, value) in token
-                .iter()
-                .map(|t| ("token", t))
-                .chain(facts.sensitive.iter().map(|(f, v)| (*f, v)))
-            {
+            if let Some(token) = &token {
+                let hash = || keys.keyed_hash("token", token.expose());
+                let hash = match &facts.token_hash {
+                    Some(slot) => slot.get_or_init(hash).clone(),
+                    None => hash(),
+                };
+                hashed.insert("token".to_string(), hash);
+            }
+            for (field, value) in &facts.sensitive {
                 hashed.insert(field.to_string(), keys.keyed_hash(field, value.expose()));
             }
         }
@@ -333,6 +359,12 @@ mod tests {
         assert_eq!(
             resource_from_path(Some("/api/v1/keys/{id}"), &long).len(),
             4 + 64
+        );
+        // Bounded by characters, never cut inside one.
+        let wide = format!("/api/v1/keys/{}", "é".repeat(100));
+        assert_eq!(
+            resource_from_path(Some("/api/v1/keys/{id}"), &wide),
+            format!("key/{}", "é".repeat(64))
         );
     }
 }

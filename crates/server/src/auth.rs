@@ -53,6 +53,9 @@ struct VerifiedToken {
     principal: Principal,
     valid_from: u64,
     expires_at: u64,
+    /// The token's keyed hash for audit events, computed by the first request that needs it:
+    /// the token is hundreds of bytes, and each request would otherwise hash it again.
+    audit_hash: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
 pub struct Authenticator {
@@ -250,10 +253,12 @@ impl Authenticator {
         if let Some(hit) = self.verified.get(&digest) {
             let now = unix_now();
             if hit.valid_from <= now && now < hit.expires_at {
+                crate::audit::note_token_hash_slot(hit.audit_hash.clone());
                 return Ok(hit.principal.clone());
             }
         }
         let verified = self.verify_jwt(token).await?;
+        crate::audit::note_token_hash_slot(verified.audit_hash.clone());
         let principal = verified.principal.clone();
         self.verified.insert(digest, std::sync::Arc::new(verified));
         Ok(principal)
@@ -358,6 +363,7 @@ impl Authenticator {
             expires_at: claim_secs("exp")
                 .ok_or_else(|| invalid("missing exp"))?
                 .saturating_add(CLOCK_SKEW_SECONDS),
+            audit_hash: Default::default(),
         })
     }
 }

@@ -71,40 +71,93 @@ pub enum ExportLine {
     Checkpoint(Checkpoint),
 }
 
-fn opt(s: &Option<String>) -> Vec<u8> {
-    // Absent and empty must differ: a presence byte precedes the value.
-    match s {
-        None => vec![0],
-        Some(v) => [&[1u8][..], v.as_bytes()].concat(),
+/// The encoding of [`context`], written part by part into one buffer: an event's digest is
+/// taken on every audited request, and building each part (and the parts' list) first cost a
+/// dozen allocations.
+struct Parts(Vec<u8>);
+
+impl Parts {
+    fn new(purpose: &str, capacity: usize) -> Parts {
+        let mut parts = Parts(Vec::with_capacity(capacity));
+        parts.part(purpose.as_bytes());
+        parts
+    }
+
+    /// A 4-byte big-endian length, then the bytes.
+    fn part(&mut self, bytes: &[u8]) {
+        self.0
+            .extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+        self.0.extend_from_slice(bytes);
+    }
+
+    /// An optional value: absent and empty must differ, so a presence byte precedes the value.
+    fn optional(&mut self, value: &Option<String>) {
+        match value {
+            None => self.part(&[0]),
+            Some(v) => {
+                self.0
+                    .extend_from_slice(&(1 + v.len() as u32).to_be_bytes());
+                self.0.push(1);
+                self.0.extend_from_slice(v.as_bytes());
+            }
+        }
+    }
+
+    /// One part made of what `write` appends, its length filled in afterwards.
+    fn nested(&mut self, write: impl FnOnce(&mut Parts)) {
+        let at = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        write(self);
+        let len = (self.0.len() - at - 4) as u32;
+        self.0[at..at + 4].copy_from_slice(&len.to_be_bytes());
     }
 }
 
 impl AuditEvent {
-    /// SHA-256 of every field except the chain links (seq, prev_hash, hash).
+    /// SHA-256 of every field except the chain links (seq, prev_hash, hash): the hex digest of
+    /// `context("sovra/audit-event/v1", [time_ms, org?, actor, auth_method, cert_fingerprint?,
+    /// action, resource, outcome, error_code?, request_id, source, hashed])`, where an optional
+    /// field is a presence byte and its value, and `hashed` is each (name, value) pair's
+    /// `context("", [name, value])`, in name order.
     pub fn body_digest(&self) -> String {
-        let hashed: Vec<u8> = self
+        let strings = [
+            self.org.as_deref(),
+            Some(self.actor.as_str()),
+            Some(self.auth_method.as_str()),
+            self.cert_fingerprint.as_deref(),
+            Some(self.action.as_str()),
+            Some(self.resource.as_str()),
+            Some(self.outcome.as_str()),
+            self.error_code.as_deref(),
+            Some(self.request_id.as_str()),
+            Some(self.source.as_str()),
+        ];
+        let hashed_len: usize = self
             .hashed
             .iter()
-            .flat_map(|(k, v)| context("", &[k.as_bytes(), v.as_bytes()]))
-            .collect();
-        let bytes = context(
-            "sovra/audit-event/v1",
-            &[
-                &self.time_ms.to_be_bytes(),
-                &opt(&self.org),
-                self.actor.as_bytes(),
-                self.auth_method.as_bytes(),
-                &opt(&self.cert_fingerprint),
-                self.action.as_bytes(),
-                self.resource.as_bytes(),
-                self.outcome.as_bytes(),
-                &opt(&self.error_code),
-                self.request_id.as_bytes(),
-                self.source.as_bytes(),
-                &hashed,
-            ],
-        );
-        hex(&sovra_crypto::sha256(&bytes))
+            .map(|(k, v)| 12 + k.len() + v.len())
+            .sum();
+        let capacity = 128 + strings.iter().flatten().map(|s| s.len()).sum::<usize>() + hashed_len;
+        let mut parts = Parts::new("sovra/audit-event/v1", capacity);
+        parts.part(&self.time_ms.to_be_bytes());
+        parts.optional(&self.org);
+        parts.part(self.actor.as_bytes());
+        parts.part(self.auth_method.as_bytes());
+        parts.optional(&self.cert_fingerprint);
+        parts.part(self.action.as_bytes());
+        parts.part(self.resource.as_bytes());
+        parts.part(self.outcome.as_bytes());
+        parts.optional(&self.error_code);
+        parts.part(self.request_id.as_bytes());
+        parts.part(self.source.as_bytes());
+        parts.nested(|hashed| {
+            for (k, v) in &self.hashed {
+                hashed.part(b"");
+                hashed.part(k.as_bytes());
+                hashed.part(v.as_bytes());
+            }
+        });
+        hex(&sovra_crypto::sha256(&parts.0))
     }
 
     /// The hash this event must carry, given its fields and `prev_hash`.
@@ -187,17 +240,13 @@ impl Checkpoint {
     }
 }
 
-/// One link of the chain: sequence, body digest and the previous hash.
+/// One link of the chain: `context("sovra/audit-link/v1", [seq, body digest, prev_hash])`.
 fn link_hash(seq: u64, body_digest: &str, prev_hash: &str) -> String {
-    let bytes = context(
-        "sovra/audit-link/v1",
-        &[
-            &seq.to_be_bytes(),
-            body_digest.as_bytes(),
-            prev_hash.as_bytes(),
-        ],
-    );
-    hex(&sovra_crypto::sha256(&bytes))
+    let mut parts = Parts::new("sovra/audit-link/v1", 180);
+    parts.part(&seq.to_be_bytes());
+    parts.part(body_digest.as_bytes());
+    parts.part(prev_hash.as_bytes());
+    hex(&sovra_crypto::sha256(&parts.0))
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
@@ -432,6 +481,66 @@ mod tests {
 
     fn verify(lines: &[String], spki: &[u8]) -> Result<VerifyReport, VerifyError> {
         verify_export(&lines.join("\n"), spki)
+    }
+
+    /// The chain's format is what every stored chain and every export was written in: these
+    /// digests and links were computed independently (Python's `hashlib` and `struct`, from the
+    /// format as documented in docs/audit.md), not by this code.
+    #[test]
+    fn event_digests_and_links_match_an_independent_computation() {
+        let a = AuditEvent {
+            seq: 0,
+            time_ms: 1_764_000_000_123,
+            org: Some("org-1".into()),
+            actor: "user:alice".into(),
+            auth_method: "jwt".into(),
+            cert_fingerprint: None,
+            action: "keys.encrypt".into(),
+            resource: "key/k1".into(),
+            outcome: "success".into(),
+            error_code: None,
+            request_id: "req-1".into(),
+            source: "127.0.0.1".into(),
+            hashed: BTreeMap::from([
+                ("token".to_string(), "ab".repeat(32)),
+                ("context".to_string(), "cd".repeat(32)),
+            ]),
+            prev_hash: String::new(),
+            hash: String::new(),
+        };
+        // Absent and empty differ; a negative time; no keyed hashes.
+        let b = AuditEvent {
+            time_ms: -5,
+            org: None,
+            actor: String::new(),
+            auth_method: "none".into(),
+            cert_fingerprint: Some(String::new()),
+            action: "decrypt".into(),
+            resource: "none".into(),
+            outcome: "failure".into(),
+            error_code: Some("bad_ciphertext".into()),
+            request_id: String::new(),
+            source: "::1".into(),
+            hashed: BTreeMap::new(),
+            ..a.clone()
+        };
+        assert_eq!(
+            a.body_digest(),
+            "1e2731bcd706f0d0e71a2c1877d9ca09f4e905071dd7362fb961674989e7e2cf"
+        );
+        assert_eq!(
+            b.body_digest(),
+            "4e413968bf577c0da175e8c27da9d24ecbfa57651863d2a3f4f9dc41fac3b58f"
+        );
+        let sealed = seal_chain(vec![a, b], 0, GENESIS);
+        assert_eq!(
+            sealed[0].hash,
+            "6a75cab4632626fa4d15947a8e3419698e57eb7299ddaffe14e86dc8ee82ac01"
+        );
+        assert_eq!(
+            sealed[1].hash,
+            "a98b86f0c50e54a8ccaa86647fe9a5e1f848750353f553c2c54a38f7f5bd1181"
+        );
     }
 
     #[test]
