@@ -202,7 +202,14 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     .await;
     assert!(create.status < 300, "{}", create.raw);
     let id = create.body["id"].as_str().unwrap().to_string();
-    expected.push((create, "keys.create", "success", actor, None));
+    // A creation names the key it created.
+    expected.push((
+        create,
+        "keys.create",
+        "success",
+        actor,
+        Some(format!("key/{id}")),
+    ));
 
     let ctx = json!({"tenant": "t-1"});
     let enc = send(
@@ -856,15 +863,13 @@ async fn a_siem_that_is_down_neither_blocks_requests_nor_loses_events() {
 
 // ---- slow client ---------------------------------------------------------------------------
 
-#[tokio::test]
-async fn a_byte_per_second_client_is_cut_off_and_loses_nothing() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let dir = TempDir::new("audit-slow");
-    let s = Server::start_dev(dir.path(), "[limits]\nrequest_timeout_seconds = 2\n");
-    let token = dev_token(&s).to_string();
-    create_key(&s, &token, "before-slow").await;
-    let keys_before = s.client().list_keys().await.unwrap();
-
+/// A TLS connection to the server with nothing on top, for requests no HTTP client would send.
+async fn raw_tls(
+    s: &Server,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    String,
+) {
     let mut roots = rustls::RootCertStore::empty();
     use rustls_pki_types::pem::PemObject;
     for cert in rustls_pki_types::CertificateDer::pem_file_iter(&s.cacert).unwrap() {
@@ -884,6 +889,70 @@ async fn a_byte_per_second_client_is_cut_off_and_loses_nothing() {
         .connect(name, tcp)
         .await
         .unwrap();
+    (stream, host_port)
+}
+
+/// A client that hangs up while its request runs cannot cancel the request's audit event: the
+/// operation it started (here a slow RSA-4096 key creation) happens, and is audited with its
+/// real outcome.
+#[tokio::test]
+async fn a_client_that_hangs_up_mid_request_still_has_its_operation_audited() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("audit-hangup");
+    let s = Server::start_dev(dir.path(), "");
+    let token = dev_token(&s).to_string();
+    let (mut stream, host_port) = raw_tls(&s).await;
+    let body = r#"{"name":"hung-up","type":"rsa-4096"}"#;
+    let request = format!(
+        "POST /api/v1/keys HTTP/1.1\r\nhost: {host_port}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    // Gone once the request is running, before the key can have been generated.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stream);
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let key = loop {
+        let keys = s.client().list_keys().await.unwrap();
+        if let Some(k) = keys.into_iter().find(|k| k.name == "hung-up") {
+            break k;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the key was never created; server log:\n{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let resource = json!(format!("key/{}", key.id));
+    let events = lines(&export(&s, &token, "").await);
+    let created: Vec<_> = events
+        .iter()
+        .filter(|e| e["action"] == json!("keys.create") && e["resource"] == resource)
+        .collect();
+    assert_eq!(created.len(), 1, "{events:#?}");
+    assert_eq!(created[0]["outcome"], json!("success"));
+    let (ok, out) = verify(
+        dir.path(),
+        &export(&s, &token, "").await,
+        &public_key_pem(&s).await,
+    );
+    assert!(ok, "{out}");
+}
+
+#[tokio::test]
+async fn a_byte_per_second_client_is_cut_off_and_loses_nothing() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = TempDir::new("audit-slow");
+    let s = Server::start_dev(dir.path(), "[limits]\nrequest_timeout_seconds = 2\n");
+    let token = dev_token(&s).to_string();
+    create_key(&s, &token, "before-slow").await;
+    let keys_before = s.client().list_keys().await.unwrap();
+
+    let (stream, host_port) = raw_tls(&s).await;
     let (mut rd, mut wr) = tokio::io::split(stream);
 
     // A body far longer than the deadline allows at one byte per second.

@@ -259,18 +259,76 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
             }
         }
     };
-    let task = tokio::spawn(tracing::Instrument::in_current_span(
+    FinishedEvenIfDropped::new(tracing::Instrument::in_current_span(
         REQUEST_ID.scope(request_id, work),
-    ));
-    match task.await {
-        Ok(resp) => resp,
-        Err(_) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
-        .into_response(),
+    ))
+    .await
+}
+
+/// A request's work (the operation and its audit event), run inside the connection's task; if
+/// that task drops it unfinished (the client went away, the server is shutting the connection
+/// down), it moves to a task of its own and finishes there. So a client that disconnects
+/// cannot cancel the event of an operation that already happened, without a task per request:
+/// spawning every request cost its own scheduling, and its wake-up after the audit write came
+/// on whichever worker, cold, and then woke the connection's task in turn.
+struct FinishedEvenIfDropped<F: Future<Output = Response> + Send + 'static> {
+    /// Boxed so that it can move, mid-flight, to a task of its own.
+    work: Option<std::pin::Pin<Box<F>>>,
+}
+
+impl<F: Future<Output = Response> + Send + 'static> FinishedEvenIfDropped<F> {
+    fn new(work: F) -> Self {
+        FinishedEvenIfDropped {
+            work: Some(Box::pin(work)),
+        }
     }
+}
+
+impl<F: Future<Output = Response> + Send + 'static> Future for FinishedEvenIfDropped<F> {
+    type Output = Response;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Response> {
+        let Some(work) = self.work.as_mut() else {
+            return std::task::Poll::Ready(internal_error());
+        };
+        // A panic in a handler answers 500, as a panicking task's join would, rather than
+        // unwinding through the connection's task.
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work.as_mut().poll(cx)));
+        match polled {
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Ok(std::task::Poll::Ready(resp)) => {
+                self.work = None;
+                std::task::Poll::Ready(resp)
+            }
+            Err(_) => {
+                self.work = None;
+                std::task::Poll::Ready(internal_error())
+            }
+        }
+    }
+}
+
+impl<F: Future<Output = Response> + Send + 'static> Drop for FinishedEvenIfDropped<F> {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(work);
+        }
+    }
+}
+
+fn internal_error() -> Response {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "internal error",
+    )
+    .into_response()
 }
 
 /// Signs the newest head this node appended, if it is newer than the last one signed.
@@ -294,6 +352,42 @@ pub async fn checkpoint(st: &AppState, last_signed: &mut u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The guarantee the audit layer rests on: work its connection drops unfinished still runs
+    /// to its end (there, the audit event), in a task of its own; and a panic in it answers
+    /// 500 instead of unwinding through the connection.
+    #[tokio::test]
+    async fn dropped_work_finishes_in_a_task_of_its_own_and_a_panic_answers_500() {
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let (finished, finish) = tokio::sync::oneshot::channel::<&str>();
+        let work = async move {
+            let _ = released.await;
+            let _ = finished.send("the event was recorded");
+            StatusCode::OK.into_response()
+        };
+        let mut request = Box::pin(FinishedEvenIfDropped::new(work));
+        let waker = std::task::Waker::noop();
+        assert!(
+            request
+                .as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_pending()
+        );
+        drop(request);
+        release.send(()).unwrap();
+        let outcome = tokio::time::timeout(std::time::Duration::from_secs(10), finish)
+            .await
+            .expect("the dropped work went on");
+        assert_eq!(outcome.unwrap(), "the event was recorded");
+
+        let panics = FinishedEvenIfDropped::new(async {
+            if std::hint::black_box(true) {
+                panic!("a handler bug");
+            }
+            StatusCode::OK.into_response()
+        });
+        assert_eq!(panics.await.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
 
     #[test]
     fn every_route_gets_a_distinct_action_name() {

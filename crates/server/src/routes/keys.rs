@@ -89,6 +89,8 @@ pub async fn create_key(
             },
         )
         .await?;
+    // The event names the key created, not just the collection.
+    crate::audit::note_resource(format!("key/{}", info.id));
     Ok((StatusCode::CREATED, Json(info)))
 }
 
