@@ -943,6 +943,47 @@ async fn a_client_that_hangs_up_mid_request_still_has_its_operation_audited() {
     assert!(ok, "{out}");
 }
 
+/// Stopping the server drains requests, not connections: a request whose client hung up has
+/// no connection left, and still runs to its event before the process exits.
+#[tokio::test]
+async fn a_stop_right_after_a_client_hangs_up_waits_for_its_request() {
+    use tokio::io::AsyncWriteExt;
+    let dir = TempDir::new("audit-hangup-stop");
+    let data = dir.path().join("data");
+    let s = Server::start_dev(&data, "");
+    let token = dev_token(&s).to_string();
+    let (mut stream, host_port) = raw_tls(&s).await;
+    let body = r#"{"name":"hung-up-then-stopped","type":"rsa-4096"}"#;
+    let request = format!(
+        "POST /api/v1/keys HTTP/1.1\r\nhost: {host_port}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stream);
+    assert!(s.stop(), "server did not stop cleanly");
+
+    let s = Server::start_dev(&data, "");
+    let token = dev_token(&s).to_string();
+    let keys = s.client().list_keys().await.unwrap();
+    let key = keys
+        .iter()
+        .find(|k| k.name == "hung-up-then-stopped")
+        .expect("the request ran to its end before the server exited");
+    let exported = export(&s, &token, "").await;
+    let resource = json!(format!("key/{}", key.id));
+    assert!(
+        lines(&exported)
+            .iter()
+            .any(|e| e["action"] == json!("keys.create") && e["resource"] == resource),
+        "the creation is audited"
+    );
+    let (ok, out) = verify(dir.path(), &exported, &public_key_pem(&s).await);
+    assert!(ok, "{out}");
+}
+
 #[tokio::test]
 async fn a_byte_per_second_client_is_cut_off_and_loses_nothing() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -162,15 +162,19 @@ fn outcome(status: StatusCode) -> &'static str {
     }
 }
 
+/// The bearer token, parsed as the `Auth` extractor parses it (scheme, one space, the token,
+/// trimmed), so that the token hashed here is the one that authenticated the request; here on
+/// raw bytes, since a header that is not text is audited too.
 fn bearer_token(req: &Request) -> Option<SecretBytes> {
     let value = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)?
         .as_bytes();
-    let token = value
-        .get(7..)
-        .filter(|_| value[..7].eq_ignore_ascii_case(b"bearer "))?;
-    Some(SecretBytes::from_slice(token.trim_ascii()))
+    let space = value.iter().position(|b| *b == b' ')?;
+    let (scheme, token) = (&value[..space], &value[space + 1..]);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| SecretBytes::from_slice(token.trim_ascii()))
 }
 
 /// The audit layer. The request runs in its own task, so a client that disconnects cannot
@@ -198,7 +202,9 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
     let facts = Arc::new(Mutex::new(Facts::default()));
     let guard = crate::serve::InFlightGuard::new(st.in_flight.clone());
     let work = async move {
-        let resp = FACTS.scope(facts.clone(), next.run(req)).await;
+        // A handler that panics may have done its work already: it is answered 500 and audited
+        // like any other failure.
+        let resp = answered_even_if_it_panics(FACTS.scope(facts.clone(), next.run(req))).await;
         let facts = std::mem::take(&mut *facts.lock().unwrap_or_else(|e| e.into_inner()));
         let mut hashed = std::collections::BTreeMap::new();
         // The HMAC key exists only while unsealed; a sealed server has nothing to hash with.
@@ -305,7 +311,10 @@ impl<F: Future<Output = Response> + Send + 'static> Future for FinishedEvenIfDro
                 std::task::Poll::Ready(resp)
             }
             Err(_) => {
-                self.work = None;
+                // Dropping what panicked may panic again; that must not unwind either.
+                let work = self.work.take();
+                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(work)));
+                tracing::error!("a request panicked outside its handler; answered 500");
                 std::task::Poll::Ready(internal_error())
             }
         }
@@ -314,10 +323,27 @@ impl<F: Future<Output = Response> + Send + 'static> Future for FinishedEvenIfDro
 
 impl<F: Future<Output = Response> + Send + 'static> Drop for FinishedEvenIfDropped<F> {
     fn drop(&mut self) {
-        if let Some(work) = self.work.take()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
-            runtime.spawn(work);
+        let Some(work) = self.work.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(work);
+            }
+            Err(_) => tracing::error!(
+                "a request was dropped unfinished outside the runtime; its audit event may be missing"
+            ),
+        }
+    }
+}
+
+/// The response of `handler`, or a 500 if it panics.
+async fn answered_even_if_it_panics(handler: impl Future<Output = Response>) -> Response {
+    match futures_util::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(handler)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            tracing::error!("a request handler panicked; answered 500");
+            internal_error()
         }
     }
 }
@@ -387,6 +413,20 @@ mod tests {
             StatusCode::OK.into_response()
         });
         assert_eq!(panics.await.status(), StatusCode::INTERNAL_SERVER_ERROR);
+
+        // Inside the work, a handler's panic becomes a 500 response that the event records.
+        let handler = answered_even_if_it_panics(async {
+            if std::hint::black_box(true) {
+                panic!("a handler bug");
+            }
+            StatusCode::OK.into_response()
+        });
+        let resp = handler.await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            resp.extensions().get::<ErrorCode>().map(|c| c.0),
+            Some("internal")
+        );
     }
 
     #[test]

@@ -453,10 +453,13 @@ pub async fn serve(
         // Let the last responses flush.
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    // Connections closing is not enough: a request whose client hung up goes on without one
+    // (to its audit event), so the drain waits for the requests themselves.
     let drained = async {
+        tokio::pin!(requests_done);
         tokio::select! {
-            _ = graceful.shutdown() => {},
-            _ = requests_done => {},
+            _ = graceful.shutdown() => requests_done.await,
+            _ = &mut requests_done => {},
         }
     };
     if tokio::time::timeout(SHUTDOWN_GRACE, drained).await.is_err() {
