@@ -457,16 +457,22 @@ async fn token_plaintext_and_context_are_stored_only_as_keyed_hashes() {
 
 // ---- access --------------------------------------------------------------------------------
 
+/// A dev server that also accepts the JWTs of the returned signer (issuer [`ISSUER`]).
+fn server_trusting_an_issuer(dir: &Path) -> (Signer, Server) {
+    let es = Signer::es256("es-1");
+    let jwks = dir.join("jwks.json");
+    jwt::write_jwks(&jwks, std::slice::from_ref(&es.jwk));
+    let s = Server::start_dev(dir, &jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
+    (es, s)
+}
+
 /// A token's keyed hash is kept with the verified token, so that it is computed once per token:
 /// every event must still carry the hash of the token that made its request, whichever tokens
 /// came before it, as the auditor's hash lookup computes it afresh.
 #[tokio::test]
 async fn each_event_carries_the_keyed_hash_of_its_own_token() {
     let dir = TempDir::new("audit-token-hash");
-    let es = Signer::es256("es-1");
-    let jwks = dir.path().join("jwks.json");
-    jwt::write_jwks(&jwks, std::slice::from_ref(&es.jwk));
-    let s = Server::start_dev(dir.path(), &jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
+    let (es, s) = server_trusting_an_issuer(dir.path());
     let alice = es.token(&claims_with_roles("alice", "acme", &["user"]));
     let carol = es.token(&claims_with_roles("carol", "acme", &["user"]));
     let auditor = es.token(&claims_with_roles("audrey", "acme", &["auditor"]));
@@ -519,10 +525,7 @@ async fn each_event_carries_the_keyed_hash_of_its_own_token() {
 #[tokio::test]
 async fn users_cannot_read_the_log_and_auditors_see_only_their_org() {
     let dir = TempDir::new("audit-access");
-    let es = Signer::es256("es-1");
-    let jwks = dir.path().join("jwks.json");
-    jwt::write_jwks(&jwks, std::slice::from_ref(&es.jwk));
-    let s = Server::start_dev(dir.path(), &jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
+    let (es, s) = server_trusting_an_issuer(dir.path());
     let alice = es.token(&claims_with_roles("alice", "acme", &["user"]));
     let auditor = es.token(&claims_with_roles("audrey", "acme", &["auditor"]));
     let bob = es.token(&claims_with_roles("bobby", "globex", &["user"]));
@@ -754,12 +757,7 @@ async fn bad_audit_queries_are_400s_and_each_still_leaves_one_event() {
         assert_eq!(found[0]["outcome"], json!("failure"), "{path}");
     }
     // And the chain is whole.
-    let (ok, out) = verify(
-        dir.path(),
-        &export(&s, &token, "").await,
-        &public_key_pem(&s).await,
-    );
-    assert!(ok, "{out}");
+    assert_whole_chain_verifies(dir.path(), &s, &token).await;
 }
 
 // ---- SIEM sink that comes up late ----------------------------------------------------------
@@ -863,6 +861,29 @@ async fn a_siem_that_is_down_neither_blocks_requests_nor_loses_events() {
 
 // ---- slow client ---------------------------------------------------------------------------
 
+/// The whole chain, exported with `token`, verifies offline against the server's public key.
+async fn assert_whole_chain_verifies(dir: &Path, s: &Server, token: &str) {
+    let (ok, out) = verify(dir, &export(s, token, "").await, &public_key_pem(s).await);
+    assert!(ok, "{out}");
+}
+
+/// Sends an RSA-4096 key creation named `name` over a raw connection and hangs up once it runs,
+/// well before such a key can have been generated.
+async fn create_a_key_and_hang_up(s: &Server, token: &str, name: &str) {
+    use tokio::io::AsyncWriteExt;
+    let (mut stream, host_port) = raw_tls(s).await;
+    let body = json!({"name": name, "type": "rsa-4096"}).to_string();
+    let request = format!(
+        "POST /api/v1/keys HTTP/1.1\r\nhost: {host_port}\r\nauthorization: Bearer {token}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(stream);
+}
+
 /// A TLS connection to the server with nothing on top, for requests no HTTP client would send.
 async fn raw_tls(
     s: &Server,
@@ -897,22 +918,10 @@ async fn raw_tls(
 /// real outcome.
 #[tokio::test]
 async fn a_client_that_hangs_up_mid_request_still_has_its_operation_audited() {
-    use tokio::io::AsyncWriteExt;
     let dir = TempDir::new("audit-hangup");
     let s = Server::start_dev(dir.path(), "");
     let token = dev_token(&s).to_string();
-    let (mut stream, host_port) = raw_tls(&s).await;
-    let body = r#"{"name":"hung-up","type":"rsa-4096"}"#;
-    let request = format!(
-        "POST /api/v1/keys HTTP/1.1\r\nhost: {host_port}\r\nauthorization: Bearer {token}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.flush().await.unwrap();
-    // Gone once the request is running, before the key can have been generated.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    drop(stream);
+    create_a_key_and_hang_up(&s, &token, "hung-up").await;
 
     let deadline = Instant::now() + Duration::from_secs(60);
     let key = loop {
@@ -935,34 +944,18 @@ async fn a_client_that_hangs_up_mid_request_still_has_its_operation_audited() {
         .collect();
     assert_eq!(created.len(), 1, "{events:#?}");
     assert_eq!(created[0]["outcome"], json!("success"));
-    let (ok, out) = verify(
-        dir.path(),
-        &export(&s, &token, "").await,
-        &public_key_pem(&s).await,
-    );
-    assert!(ok, "{out}");
+    assert_whole_chain_verifies(dir.path(), &s, &token).await;
 }
 
 /// Stopping the server drains requests, not connections: a request whose client hung up has
 /// no connection left, and still runs to its event before the process exits.
 #[tokio::test]
 async fn a_stop_right_after_a_client_hangs_up_waits_for_its_request() {
-    use tokio::io::AsyncWriteExt;
     let dir = TempDir::new("audit-hangup-stop");
     let data = dir.path().join("data");
     let s = Server::start_dev(&data, "");
     let token = dev_token(&s).to_string();
-    let (mut stream, host_port) = raw_tls(&s).await;
-    let body = r#"{"name":"hung-up-then-stopped","type":"rsa-4096"}"#;
-    let request = format!(
-        "POST /api/v1/keys HTTP/1.1\r\nhost: {host_port}\r\nauthorization: Bearer {token}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    stream.flush().await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    drop(stream);
+    create_a_key_and_hang_up(&s, &token, "hung-up-then-stopped").await;
     assert!(s.stop(), "server did not stop cleanly");
 
     let s = Server::start_dev(&data, "");
@@ -1045,12 +1038,7 @@ async fn a_byte_per_second_client_is_cut_off_and_loses_nothing() {
     let keys_after = s.client().list_keys().await.unwrap();
     let ids = |k: &[sovra_client::KeyInfo]| k.iter().map(|k| k.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&keys_before), ids(&keys_after));
-    let (ok, out) = verify(
-        dir.path(),
-        &export(&s, &token, "").await,
-        &public_key_pem(&s).await,
-    );
-    assert!(ok, "{out}");
+    assert_whole_chain_verifies(dir.path(), &s, &token).await;
 }
 
 // ---- CLI -----------------------------------------------------------------------------------
