@@ -54,7 +54,8 @@ struct VerifiedToken {
     valid_from: u64,
     expires_at: u64,
     /// The token's keyed hash for audit events, computed by the first request that needs it:
-    /// the token is hundreds of bytes, and each request would otherwise hash it again.
+    /// the token is hundreds of bytes, and each request would otherwise hash it again. Valid
+    /// because the audit HMAC key never changes; a rotation of it must clear `verified`.
     audit_hash: std::sync::Arc<std::sync::OnceLock<String>>,
 }
 
