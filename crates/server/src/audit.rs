@@ -177,9 +177,9 @@ fn bearer_token(req: &Request) -> Option<SecretBytes> {
         .then(|| SecretBytes::from_slice(token.trim_ascii()))
 }
 
-/// The audit layer. The request runs in its own task, so a client that disconnects cannot
-/// cancel the event of an operation that already happened; the response is returned only
-/// after the event is durable, and a failed audit write fails the request (503).
+/// The audit layer. A client that disconnects cannot cancel the event of an operation that
+/// already happened (`FinishedEvenIfDropped`); the response is returned only after the event
+/// is durable, and a failed audit write fails the request (503).
 pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
     let Some(writer) = st.audit.clone() else {
         return next.run(req).await;
