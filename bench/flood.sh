@@ -14,8 +14,7 @@ flood_conc=${3:-64}
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release -q -p sovra -p sovra-bench
 dir=$(mktemp -d)
-pid=
-stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
+. bench/common.sh
 trap 'stop; rm -rf "$dir"' EXIT
 "$target/release/sovra-bench" --write-idp "$dir/idp"
 echo "machine: $(nproc) cores, $(uname -m); server and both clients on the same machine"
@@ -23,19 +22,14 @@ for run in hostile honouring disabled; do
     limits=default; flags=; label="Rate limits on, client 1 ignores Retry-After:"
     [ "$run" = honouring ] && { flags=--honour-retry-after; label="Rate limits on, client 1 waits Retry-After:"; }
     [ "$run" = disabled ] && { limits=disabled; label="Rate limits disabled:"; }
-    data="$dir/data-$run"
-    {
+    start_server "$run" "$(
         printf 'listen = "127.0.0.1:0"\n'
-        printf '[[auth.jwt]]\nissuer = "https://bench-idp.sovra.test"\naudience = "sovra"\njwks = "%s"\n' "$dir/idp/jwks.json"
+        idp_config
         [ "$limits" = disabled ] && printf '[rate_limits]\nenabled = false\n'
         true
-    } > "$dir/sovra-$run.toml"
-    SOVRA_LOG=warn "$target/release/sovra" server --dev --data-dir "$data" --config "$dir/sovra-$run.toml" > "$dir/server-$run.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 200); do [ -f "$data/dev.env" ] && break; sleep 0.1; done
-    [ -f "$data/dev.env" ] || { cat "$dir/server-$run.log"; exit 1; }
+    )"
     echo
-    "$target/release/sovra-bench" --env-file "$data/dev.env" --flood --idp "$dir/idp" \
+    "$target/release/sovra-bench" --env-file "$env_file" --flood --idp "$dir/idp" \
         --seconds "$secs" --concurrency "$conc" --flood-concurrency "$flood_conc" \
         --label "$label" $flags
     stop

@@ -18,30 +18,25 @@ pg_admin=${3:-}
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release -q -p sovra -p sovra-bench
 dir=$(mktemp -d)
-pid=
-stop() { if [ -n "$pid" ]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; pid=; fi; }
+. bench/common.sh
 trap 'stop; rm -rf "$dir"' EXIT
 "$target/release/sovra-bench" --write-idp "$dir/idp"
 echo "machine: $(nproc) cores, $(uname -m); server and load generator on the same machine"
 fsync_line=$(dd if=/dev/zero of="$dir/fsync-probe" bs=4k count=500 oflag=dsync 2>&1 | tail -1)
 echo "disk: 500 synchronous 4 KiB writes: $fsync_line"
 
-start_server() { # name, extra config
-    local data="$dir/data-$1"
-    {
+# A server on its own data directory: NAME and extra config lines, with the key-admin and crypto
+# rate limits raised and the bench identity provider trusted.
+start_bench_server() {
+    start_server "$1" "$(
         printf 'listen = "127.0.0.1:0"\n%s\n' "$2"
         printf '[rate_limits.key_admin]\nper_second = 1000000\nburst = 1000000\n'
         printf '[rate_limits.crypto]\nper_second = 100000000\nburst = 100000000\n'
-        printf '[[auth.jwt]]\nissuer = "https://bench-idp.sovra.test"\naudience = "sovra"\njwks = "%s"\n' "$dir/idp/jwks.json"
-    } > "$dir/sovra-$1.toml"
-    SOVRA_LOG=warn env ${SERVER_ENV:-X=1} "$target/release/sovra" server --dev --data-dir "$data" --config "$dir/sovra-$1.toml" > "$dir/server-$1.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 300); do [ -f "$data/dev.env" ] && break; sleep 0.1; done
-    [ -f "$data/dev.env" ] || { cat "$dir/server-$1.log"; exit 1; }
-    env_file="$data/dev.env"
+        idp_config
+    )"
 }
 
-start_server sqlite ""
+start_bench_server sqlite ""
 echo
 "$target/release/sovra-bench" --env-file "$env_file" --hot-path --idp "$dir/idp" \
     --seconds "$secs" --concurrency "$conc" --label "SQLite store, audit on,"
@@ -59,7 +54,7 @@ fi
 stop
 
 # The same without the audit log, to separate the durable-audit cost from the rest of the path.
-start_server sqlite-audit-off "$(printf '[audit]\nenabled = false')"
+start_bench_server sqlite-audit-off "$(printf '[audit]\nenabled = false')"
 echo
 "$target/release/sovra-bench" --env-file "$env_file" --hot-path --idp "$dir/idp" \
     --seconds "$secs" --concurrency "$conc" --label "SQLite store, audit OFF,"
@@ -68,7 +63,7 @@ stop
 if [ -n "$pg_admin" ]; then
     db="sovra_bench_$(date +%s)"
     psql "$pg_admin" -qc "CREATE DATABASE $db"
-    start_server postgres "database_url = \"${pg_admin%/*}/$db\""
+    start_bench_server postgres "database_url = \"${pg_admin%/*}/$db\""
     echo
     "$target/release/sovra-bench" --env-file "$env_file" --hot-path --idp "$dir/idp" \
         --seconds "$secs" --concurrency "$conc" --label "PostgreSQL store, audit on,"

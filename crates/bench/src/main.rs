@@ -60,6 +60,9 @@ struct Args {
     /// Run only the closed-loop encrypt scenario (for profiling the server).
     #[arg(long)]
     encrypt_only: bool,
+    /// Run only the closed-loop `/health` scenario (the baseline of `--encrypt-only`).
+    #[arg(long)]
+    health_only: bool,
 }
 
 struct Stats {
@@ -319,6 +322,18 @@ async fn main() -> Result<()> {
             honour_retry_after: args.honour_retry_after,
         })
         .await;
+    }
+
+    if args.health_only {
+        let health = load(
+            &clients,
+            &token,
+            Req::Get(format!("{addr}/health")),
+            args.seconds,
+        )
+        .await?;
+        println!("{}", health.row("health via HTTPS"));
+        return Ok(());
     }
 
     // Profiling the production path: a JWT when an identity provider is given.
