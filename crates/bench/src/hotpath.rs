@@ -177,7 +177,7 @@ pub async fn run(a: HotPathArgs<'_>) -> Result<()> {
     // table shows the round with the median ratio.
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
-        let health = load(clients, &token, Req::Get(format!("{addr}/health")), secs).await?;
+        let health = load(clients, &token, Req::health(addr), secs).await?;
         let enc = load(clients, &token, encrypt.clone(), secs).await?;
         rounds.push((health, enc));
     }

@@ -181,6 +181,13 @@ enum Req {
     Post(String, Value),
 }
 
+impl Req {
+    /// The server's trivial endpoint: the baseline every scenario is compared with.
+    fn health(addr: &str) -> Req {
+        Req::Get(format!("{addr}/health"))
+    }
+}
+
 async fn load(clients: &[reqwest::Client], token: &str, req: Req, seconds: u64) -> Result<Stats> {
     let req = Arc::new(Prepared::new(&req, token)?);
     // Warm-up: establish connections and caches.
@@ -325,13 +332,7 @@ async fn main() -> Result<()> {
     }
 
     if args.health_only {
-        let health = load(
-            &clients,
-            &token,
-            Req::Get(format!("{addr}/health")),
-            args.seconds,
-        )
-        .await?;
+        let health = load(&clients, &token, Req::health(&addr), args.seconds).await?;
         println!("{}", health.row("health via HTTPS"));
         return Ok(());
     }
@@ -378,13 +379,7 @@ async fn main() -> Result<()> {
         return Ok(());
     }
     let raw = raw_aes(args.seconds, args.size)?;
-    let health = load(
-        &clients,
-        &token,
-        Req::Get(format!("{addr}/health")),
-        args.seconds,
-    )
-    .await?;
+    let health = load(&clients, &token, Req::health(&addr), args.seconds).await?;
     let enc = load(
         &clients,
         &token,
