@@ -710,8 +710,7 @@ async fn a_second_server_on_the_same_sqlite_database_is_refused() {
     );
     let keys = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
     assert_eq!(keys.status, 200, "{}", keys.raw);
-    let exported = export(&s, &token, "").await;
-    assert_export_verifies(dir.path(), &s, &exported).await;
+    assert_whole_chain_verifies(dir.path(), &s, &token).await;
 }
 
 // ---- bad input -----------------------------------------------------------------------------
