@@ -1,0 +1,67 @@
+//! Storage of keys and their versions.
+
+use super::{KeyChange, StoreError};
+use crate::model::{KeyRecord, KeyVersionRecord};
+use async_trait::async_trait;
+use uuid::Uuid;
+
+#[async_trait]
+pub trait KeyStore: Send + Sync {
+    /// A feed of key changes as they commit, for caches shared by several nodes; `None` when
+    /// this process is the database's only writer (SQLite), so its own invalidation suffices.
+    async fn key_changes(
+        &self,
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError>;
+
+    /// Creates a key and its first version in one transaction (conflict on a duplicate name
+    /// for the same owner).
+    async fn create_key(&self, key: &KeyRecord, first: &KeyVersionRecord)
+    -> Result<(), StoreError>;
+    async fn get_key(&self, org_id: &str, key_id: Uuid) -> Result<Option<KeyRecord>, StoreError>;
+    /// The owner's key of this name in the org (names are unique per owner and org).
+    async fn get_key_by_name(
+        &self,
+        org_id: &str,
+        owner: &str,
+        name: &str,
+    ) -> Result<Option<KeyRecord>, StoreError>;
+    async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Updates the mutable metadata (state, min_decryption_version, description, deletion date)
+    /// from `before` to `after`, if the stored row still holds `before`'s values; conflict
+    /// otherwise, so a concurrent change (another request or node) is never silently undone.
+    async fn update_key(&self, before: &KeyRecord, after: &KeyRecord) -> Result<(), StoreError>;
+    /// Adds a version if the key's latest version is still `version.version - 1`; conflict
+    /// otherwise, so concurrent rotations never produce two equal version numbers.
+    async fn add_key_version(
+        &self,
+        org_id: &str,
+        version: &KeyVersionRecord,
+    ) -> Result<(), StoreError>;
+    async fn get_key_version(
+        &self,
+        key_id: Uuid,
+        version: u32,
+    ) -> Result<Option<KeyVersionRecord>, StoreError>;
+    /// Replaces the wrapped material of a version if it is still wrapped under
+    /// `old_kek_version`; returns whether it was replaced.
+    async fn rewrap_key_version(
+        &self,
+        key_id: Uuid,
+        version: u32,
+        old_kek_version: u32,
+        new: &KeyVersionRecord,
+    ) -> Result<bool, StoreError>;
+    /// Versions of the org's keys still wrapped under a KEK older than `kek_version`.
+    async fn versions_below_kek(
+        &self,
+        org_id: &str,
+        kek_version: u32,
+        limit: u32,
+    ) -> Result<Vec<KeyVersionRecord>, StoreError>;
+    /// Keys pending deletion whose date has passed.
+    async fn keys_due_for_deletion(&self, now_ms: i64) -> Result<Vec<(String, Uuid)>, StoreError>;
+    /// Destroys a key and all its versions if it is still pending deletion with its date at or
+    /// before `now_ms` (a cancellation that raced the purge wins). Returns whether it did.
+    async fn delete_key(&self, org_id: &str, key_id: Uuid, now_ms: i64)
+    -> Result<bool, StoreError>;
+}

@@ -1,0 +1,43 @@
+//! The storage interface of the core, one trait per entity; [`Store`] combines them for the
+//! services, which hold an `Arc<dyn Store>`. Implementations (SQLite, PostgreSQL) live in
+//! `sovra-store` and pass the same test-suite.
+
+mod audit;
+mod keys;
+mod orgs;
+mod seal;
+
+pub use audit::AuditStore;
+pub use keys::KeyStore;
+pub use orgs::OrgStore;
+pub use seal::SealStore;
+
+use thiserror::Error;
+use uuid::Uuid;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A uniqueness rule or an optimistic-concurrency check refused the write.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The database cannot be reached or refused the operation.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A stored row does not decode (corruption or an incompatible schema).
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// A change to stored keys, made by any process sharing the database (other nodes included).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChange {
+    /// This key's metadata or versions changed, or it was deleted.
+    Key(Uuid),
+    /// Changes may have been missed (the listening connection dropped): forget every key.
+    Lost,
+}
+
+/// Everything the services store. A new entity gets a trait of its own, added here.
+pub trait Store: SealStore + OrgStore + KeyStore + AuditStore + Send + Sync + 'static {}
+
+impl<T> Store for T where T: SealStore + OrgStore + KeyStore + AuditStore + Send + Sync + 'static {}
