@@ -1,6 +1,6 @@
-//! The `Store` trait's SQLite and PostgreSQL implementations.
+//! The SQLite and PostgreSQL implementations of the store traits (`sovra_core::store`).
 //!
-//! Both speak the same SQL (`$n` parameters, BIGINT, BLOB/BYTEA), so one macro writes the
+//! Both speak the same SQL (`$n` parameters, BIGINT, BLOB/BYTEA), so one macro per entity writes the
 //! implementation for each native sqlx driver; only migrations and connection setup differ.
 
 pub mod nodelay;
