@@ -1,7 +1,8 @@
 //! The SQLite and PostgreSQL implementations of the store traits (`sovra_core::store`).
 //!
-//! Both speak the same SQL (`$n` parameters, BIGINT, BLOB/BYTEA), so one macro per entity writes the
-//! implementation for each native sqlx driver; only migrations and connection setup differ.
+//! Both speak the same SQL (`$n` parameters, BIGINT, BLOB/BYTEA), so one macro per entity
+//! writes the implementation for each native sqlx driver; only migrations and connection setup
+//! differ.
 
 pub mod nodelay;
 mod sql;

@@ -549,7 +549,7 @@ async fn the_journal_is_named_by_the_database_file_not_by_the_path_used() {
             sovra_store::SqliteStore::connect(&format!("sqlite://{}", link.display()))
                 .await
                 .unwrap();
-        use sovra_core::Store;
+        use sovra_core::store::AuditStore;
         let named = through_link.audit_journal_path();
         through_link.pool().close().await;
         std::fs::remove_dir_all(&link_dir).unwrap();

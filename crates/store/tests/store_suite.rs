@@ -1,4 +1,4 @@
-//! The `Store` trait's contract, run against SQLite and PostgreSQL alike.
+//! The store traits' contract, run against SQLite and PostgreSQL alike.
 
 #[macro_use]
 mod common;
@@ -268,6 +268,60 @@ both!(get_key_is_scoped_by_org, |db| async move {
         None
     );
 });
+
+both!(get_key_by_name_finds_the_owners_key, |db| async move {
+    setup_org(&db, "acme").await;
+    let k = setup_key(&db, "acme", "alice", "payments", 10).await;
+    setup_key(&db, "acme", "alice", "other", 11).await;
+    assert_eq!(
+        db.store
+            .get_key_by_name("acme", "alice", "payments")
+            .await
+            .unwrap(),
+        Some(k)
+    );
+    assert_eq!(
+        db.store
+            .get_key_by_name("acme", "alice", "unknown")
+            .await
+            .unwrap(),
+        None
+    );
+});
+
+both!(
+    get_key_by_name_is_scoped_by_owner_and_org,
+    |db| async move {
+        setup_org(&db, "acme").await;
+        setup_org(&db, "globex").await;
+        let alices = setup_key(&db, "acme", "alice", "k", 10).await;
+        // Another owner's key of the same name is not theirs, until they create their own.
+        assert_eq!(
+            db.store.get_key_by_name("acme", "bob", "k").await.unwrap(),
+            None
+        );
+        // Another org, even with the same owner name, does not see it.
+        assert_eq!(
+            db.store
+                .get_key_by_name("globex", "alice", "k")
+                .await
+                .unwrap(),
+            None
+        );
+        let bobs = setup_key(&db, "acme", "bob", "k", 11).await;
+        assert_eq!(
+            db.store.get_key_by_name("acme", "bob", "k").await.unwrap(),
+            Some(bobs)
+        );
+        assert_eq!(
+            db.store
+                .get_key_by_name("acme", "alice", "k")
+                .await
+                .unwrap(),
+            Some(alices)
+        );
+    }
+);
 
 both!(list_keys_per_owner, |db| async move {
     setup_org(&db, "acme").await;
@@ -682,8 +736,8 @@ both!(delete_key_is_scoped_by_org, |db| async move {
 });
 
 both!(key_changes_reach_every_other_writer, |db| async move {
-    use sovra_core::Store;
     use sovra_core::store::KeyChange;
+    use sovra_core::store::KeyStore;
     let own = db.store.key_changes().await.unwrap();
     if db.backend == common::Backend::Sqlite {
         assert!(own.is_none(), "SQLite has one writer: no feed");
