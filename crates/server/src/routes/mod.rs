@@ -6,3 +6,4 @@ pub mod crypto;
 pub mod keys;
 pub mod meta;
 pub mod sys;
+pub mod table;
