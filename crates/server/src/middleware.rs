@@ -109,3 +109,33 @@ pub async fn request_timeout(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::routes::table::{self, ROUTES};
+    use axum::http::Method;
+
+    #[test]
+    fn only_the_intended_routes_work_while_sealed() {
+        let allowed: Vec<(Method, &str)> = ROUTES
+            .iter()
+            .filter(|s| s.allowed_while_sealed)
+            .map(|s| (s.method.clone(), s.path))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                (Method::GET, "/health"),
+                (Method::GET, "/ready"),
+                (Method::GET, "/metrics"),
+                (Method::GET, "/api/v1/openapi.json"),
+                (Method::GET, "/api/v1/sys/seal-status"),
+                (Method::POST, "/api/v1/sys/init"),
+                (Method::POST, "/api/v1/sys/unseal"),
+                (Method::GET, "/api/v1/audit/public-key"),
+            ]
+        );
+        assert!(!table::lookup(&Method::GET, None).allowed_while_sealed);
+        assert!(!table::lookup(&Method::POST, Some("/health")).allowed_while_sealed);
+    }
+}

@@ -527,3 +527,220 @@ pub async fn declare(mut req: Request, next: Next) -> Response {
     req.extensions_mut().insert(spec);
     next.run(req).await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::{BTreeSet, HashSet};
+
+    fn documented_operations(
+        doc: &utoipa::openapi::OpenApi,
+    ) -> Vec<(Method, String, &utoipa::openapi::path::Operation)> {
+        let mut out = Vec::new();
+        for (path, item) in doc.paths.paths.iter() {
+            for (method, op) in [
+                (Method::GET, &item.get),
+                (Method::POST, &item.post),
+                (Method::PUT, &item.put),
+                (Method::PATCH, &item.patch),
+                (Method::DELETE, &item.delete),
+                (Method::HEAD, &item.head),
+                (Method::OPTIONS, &item.options),
+                (Method::TRACE, &item.trace),
+            ] {
+                if let Some(op) = op {
+                    out.push((method, path.clone(), op));
+                }
+            }
+        }
+        out
+    }
+
+    /// A handler whose annotation names another method or path than its declaration, or a
+    /// route served without a declaration, fails here.
+    #[test]
+    fn the_router_serves_exactly_the_declared_routes() {
+        for spec in ROUTES {
+            let handler = spec.handler.expect("a route has a handler");
+            let (_, paths, _) = handler();
+            let doc = utoipa::openapi::OpenApiBuilder::new().paths(paths).build();
+            let ops: Vec<_> = documented_operations(&doc)
+                .into_iter()
+                .map(|(m, p, _)| (m, p))
+                .collect();
+            assert_eq!(
+                ops,
+                vec![(spec.method.clone(), spec.path.to_string())],
+                "the handler of {} {} is annotated otherwise",
+                spec.method,
+                spec.path
+            );
+        }
+        let (_, doc) = crate::openapi::router();
+        let served: BTreeSet<(String, String)> = documented_operations(&doc)
+            .into_iter()
+            .map(|(m, p, _)| (m.to_string(), p))
+            .collect();
+        let declared: BTreeSet<(String, String)> = ROUTES
+            .iter()
+            .map(|s| (s.method.to_string(), s.path.to_string()))
+            .collect();
+        assert_eq!(declared.len(), ROUTES.len(), "a route is declared twice");
+        assert_eq!(served, declared);
+        for (method, path) in &declared {
+            let method = Method::from_bytes(method.as_bytes()).unwrap();
+            let spec = lookup(&method, Some(path));
+            assert_eq!((&spec.method, spec.path), (&method, path.as_str()));
+        }
+    }
+
+    #[test]
+    fn requests_outside_the_table_get_the_fallback_declarations() {
+        assert_eq!(lookup(&Method::GET, None).operation, Operation::Unmatched);
+        assert_eq!(
+            lookup(&Method::DELETE, Some("/api/v1/keys")).operation,
+            Operation::MethodNotAllowed
+        );
+        assert_eq!(
+            lookup(&Method::HEAD, Some("/health")).operation,
+            Operation::MetaHealth
+        );
+        for fallback in [&UNMATCHED, &METHOD_NOT_ALLOWED] {
+            assert!(fallback.handler.is_none());
+            assert_eq!(fallback.access, Access::Unauthenticated);
+            assert!(fallback.audited && !fallback.allowed_while_sealed);
+        }
+        // Read from the extensions the layer fills, else looked up.
+        let mut ext = Extensions::new();
+        assert_eq!(
+            spec(&Method::GET, &ext).operation,
+            Operation::Unmatched
+        );
+        ext.insert(&ROUTES[0]);
+        assert_eq!(spec(&Method::POST, &ext).operation, ROUTES[0].operation);
+    }
+
+    #[test]
+    fn every_route_gets_a_distinct_action_name() {
+        let mut seen = HashSet::new();
+        for spec in ROUTES.iter().chain([&UNMATCHED, &METHOD_NOT_ALLOWED]) {
+            let action = spec.action();
+            assert!(
+                seen.insert(action),
+                "{action} names two routes (one is {} {})",
+                spec.method,
+                spec.path
+            );
+            assert!(
+                action
+                    .split('.')
+                    .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
+                "{action}"
+            );
+        }
+        for (method, path, action) in [
+            (POST, "/api/v1/keys/{id}/encrypt", "key.encrypt"),
+            (POST, "/api/v1/keys", "key.create"),
+            (GET, "/api/v1/keys/{id}", "key.read"),
+            (POST, "/api/v1/decrypt", "key.decrypt"),
+            (POST, "/api/v1/sys/seal", "sys.seal"),
+            (POST, "/api/v1/sys/kek/rotate", "org.kek.rotate"),
+            (GET, "/api/v1/audit", "audit.list"),
+        ] {
+            assert_eq!(lookup(&method, Some(path)).action(), action);
+        }
+    }
+
+    /// The operation's name lines up with the authorization action the core checks: the same
+    /// area, and the same name where the route is the action itself.
+    #[test]
+    fn operations_name_the_authorization_actions_they_require() {
+        let mut required = Vec::new();
+        for spec in ROUTES {
+            let op = spec.operation;
+            let authenticated = matches!(spec.access, Access::Authenticated(_));
+            assert_eq!(
+                op.requires().is_some(),
+                authenticated,
+                "{}: only authenticated routes reach an authorization check",
+                op.as_str()
+            );
+            let Some(action) = op.requires() else { continue };
+            required.push(action);
+            let area = |name: &'static str| name.split('.').next();
+            assert_eq!(area(op.as_str()), area(action.as_str()), "{}", op.as_str());
+        }
+        for (op, action) in [
+            (Operation::KeyCreate, authz::Action::KeyCreate),
+            (Operation::KeyList, authz::Action::KeyList),
+            (Operation::KeyRead, authz::Action::KeyRead),
+            (Operation::KeyPublicKey, authz::Action::KeyRead),
+            (Operation::KeyRotate, authz::Action::KeyManage),
+            (Operation::KeyUpdate, authz::Action::KeyManage),
+            (Operation::KeyEncrypt, authz::Action::KeyUse),
+            (Operation::KeyDecrypt, authz::Action::KeyUse),
+            (Operation::OrgKekRotate, authz::Action::OrgKekRotate),
+            (Operation::SysSeal, authz::Action::SysSeal),
+            (Operation::AuditExport, authz::Action::AuditRead),
+        ] {
+            assert_eq!(op.requires(), Some(action), "{}", op.as_str());
+        }
+        assert_eq!(Operation::KeyCreate.as_str(), authz::Action::KeyCreate.as_str());
+        assert_eq!(Operation::SysSeal.as_str(), authz::Action::SysSeal.as_str());
+        assert_eq!(
+            Operation::OrgKekRotate.as_str(),
+            authz::Action::OrgKekRotate.as_str()
+        );
+        // Every authorization action is reachable through some route (the match fails to
+        // compile when an action is added).
+        for action in [
+            authz::Action::KeyCreate,
+            authz::Action::KeyList,
+            authz::Action::KeyRead,
+            authz::Action::KeyManage,
+            authz::Action::KeyUse,
+            authz::Action::OrgKekRotate,
+            authz::Action::SysSeal,
+            authz::Action::AuditRead,
+        ] {
+            match action {
+                authz::Action::KeyCreate
+                | authz::Action::KeyList
+                | authz::Action::KeyRead
+                | authz::Action::KeyManage
+                | authz::Action::KeyUse
+                | authz::Action::OrgKekRotate
+                | authz::Action::SysSeal
+                | authz::Action::AuditRead => {}
+            }
+            assert!(required.contains(&action), "no route requires {}", action.as_str());
+        }
+    }
+
+    /// The OpenAPI document states what the table declares: a bearer token exactly on the
+    /// authenticated routes, 429 wherever a request can be limited, 503 wherever it is gated.
+    #[test]
+    fn the_openapi_document_follows_the_table() {
+        let (_, doc) = crate::openapi::router();
+        for (method, path, op) in documented_operations(&doc) {
+            let spec = declared(&method, &path).expect("declared");
+            let what = format!("{method} {path}");
+            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+            assert_eq!(
+                secured,
+                matches!(spec.access, Access::Authenticated(_)),
+                "{what}: security"
+            );
+            let r = &op.responses.responses;
+            assert_eq!(r.contains_key("401"), secured, "{what}: 401");
+            assert_eq!(
+                r.contains_key("429"),
+                spec.access.class().is_some(),
+                "{what}: 429"
+            );
+            if !spec.allowed_while_sealed {
+                assert!(r.contains_key("503"), "{what}: 503");
+            }
+        }
+    }
+}
