@@ -385,10 +385,7 @@ mod tests {
             "sys"
         );
         let long = format!("/api/v1/keys/{}", "x".repeat(5000));
-        assert_eq!(
-            resource_from_path("/api/v1/keys/{id}", &long).len(),
-            4 + 64
-        );
+        assert_eq!(resource_from_path("/api/v1/keys/{id}", &long).len(), 4 + 64);
         // Bounded by characters, never cut inside one.
         let wide = format!("/api/v1/keys/{}", "é".repeat(100));
         assert_eq!(

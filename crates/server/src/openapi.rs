@@ -139,9 +139,10 @@ pub fn router() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
     let (router, mut doc) = ROUTES
         .iter()
         .filter_map(|spec| spec.handler)
-        .fold(OpenApiRouter::with_openapi(ApiDoc::openapi()), |r, handler| {
-            r.routes(handler())
-        })
+        .fold(
+            OpenApiRouter::with_openapi(ApiDoc::openapi()),
+            |r, handler| r.routes(handler()),
+        )
         .split_for_parts();
     add_shared_errors(&mut doc);
     (router, doc)

@@ -18,8 +18,8 @@
 //! public key) are not limited.
 
 use crate::error::ApiError;
-use crate::serve::AppState;
 use crate::routes::table::{self, Access};
+use crate::serve::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -670,6 +670,9 @@ mod tests {
             crate::routes::table::lookup(&Method::GET, None).access,
             Access::Unauthenticated
         );
-        assert_eq!(access(Method::DELETE, "/api/v1/keys"), Access::Unauthenticated);
+        assert_eq!(
+            access(Method::DELETE, "/api/v1/keys"),
+            Access::Unauthenticated
+        );
     }
 }

@@ -124,8 +124,16 @@ impl Operation {
             KeyRead | KeyPublicKey => Some(A::KeyRead),
             KeyUpdate | KeyRotate | KeyDisable | KeyEnable | KeyScheduleDeletion
             | KeyCancelDeletion => Some(A::KeyManage),
-            KeyEncrypt | KeyEncryptBatch | KeyDecrypt | KeyDecryptBatch | KeyReencrypt
-            | KeyDatakey | KeyDatakeyWithoutPlaintext | KeySign | KeyVerify | KeyMac
+            KeyEncrypt
+            | KeyEncryptBatch
+            | KeyDecrypt
+            | KeyDecryptBatch
+            | KeyReencrypt
+            | KeyDatakey
+            | KeyDatakeyWithoutPlaintext
+            | KeySign
+            | KeyVerify
+            | KeyMac
             | KeyVerifyMac => Some(A::KeyUse),
             AuditList | AuditExport | AuditHash => Some(A::AuditRead),
         }
@@ -220,15 +228,33 @@ const PATCH: Method = Method::PATCH;
 
 /// Every route of the API.
 pub static ROUTES: &[RouteSpec] = &[
-    RouteSpec::new(GET, "/health", || routes!(meta::health), Op::MetaHealth, Unlimited)
-        .while_sealed()
-        .unaudited(),
-    RouteSpec::new(GET, "/ready", || routes!(meta::ready), Op::MetaReady, Unlimited)
-        .while_sealed()
-        .unaudited(),
-    RouteSpec::new(GET, "/metrics", || routes!(meta::metrics), Op::MetaMetrics, Unlimited)
-        .while_sealed()
-        .unaudited(),
+    RouteSpec::new(
+        GET,
+        "/health",
+        || routes!(meta::health),
+        Op::MetaHealth,
+        Unlimited,
+    )
+    .while_sealed()
+    .unaudited(),
+    RouteSpec::new(
+        GET,
+        "/ready",
+        || routes!(meta::ready),
+        Op::MetaReady,
+        Unlimited,
+    )
+    .while_sealed()
+    .unaudited(),
+    RouteSpec::new(
+        GET,
+        "/metrics",
+        || routes!(meta::metrics),
+        Op::MetaMetrics,
+        Unlimited,
+    )
+    .while_sealed()
+    .unaudited(),
     RouteSpec::new(
         GET,
         "/api/v1/openapi.json",
@@ -513,7 +539,10 @@ pub fn lookup(method: &Method, matched: Option<&str>) -> &'static RouteSpec {
 pub fn spec(method: &Method, extensions: &Extensions) -> &'static RouteSpec {
     match extensions.get::<&'static RouteSpec>() {
         Some(spec) => spec,
-        None => lookup(method, extensions.get::<MatchedPath>().map(MatchedPath::as_str)),
+        None => lookup(
+            method,
+            extensions.get::<MatchedPath>().map(MatchedPath::as_str),
+        ),
     }
 }
 
@@ -522,7 +551,9 @@ pub fn spec(method: &Method, extensions: &Extensions) -> &'static RouteSpec {
 pub async fn declare(mut req: Request, next: Next) -> Response {
     let spec = lookup(
         req.method(),
-        req.extensions().get::<MatchedPath>().map(MatchedPath::as_str),
+        req.extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str),
     );
     req.extensions_mut().insert(spec);
     next.run(req).await
@@ -612,10 +643,7 @@ mod tests {
         }
         // Read from the extensions the layer fills, else looked up.
         let mut ext = Extensions::new();
-        assert_eq!(
-            spec(&Method::GET, &ext).operation,
-            Operation::Unmatched
-        );
+        assert_eq!(spec(&Method::GET, &ext).operation, Operation::Unmatched);
         ext.insert(&ROUTES[0]);
         assert_eq!(spec(&Method::POST, &ext).operation, ROUTES[0].operation);
     }
@@ -632,9 +660,9 @@ mod tests {
                 spec.path
             );
             assert!(
-                action
-                    .split('.')
-                    .all(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')),
+                action.split('.').all(
+                    |s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                ),
                 "{action}"
             );
         }
@@ -665,7 +693,9 @@ mod tests {
                 "{}: only authenticated routes reach an authorization check",
                 op.as_str()
             );
-            let Some(action) = op.requires() else { continue };
+            let Some(action) = op.requires() else {
+                continue;
+            };
             required.push(action);
             let area = |name: &'static str| name.split('.').next();
             assert_eq!(area(op.as_str()), area(action.as_str()), "{}", op.as_str());
@@ -685,7 +715,10 @@ mod tests {
         ] {
             assert_eq!(op.requires(), Some(action), "{}", op.as_str());
         }
-        assert_eq!(Operation::KeyCreate.as_str(), authz::Action::KeyCreate.as_str());
+        assert_eq!(
+            Operation::KeyCreate.as_str(),
+            authz::Action::KeyCreate.as_str()
+        );
         assert_eq!(Operation::SysSeal.as_str(), authz::Action::SysSeal.as_str());
         assert_eq!(
             Operation::OrgKekRotate.as_str(),
@@ -713,7 +746,11 @@ mod tests {
                 | authz::Action::SysSeal
                 | authz::Action::AuditRead => {}
             }
-            assert!(required.contains(&action), "no route requires {}", action.as_str());
+            assert!(
+                required.contains(&action),
+                "no route requires {}",
+                action.as_str()
+            );
         }
     }
 
