@@ -240,7 +240,13 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     )
     .await;
     assert_eq!(dec.status, 200, "{}", dec.raw);
-    expected.push((dec, "key.decrypt", "success", actor, Some(format!("key/{id}"))));
+    expected.push((
+        dec,
+        "key.decrypt",
+        "success",
+        actor,
+        Some(format!("key/{id}")),
+    ));
 
     let unknown = "00000000-0000-4000-8000-000000000000";
     let missing = send(
