@@ -142,7 +142,7 @@ pub struct AuditListArgs {
     /// Events by this actor (e.g. `<issuer>#<sub>`).
     #[arg(long)]
     actor: Option<String>,
-    /// Events of this action (e.g. `keys.encrypt`).
+    /// Events of this action (e.g. `key.encrypt`).
     #[arg(long)]
     action: Option<String>,
     /// success, denied or failure.

@@ -205,7 +205,7 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     // A creation names the key it created.
     expected.push((
         create,
-        "keys.create",
+        "key.create",
         "success",
         actor,
         Some(format!("key/{id}")),
@@ -224,7 +224,7 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     let ciphertext = enc.body["ciphertext"].as_str().unwrap().to_string();
     expected.push((
         enc,
-        "keys.encrypt",
+        "key.encrypt",
         "success",
         actor,
         Some(format!("key/{id}")),
@@ -240,7 +240,13 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     )
     .await;
     assert_eq!(dec.status, 200, "{}", dec.raw);
-    expected.push((dec, "decrypt", "success", actor, Some(format!("key/{id}"))));
+    expected.push((
+        dec,
+        "key.decrypt",
+        "success",
+        actor,
+        Some(format!("key/{id}")),
+    ));
 
     let unknown = "00000000-0000-4000-8000-000000000000";
     let missing = send(
@@ -254,7 +260,7 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     assert_eq!(missing.status, 404, "{}", missing.raw);
     expected.push((
         missing,
-        "keys.read",
+        "key.read",
         "failure",
         actor,
         Some(format!("key/{unknown}")),
@@ -269,7 +275,7 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     )
     .await;
     assert_eq!(bad_token.status, 401, "{}", bad_token.raw);
-    expected.push((bad_token, "keys.list", "denied", "anonymous", None));
+    expected.push((bad_token, "key.list", "denied", "anonymous", None));
 
     let malformed = send(
         &s,
@@ -282,7 +288,7 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     assert_eq!(malformed.status, 400, "{}", malformed.raw);
     expected.push((
         malformed,
-        "keys.encrypt",
+        "key.encrypt",
         "failure",
         actor,
         Some(format!("key/{id}")),
@@ -563,7 +569,7 @@ async fn users_cannot_read_the_log_and_auditors_see_only_their_org() {
     assert!(
         listed
             .iter()
-            .any(|e| e["actor"] == json!(alice_id) && e["action"] == json!("keys.encrypt")),
+            .any(|e| e["actor"] == json!(alice_id) && e["action"] == json!("key.encrypt")),
         "alice's encrypt missing: {listed:#?}"
     );
     for e in &listed {
@@ -943,7 +949,7 @@ async fn a_client_that_hangs_up_mid_request_still_has_its_operation_audited() {
     let events = lines(&export(&s, &token, "").await);
     let created: Vec<_> = events
         .iter()
-        .filter(|e| e["action"] == json!("keys.create") && e["resource"] == resource)
+        .filter(|e| e["action"] == json!("key.create") && e["resource"] == resource)
         .collect();
     assert_eq!(created.len(), 1, "{events:#?}");
     assert_eq!(created[0]["outcome"], json!("success"));
@@ -973,7 +979,7 @@ async fn a_stop_right_after_a_client_hangs_up_waits_for_its_request() {
     assert!(
         lines(&exported)
             .iter()
-            .any(|e| e["action"] == json!("keys.create") && e["resource"] == resource),
+            .any(|e| e["action"] == json!("key.create") && e["resource"] == resource),
         "the creation is audited"
     );
     assert_export_verifies(dir.path(), &s, &exported).await;
@@ -1067,7 +1073,7 @@ async fn cli_lists_exports_hashes_and_prints_the_public_key() {
     std::fs::write(&pem_file, &pem).unwrap();
 
     // Filters reach the server; JSON output is the page.
-    let page = ok_json(&s, &["audit", "list", "--action", "keys.encrypt"]);
+    let page = ok_json(&s, &["audit", "list", "--action", "key.encrypt"]);
     let events = page["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{page:#}");
     let enc = &events[0];
@@ -1075,7 +1081,7 @@ async fn cli_lists_exports_hashes_and_prints_the_public_key() {
     let table = text(&ok(&s, &["audit", "list", "--outcome", "success"], None).stdout);
     assert!(table.lines().next().unwrap().contains("action"), "{table}");
     assert!(
-        table.contains("keys.encrypt") && table.contains("keys.create"),
+        table.contains("key.encrypt") && table.contains("key.create"),
         "{table}"
     );
     // Paging: one event per page, the next page strictly older.

@@ -99,7 +99,7 @@ async fn two_nodes_on_one_postgres_keep_one_audit_chain() {
         match serde_json::from_str::<ExportLine>(line).unwrap() {
             ExportLine::Event(e) => {
                 assert!(seqs.insert(e.seq), "sequence {} twice", e.seq);
-                if e.action == "keys.encrypt" && e.outcome == "success" {
+                if e.action == "key.encrypt" && e.outcome == "success" {
                     encrypts += 1;
                 }
             }

@@ -1,6 +1,7 @@
 //! One audit event per request: the layer that builds it from what the request revealed
 //! (route, principal, resource, outcome, source) and answers only once the event is durable;
-//! and the checkpoint task that signs the chain head.
+//! and the checkpoint task that signs the chain head. Which routes are audited, and the action
+//! an event names, come from the route table ([`crate::routes::table`]).
 //!
 //! Extractors and handlers add facts through a task-local slot ([`note_principal`],
 //! [`note_resource`], [`note_sensitive`]), so no handler signature changes for auditing.
@@ -8,8 +9,8 @@
 
 use crate::error::{ApiError, ErrorCode, REQUEST_ID, current_request_id};
 use crate::serve::AppState;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{Method, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sovra_core::Principal;
@@ -75,64 +76,12 @@ pub fn note_sensitive(field: &'static str, value: &[u8]) {
     });
 }
 
-/// Probes and the API document are not requests to the service.
-fn audited(path: &str) -> bool {
-    !matches!(
-        path,
-        "/health" | "/ready" | "/metrics" | "/api/v1/openapi.json"
-    )
-}
-
-/// Top-level routes that name an operation rather than a collection of resources.
-const OPERATIONS: &[&str] = &["decrypt"];
-
-/// A stable action name from the route: `/api/v1/keys/{id}/encrypt` is `keys.encrypt`;
-/// collections and single resources take a verb from the method (`keys.create`, `keys.read`).
-pub fn action_name(method: &Method, route: Option<&str>) -> String {
-    let Some(route) = route else {
-        return "unmatched".into();
-    };
-    let route = route.trim_start_matches("/api/v1/").trim_start_matches('/');
-    // Taken on every audited request: one string, no list of segments.
-    let mut action = String::with_capacity(route.len() + 8);
-    let mut named = 0;
-    let mut first = "";
-    let mut ends_in_param = false;
-    for segment in route.split('/') {
-        ends_in_param = segment.starts_with('{');
-        if ends_in_param {
-            continue;
-        }
-        if named == 0 {
-            first = segment;
-        } else {
-            action.push('.');
-        }
-        action.push_str(segment);
-        named += 1;
-    }
-    // `/decrypt` is an operation, not a collection: it is its own action (not `decrypt.create`).
-    let operation = named == 1 && OPERATIONS.contains(&first);
-    if ends_in_param || (named == 1 && !operation) {
-        let verb = match (method.as_str(), ends_in_param) {
-            ("GET", false) => "list",
-            ("GET", true) => "read",
-            ("POST", _) => "create",
-            ("PATCH" | "PUT", _) => "update",
-            ("DELETE", _) => "delete",
-            _ => "other",
-        };
-        action.push('.');
-        action.push_str(verb);
-    }
-    action
-}
-
-/// `key/<id>` when the route names a key; otherwise the route's area (`sys`, `audit`).
-fn resource_from_path(route: Option<&str>, path: &str) -> String {
-    let Some(route) = route else {
+/// `key/<id>` when the route names a key; otherwise the route's area (`sys`, `audit`); `none`
+/// for the fallbacks, which have no pattern.
+fn resource_from_path(route: &str, path: &str) -> String {
+    if route.is_empty() {
         return "none".into();
-    };
+    }
     for (pattern, actual) in route.split('/').zip(path.split('/')) {
         if pattern == "{id}" {
             // The id is caller-chosen text: bounded, whatever was sent.
@@ -184,15 +133,11 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
     let Some(writer) = st.audit.clone() else {
         return next.run(req).await;
     };
-    if !audited(req.uri().path()) {
+    let spec = crate::routes::table::spec(req.method(), req.extensions());
+    if !spec.audited {
         return next.run(req).await;
     }
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(MatchedPath::as_str);
-    let action = action_name(req.method(), route);
-    let path_resource = resource_from_path(route, req.uri().path());
+    let path_resource = resource_from_path(spec.path, req.uri().path());
     let source = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -240,7 +185,7 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
             actor: facts.actor.unwrap_or_else(|| "anonymous".into()),
             auth_method: facts.auth_method.unwrap_or("none").into(),
             cert_fingerprint: facts.cert_fingerprint,
-            action,
+            action: spec.action().into(),
             resource: facts.resource.unwrap_or(path_resource),
             outcome: outcome(status).into(),
             error_code,
@@ -430,74 +375,21 @@ mod tests {
     }
 
     #[test]
-    fn every_route_gets_a_distinct_action_name() {
-        let (_, doc) = crate::openapi::router();
-        let mut seen = std::collections::HashMap::new();
-        for (path, item) in doc.paths.paths.iter() {
-            for method in ["GET", "POST", "PATCH", "PUT", "DELETE"] {
-                let op = match method {
-                    "GET" => &item.get,
-                    "POST" => &item.post,
-                    "PATCH" => &item.patch,
-                    "PUT" => &item.put,
-                    _ => &item.delete,
-                };
-                if op.is_none() || !audited(path) {
-                    continue;
-                }
-                let m = Method::from_bytes(method.as_bytes()).unwrap();
-                let action = action_name(&m, Some(path));
-                assert!(!action.contains("other"), "{method} {path} -> {action}");
-                if let Some(prev) = seen.insert(action.clone(), format!("{method} {path}")) {
-                    panic!("{action} names both {prev} and {method} {path}");
-                }
-            }
-        }
-        assert_eq!(
-            action_name(&Method::POST, Some("/api/v1/keys/{id}/encrypt")),
-            "keys.encrypt"
-        );
-        assert_eq!(
-            action_name(&Method::POST, Some("/api/v1/keys")),
-            "keys.create"
-        );
-        assert_eq!(
-            action_name(&Method::GET, Some("/api/v1/keys/{id}")),
-            "keys.read"
-        );
-        assert_eq!(
-            action_name(&Method::POST, Some("/api/v1/decrypt")),
-            "decrypt"
-        );
-        assert_eq!(
-            action_name(&Method::GET, Some("/api/v1/audit")),
-            "audit.list"
-        );
-        assert_eq!(action_name(&Method::GET, None), "unmatched");
-    }
-
-    #[test]
     fn resources_come_from_the_path() {
         assert_eq!(
-            resource_from_path(
-                Some("/api/v1/keys/{id}/encrypt"),
-                "/api/v1/keys/abc/encrypt"
-            ),
+            resource_from_path("/api/v1/keys/{id}/encrypt", "/api/v1/keys/abc/encrypt"),
             "key/abc"
         );
         assert_eq!(
-            resource_from_path(Some("/api/v1/sys/seal"), "/api/v1/sys/seal"),
+            resource_from_path("/api/v1/sys/seal", "/api/v1/sys/seal"),
             "sys"
         );
         let long = format!("/api/v1/keys/{}", "x".repeat(5000));
-        assert_eq!(
-            resource_from_path(Some("/api/v1/keys/{id}"), &long).len(),
-            4 + 64
-        );
+        assert_eq!(resource_from_path("/api/v1/keys/{id}", &long).len(), 4 + 64);
         // Bounded by characters, never cut inside one.
         let wide = format!("/api/v1/keys/{}", "é".repeat(100));
         assert_eq!(
-            resource_from_path(Some("/api/v1/keys/{id}"), &wide),
+            resource_from_path("/api/v1/keys/{id}", &wide),
             format!("key/{}", "é".repeat(64))
         );
     }

@@ -1,6 +1,8 @@
-//! Request-wide layers: request id and access log, metrics, and the seal gate.
+//! Request-wide layers: request id and access log, metrics, and the seal gate (which follows
+//! the route table, [`crate::routes::table`]).
 
 use crate::error::{ApiError, REQUEST_ID};
+use crate::routes::table;
 use crate::serve::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
@@ -58,24 +60,11 @@ pub async fn record_metrics(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Paths that work while sealed: status, init, unseal, health, readiness, metrics, the API
-/// document.
-pub(crate) fn allowed_while_sealed(path: &str) -> bool {
-    matches!(
-        path,
-        "/health"
-            | "/ready"
-            | "/metrics"
-            | "/api/v1/openapi.json"
-            | "/api/v1/sys/seal-status"
-            | "/api/v1/sys/init"
-            | "/api/v1/sys/unseal"
-            | "/api/v1/audit/public-key"
-    )
-}
-
+/// While sealed, only the routes the table declares `allowed_while_sealed` (status, init,
+/// unseal, probes, the API document, the audit public key) are served; everything else,
+/// unmatched paths included, answers 503.
 pub async fn seal_gate(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    if !st.kms.is_unsealed() && !allowed_while_sealed(req.uri().path()) {
+    if !st.kms.is_unsealed() && !table::spec(req.method(), req.extensions()).allowed_while_sealed {
         let status = st.kms.seal_status();
         let (code, msg) = if status.initialized {
             ("sealed", "Sovra is sealed; operators must unseal it")
@@ -118,5 +107,35 @@ pub async fn request_timeout(
             e.retry_after = Some(1);
             e.into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::routes::table::{self, ROUTES};
+    use axum::http::Method;
+
+    #[test]
+    fn only_the_intended_routes_work_while_sealed() {
+        let allowed: Vec<(Method, &str)> = ROUTES
+            .iter()
+            .filter(|s| s.allowed_while_sealed)
+            .map(|s| (s.method.clone(), s.path))
+            .collect();
+        assert_eq!(
+            allowed,
+            [
+                (Method::GET, "/health"),
+                (Method::GET, "/ready"),
+                (Method::GET, "/metrics"),
+                (Method::GET, "/api/v1/openapi.json"),
+                (Method::GET, "/api/v1/sys/seal-status"),
+                (Method::POST, "/api/v1/sys/init"),
+                (Method::POST, "/api/v1/sys/unseal"),
+                (Method::GET, "/api/v1/audit/public-key"),
+            ]
+        );
+        assert!(!table::lookup(&Method::GET, None).allowed_while_sealed);
+        assert!(!table::lookup(&Method::POST, Some("/health")).allowed_while_sealed);
     }
 }

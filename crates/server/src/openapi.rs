@@ -1,6 +1,7 @@
-//! The router and its OpenAPI document come from the same route list, so they cannot drift.
+//! The router and its OpenAPI document, both built from the route table
+//! ([`crate::routes::table`]), so they cannot drift from each other or from the layers.
 
-use crate::routes::{audit, crypto, keys, meta, sys};
+use crate::routes::table::{self, Access, ROUTES};
 use crate::serve::AppState;
 use axum::Router;
 use std::sync::Arc;
@@ -10,7 +11,6 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Content, Object, Ref, RefOr, Type};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -41,21 +41,26 @@ impl Modify for BearerAuth {
 /// annotations name only an operation's own errors and cannot forget these.
 fn add_shared_errors(doc: &mut utoipa::openapi::OpenApi) {
     for (path, item) in doc.paths.paths.iter_mut() {
-        let gated = !crate::middleware::allowed_while_sealed(path);
         let ops = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.patch,
-            &mut item.delete,
+            (axum::http::Method::GET, &mut item.get),
+            (axum::http::Method::POST, &mut item.post),
+            (axum::http::Method::PUT, &mut item.put),
+            (axum::http::Method::PATCH, &mut item.patch),
+            (axum::http::Method::DELETE, &mut item.delete),
         ];
-        for op in ops.into_iter().flatten() {
-            let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
+        for (method, op) in ops {
+            let Some(op) = op else { continue };
+            // Every documented operation is declared (tested); undeclared ones would be gated.
+            let spec = table::declared(&method, path);
+            let access = spec.map_or(Access::Unauthenticated, |s| s.access);
+            let gated = spec.is_none_or(|s| !s.allowed_while_sealed);
             let json_body = op.request_body.is_some();
             let r = &mut op.responses.responses;
-            if secured {
+            if let Access::Authenticated(_) = access {
                 // The bearer extractor, then the caller's rate limit (crate::ratelimit).
                 ensure(r, "401", "Missing, malformed or rejected bearer token");
+            }
+            if access.class().is_some() {
                 ensure(r, "429", "Rate limited");
             }
             if json_body {
@@ -129,40 +134,15 @@ fn ensure(
     });
 }
 
+/// The routes of [`ROUTES`] and their OpenAPI document.
 pub fn router() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
-    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(meta::health))
-        .routes(routes!(meta::ready))
-        .routes(routes!(meta::metrics))
-        .routes(routes!(meta::openapi))
-        .routes(routes!(sys::seal_status))
-        .routes(routes!(sys::init))
-        .routes(routes!(sys::unseal))
-        .routes(routes!(sys::seal))
-        .routes(routes!(sys::rotate_kek))
-        .routes(routes!(keys::create_key, keys::list_keys))
-        .routes(routes!(keys::get_key, keys::update_key))
-        .routes(routes!(keys::rotate_key))
-        .routes(routes!(keys::disable_key))
-        .routes(routes!(keys::enable_key))
-        .routes(routes!(keys::schedule_deletion))
-        .routes(routes!(keys::cancel_deletion))
-        .routes(routes!(crypto::encrypt))
-        .routes(routes!(crypto::encrypt_batch))
-        .routes(routes!(crypto::decrypt))
-        .routes(routes!(crypto::decrypt_batch))
-        .routes(routes!(crypto::reencrypt))
-        .routes(routes!(crypto::datakey))
-        .routes(routes!(crypto::datakey_without_plaintext))
-        .routes(routes!(crypto::sign))
-        .routes(routes!(crypto::verify))
-        .routes(routes!(crypto::mac))
-        .routes(routes!(crypto::verify_mac))
-        .routes(routes!(crypto::public_key))
-        .routes(routes!(audit::public_key))
-        .routes(routes!(audit::list))
-        .routes(routes!(audit::export))
-        .routes(routes!(audit::hash))
+    let (router, mut doc) = ROUTES
+        .iter()
+        .filter_map(|spec| spec.handler)
+        .fold(
+            OpenApiRouter::with_openapi(ApiDoc::openapi()),
+            |r, handler| r.routes(handler()),
+        )
         .split_for_parts();
     add_shared_errors(&mut doc);
     (router, doc)

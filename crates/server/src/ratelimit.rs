@@ -1,9 +1,10 @@
 //! Request rate limits: token buckets (GCRA, `governor`) per authenticated identity and per
 //! endpoint class, and per source IP for requests that are not authenticated (failed
-//! authentication, `sys/init`, `sys/unseal`). A caller over its quota gets 429 with
-//! `Retry-After` and the error code `rate_limited`.
+//! authentication, `sys/init`, `sys/unseal`, paths and methods no route has). A caller over
+//! its quota gets 429 with `Retry-After` and the error code `rate_limited`.
 //!
-//! Classes:
+//! Each route's class, or that it is unauthenticated or unlimited, is declared in the route
+//! table ([`crate::routes::table`]); this module only reads it. Classes:
 //! - `read`: GET routes of keys (list, show, public key).
 //! - `crypto`: encrypt, decrypt, reencrypt, data keys, sign, verify, MAC; a batch of n items
 //!   costs n.
@@ -13,14 +14,15 @@
 //! - `sys`: seal, KEK rotation and other server- or org-wide operations under `/api/v1/sys/`.
 //! - `unauthenticated`: per source IP.
 //!
-//! Probes (`/health`, `/ready`, `/metrics`, the OpenAPI document, `sys/seal-status`) are not
-//! limited.
+//! Probes (`/health`, `/ready`, `/metrics`, the OpenAPI document, `sys/seal-status`, the audit
+//! public key) are not limited.
 
 use crate::error::ApiError;
+use crate::routes::table::{self, Access};
 use crate::serve::AppState;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::StatusCode;
 use axum::http::request::Parts;
-use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
@@ -412,74 +414,12 @@ impl HeavyOpAdmission for RateLimits {
     }
 }
 
-/// The class of an authenticated route (method and route pattern). Routes not listed fall
-/// back by method (GET reads, anything else administers), and everything under
-/// `/api/v1/sys/` is `sys`, so a new route is never unlimited.
-pub fn class_of(method: &Method, route: &str) -> Class {
-    const CRYPTO_OPS: &[&str] = &[
-        "encrypt",
-        "encrypt/batch",
-        "reencrypt",
-        "datakey",
-        "datakey-without-plaintext",
-        "sign",
-        "verify",
-        "mac",
-        "verify-mac",
-    ];
-    if is_unauthenticated_route(route) {
-        return Class::Unauthenticated;
-    }
-    if route.starts_with("/api/v1/sys/") {
-        return Class::Sys;
-    }
-    // Reading the audit log, including keyed-hash lookups, is a read.
-    if route.starts_with("/api/v1/audit") {
-        return Class::Read;
-    }
-    if route == "/api/v1/decrypt" || route == "/api/v1/decrypt/batch" {
-        return Class::Crypto;
-    }
-    if *method == Method::POST
-        && let Some(op) = route.strip_prefix("/api/v1/keys/{id}/")
-        && CRYPTO_OPS.contains(&op)
-    {
-        return Class::Crypto;
-    }
-    if *method == Method::GET {
-        Class::Read
-    } else {
-        Class::KeyAdmin
-    }
-}
-
-/// Routes that anyone may call and that do work: limited per source IP on every request.
-fn is_unauthenticated_route(route: &str) -> bool {
-    matches!(route, "/api/v1/sys/init" | "/api/v1/sys/unseal")
-}
-
-/// Routes that are never limited: probes and documents.
-fn is_unlimited_route(route: &str) -> bool {
-    matches!(
-        route,
-        "/health"
-            | "/ready"
-            | "/metrics"
-            | "/api/v1/openapi.json"
-            | "/api/v1/sys/seal-status"
-            | "/api/v1/audit/public-key"
-    )
-}
-
 /// The per-identity check, made by the `Auth` extractor right after authentication.
 pub fn admit(st: &AppState, parts: &Parts, p: &Principal) -> Result<(), ApiError> {
-    let route = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map(|m| m.as_str())
-        .unwrap_or_else(|| parts.uri.path());
-    let class = class_of(&parts.method, route);
-    st.rate_limits.check(class, &p.owner_id(), 1)?;
+    let spec = table::spec(&parts.method, &parts.extensions);
+    if let Some(class) = spec.access.class() {
+        st.rate_limits.check(class, &p.owner_id(), 1)?;
+    }
     Ok(())
 }
 
@@ -502,9 +442,7 @@ pub const REFUSAL_DELAY: std::time::Duration = std::time::Duration::from_millis(
 
 async fn limit_by_ip(st: &AppState, req: Request, next: Next) -> Response {
     let limits = &st.rate_limits;
-    let Some(route) = req.extensions().get::<MatchedPath>().map(|m| m.as_str()) else {
-        return next.run(req).await;
-    };
+    let access = table::spec(req.method(), req.extensions()).access;
     // Without a peer address (an in-process router in tests) there is nothing to key on.
     let ip = req
         .extensions()
@@ -513,14 +451,15 @@ async fn limit_by_ip(st: &AppState, req: Request, next: Next) -> Response {
     let (Some(ip), true) = (ip, limits.enabled()) else {
         return next.run(req).await;
     };
-    if is_unlimited_route(route) || !route.starts_with("/api/") {
-        return next.run(req).await;
-    }
-    if is_unauthenticated_route(route) {
-        if let Err(l) = limits.check_ip(ip) {
-            return ApiError::from(l).into_response();
+    match access {
+        Access::Unlimited => return next.run(req).await,
+        Access::Unauthenticated => {
+            if let Err(l) = limits.check_ip(ip) {
+                return ApiError::from(l).into_response();
+            }
+            return next.run(req).await;
         }
-        return next.run(req).await;
+        Access::Authenticated(_) => {}
     }
     if let Some(l) = limits.ip_blocked(ip) {
         return ApiError::from(l).into_response();
@@ -676,52 +615,64 @@ mod tests {
         assert_eq!(l.tracked(), 1);
     }
 
+    /// The table's classes, checked against the rule they follow; the probes and the
+    /// unauthenticated routes are named here so that a new route cannot join either by accident.
     #[test]
     fn every_route_has_its_intended_class() {
-        let (_, doc) = crate::openapi::router();
-        let mut seen = 0;
-        for (path, item) in doc.paths.paths.iter() {
-            for (method, op) in [
-                (Method::GET, &item.get),
-                (Method::POST, &item.post),
-                (Method::PATCH, &item.patch),
-            ] {
-                if op.is_none() {
-                    continue;
-                }
-                seen += 1;
-                let class = class_of(&method, path);
-                let expected = if is_unlimited_route(path) || !path.starts_with("/api/") {
-                    continue;
-                } else if is_unauthenticated_route(path) {
-                    Class::Unauthenticated
-                } else if path.starts_with("/api/v1/sys/") {
-                    Class::Sys
-                } else if path.starts_with("/api/v1/audit") {
-                    Class::Read
-                } else if path.contains("crypt")
-                    || path.contains("datakey")
-                    || path.ends_with("/sign")
-                    || path.contains("verify")
-                    || path.ends_with("/mac")
-                {
-                    Class::Crypto
-                } else if method == Method::GET {
-                    Class::Read
-                } else {
-                    Class::KeyAdmin
-                };
-                assert_eq!(class, expected, "{method} {path}");
-            }
+        use crate::routes::table::{Access, ROUTES};
+        use axum::http::Method;
+        const UNLIMITED: &[&str] = &[
+            "/health",
+            "/ready",
+            "/metrics",
+            "/api/v1/openapi.json",
+            "/api/v1/sys/seal-status",
+            "/api/v1/audit/public-key",
+        ];
+        const UNAUTHENTICATED: &[&str] = &["/api/v1/sys/init", "/api/v1/sys/unseal"];
+        for spec in ROUTES {
+            let path = spec.path;
+            let expected = if UNLIMITED.contains(&path) {
+                Access::Unlimited
+            } else if UNAUTHENTICATED.contains(&path) {
+                Access::Unauthenticated
+            } else if path.starts_with("/api/v1/sys/") {
+                Access::Authenticated(Class::Sys)
+            } else if path.starts_with("/api/v1/audit") {
+                // Reading the audit log, including keyed-hash lookups, is a read.
+                Access::Authenticated(Class::Read)
+            } else if path.contains("crypt")
+                || path.contains("datakey")
+                || path.ends_with("/sign")
+                || path.contains("verify")
+                || path.ends_with("/mac")
+            {
+                Access::Authenticated(Class::Crypto)
+            } else if spec.method == Method::GET {
+                Access::Authenticated(Class::Read)
+            } else {
+                Access::Authenticated(Class::KeyAdmin)
+            };
+            assert_eq!(spec.access, expected, "{} {path}", spec.method);
         }
-        assert!(seen > 20, "{seen} routes");
+        assert!(ROUTES.len() > 20, "{} routes", ROUTES.len());
+        let access = |m: Method, p: &str| crate::routes::table::lookup(&m, Some(p)).access;
         assert_eq!(
-            class_of(&Method::POST, "/api/v1/keys/{id}/rotate"),
-            Class::KeyAdmin
+            access(Method::POST, "/api/v1/keys/{id}/rotate"),
+            Access::Authenticated(Class::KeyAdmin)
         );
         assert_eq!(
-            class_of(&Method::GET, "/api/v1/keys/{id}/public-key"),
-            Class::Read
+            access(Method::GET, "/api/v1/keys/{id}/public-key"),
+            Access::Authenticated(Class::Read)
+        );
+        // What no route has is charged to its source IP.
+        assert_eq!(
+            crate::routes::table::lookup(&Method::GET, None).access,
+            Access::Unauthenticated
+        );
+        assert_eq!(
+            access(Method::DELETE, "/api/v1/keys"),
+            Access::Unauthenticated
         );
     }
 }

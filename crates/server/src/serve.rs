@@ -131,6 +131,8 @@ pub fn app(
             state.clone(),
             crate::audit::audit_requests,
         ))
+        // Outside every layer that reads the matched route's declaration.
+        .layer(axum::middleware::from_fn(crate::routes::table::declare))
         .layer(axum::middleware::from_fn(middleware::request_id_and_log))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {

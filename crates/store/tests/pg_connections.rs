@@ -61,7 +61,7 @@ fn big_event(i: u32) -> AuditEvent {
         actor: format!("user-{i}-{}", "x".repeat(200)),
         auth_method: "jwt".into(),
         cert_fingerprint: None,
-        action: "keys.encrypt".into(),
+        action: "key.encrypt".into(),
         resource: format!("key/{i}"),
         outcome: "success".into(),
         error_code: None,

@@ -386,10 +386,10 @@ fn record(ledger: &SharedLedger, op: &str, a: &Answer, outage_ok: bool) {
                 k.version = k.version.max(v);
             }
             let action = match op {
-                "create" => "keys.create",
-                "rotate" => "keys.rotate",
-                "encrypt" => "keys.encrypt",
-                _ => "keys.datakey",
+                "create" => "key.create",
+                "rotate" => "key.rotate",
+                "encrypt" => "key.encrypt",
+                _ => "key.datakey",
             };
             l.requests.push((a.request_id.clone(), action));
         }

@@ -1,4 +1,4 @@
-//! Route handlers: thin functions over extractors that call the core.
+//! Route handlers: thin functions over extractors that call the core; [`table`] declares them.
 
 pub mod audit;
 pub mod body;
@@ -6,3 +6,4 @@ pub mod crypto;
 pub mod keys;
 pub mod meta;
 pub mod sys;
+pub mod table;
