@@ -10,8 +10,8 @@
 mod common;
 
 use common::{Backend, TestDb};
-use sovra_core::test_support::audit_event;
 use sovra_core::model::{KekRecord, OrgRecord};
+use sovra_core::test_support::audit_event;
 
 /// The grant script exactly as shipped, so the documented setup is the tested one.
 const SERVICE_ROLE_SQL: &str = include_str!("../../../deploy/postgres/service-role.sql");

@@ -70,8 +70,7 @@ async fn record_concurrently(writer: &AuditWriter, n: u32) {
 /// Verifies the stored chain as an export under a throwaway key (there are no checkpoints) and
 /// returns how many events it holds.
 async fn verified_event_count(db: &TestDb) -> u64 {
-    let key =
-        audit_key();
+    let key = audit_key();
     verify_export(&export_text(db).await, &key.public_key_spki_der().unwrap())
         .unwrap()
         .events
@@ -223,8 +222,7 @@ both!(
 );
 
 both!(checkpoints_are_stored_once_per_sequence, |db| async move {
-    let key =
-        audit_key();
+    let key = audit_key();
     let cp = Checkpoint::sign(&key, 5, "aa", 1).unwrap();
     db.store.add_audit_checkpoint(&cp).await.unwrap();
     // A second node signing the same sequence keeps the first.

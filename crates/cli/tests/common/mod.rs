@@ -474,3 +474,15 @@ pub fn with_key_id(ciphertext_b64: &str, key_id: &str) -> String {
     ct[4..20].copy_from_slice(&uuid_bytes(key_id));
     sovra_client::b64(&ct)
 }
+
+/// A path as a CLI argument.
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `sovra key create` of `key_type`; checks the type it answers and returns the key id.
+pub fn create(s: &Server, name: &str, key_type: &str) -> String {
+    let k = ok_json(s, &["key", "create", "--name", name, "--type", key_type]);
+    assert_eq!(k["type"], key_type);
+    k["id"].as_str().unwrap().to_string()
+}
