@@ -5,53 +5,13 @@
 mod common;
 mod jwt;
 
-use common::{Server, TempDir, free_port, sovra_bin, text};
+use common::{Resp, Server, TempDir, free_port, send, sovra_bin, text};
 use jwt::{AUDIENCE, ISSUER, Signer, claims_with_roles};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
-
-struct Resp {
-    status: u16,
-    request_id: String,
-    body: Value,
-    raw: String,
-}
-
-async fn send(
-    s: &Server,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> Resp {
-    let mut req = s.http().request(method, s.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    let request_id = r
-        .headers()
-        .get("x-request-id")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let raw = r.text().await.unwrap();
-    let body = serde_json::from_str(&raw).unwrap_or(Value::Null);
-    Resp {
-        status,
-        request_id,
-        body,
-        raw,
-    }
-}
 
 fn dev_token(s: &Server) -> &str {
     s.token.as_deref().unwrap()
@@ -64,15 +24,16 @@ async fn list_all(s: &Server, token: &str) -> Vec<Value> {
     loop {
         let r = send(
             s,
+            &s.http(),
             Method::GET,
             &format!("/api/v1/audit?limit=1000{before}"),
             Some(token),
             None,
         )
         .await;
-        assert_eq!(r.status, 200, "audit list: {}", r.raw);
-        out.extend(r.body["events"].as_array().unwrap().iter().cloned());
-        match r.body["next_before_seq"].as_u64() {
+        assert_eq!(r.status, 200, "audit list: {}", r.text);
+        out.extend(r.json["events"].as_array().unwrap().iter().cloned());
+        match r.json["next_before_seq"].as_u64() {
             Some(n) => before = format!("&before_seq={n}"),
             None => return out,
         }
@@ -82,14 +43,15 @@ async fn list_all(s: &Server, token: &str) -> Vec<Value> {
 async fn export(s: &Server, token: &str, query: &str) -> String {
     let r = send(
         s,
+        &s.http(),
         Method::GET,
         &format!("/api/v1/audit/export{query}"),
         Some(token),
         None,
     )
     .await;
-    assert_eq!(r.status, 200, "audit export: {}", r.raw);
-    r.raw
+    assert_eq!(r.status, 200, "audit export: {}", r.text);
+    r.text
 }
 
 fn lines(export: &str) -> Vec<Value> {
@@ -101,10 +63,18 @@ fn lines(export: &str) -> Vec<Value> {
 }
 
 async fn public_key_pem(s: &Server) -> String {
-    let r = send(s, Method::GET, "/api/v1/audit/public-key", None, None).await;
-    assert_eq!(r.status, 200, "public key: {}", r.raw);
-    assert!(r.raw.contains("BEGIN PUBLIC KEY"), "{}", r.raw);
-    r.raw
+    let r = send(
+        s,
+        &s.http(),
+        Method::GET,
+        "/api/v1/audit/public-key",
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "public key: {}", r.text);
+    assert!(r.text.contains("BEGIN PUBLIC KEY"), "{}", r.text);
+    r.text
 }
 
 /// `sovra audit verify` on an export: (success, stdout + stderr).
@@ -134,14 +104,15 @@ fn b64(b: &[u8]) -> String {
 async fn create_key(s: &Server, token: &str, name: &str) -> String {
     let r = send(
         s,
+        &s.http(),
         Method::POST,
         "/api/v1/keys",
         Some(token),
         Some(&json!({"name": name, "type": "aes-256-gcm"}).to_string()),
     )
     .await;
-    assert!(r.status < 300, "create key: {}", r.raw);
-    r.body["id"].as_str().unwrap().to_string()
+    assert!(r.status < 300, "create key: {}", r.text);
+    r.json["id"].as_str().unwrap().to_string()
 }
 
 fn by_request_id<'a>(events: &'a [Value], rid: &str) -> Vec<&'a Value> {
@@ -194,14 +165,15 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
 
     let create = send(
         &s,
+        &s.http(),
         Method::POST,
         "/api/v1/keys",
         Some(&token),
         Some(r#"{"name":"audit-one","type":"aes-256-gcm"}"#),
     )
     .await;
-    assert!(create.status < 300, "{}", create.raw);
-    let id = create.body["id"].as_str().unwrap().to_string();
+    assert!(create.status < 300, "{}", create.text);
+    let id = create.json["id"].as_str().unwrap().to_string();
     // A creation names the key it created.
     expected.push((
         create,
@@ -214,14 +186,15 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     let ctx = json!({"tenant": "t-1"});
     let enc = send(
         &s,
+        &s.http(),
         Method::POST,
         &format!("/api/v1/keys/{id}/encrypt"),
         Some(&token),
         Some(&json!({"plaintext": b64(b"hello"), "context": ctx}).to_string()),
     )
     .await;
-    assert_eq!(enc.status, 200, "{}", enc.raw);
-    let ciphertext = enc.body["ciphertext"].as_str().unwrap().to_string();
+    assert_eq!(enc.status, 200, "{}", enc.text);
+    let ciphertext = enc.json["ciphertext"].as_str().unwrap().to_string();
     expected.push((
         enc,
         "key.encrypt",
@@ -233,13 +206,14 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     // The decrypt route names no key: the event's resource is the key from the ciphertext.
     let dec = send(
         &s,
+        &s.http(),
         Method::POST,
         "/api/v1/decrypt",
         Some(&token),
         Some(&json!({"ciphertext": ciphertext, "context": ctx}).to_string()),
     )
     .await;
-    assert_eq!(dec.status, 200, "{}", dec.raw);
+    assert_eq!(dec.status, 200, "{}", dec.text);
     expected.push((
         dec,
         "key.decrypt",
@@ -251,13 +225,14 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     let unknown = "00000000-0000-4000-8000-000000000000";
     let missing = send(
         &s,
+        &s.http(),
         Method::GET,
         &format!("/api/v1/keys/{unknown}"),
         Some(&token),
         None,
     )
     .await;
-    assert_eq!(missing.status, 404, "{}", missing.raw);
+    assert_eq!(missing.status, 404, "{}", missing.text);
     expected.push((
         missing,
         "key.read",
@@ -268,24 +243,26 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
 
     let bad_token = send(
         &s,
+        &s.http(),
         Method::GET,
         "/api/v1/keys",
         Some("not-a-valid-token"),
         None,
     )
     .await;
-    assert_eq!(bad_token.status, 401, "{}", bad_token.raw);
+    assert_eq!(bad_token.status, 401, "{}", bad_token.text);
     expected.push((bad_token, "key.list", "denied", "anonymous", None));
 
     let malformed = send(
         &s,
+        &s.http(),
         Method::POST,
         &format!("/api/v1/keys/{id}/encrypt"),
         Some(&token),
         Some("{\"plaintext\": "),
     )
     .await;
-    assert_eq!(malformed.status, 400, "{}", malformed.raw);
+    assert_eq!(malformed.status, 400, "{}", malformed.text);
     expected.push((
         malformed,
         "key.encrypt",
@@ -294,8 +271,16 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
         Some(format!("key/{id}")),
     ));
 
-    let unmatched = send(&s, Method::GET, "/api/v1/no-such-route", Some(&token), None).await;
-    assert_eq!(unmatched.status, 404, "{}", unmatched.raw);
+    let unmatched = send(
+        &s,
+        &s.http(),
+        Method::GET,
+        "/api/v1/no-such-route",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(unmatched.status, 404, "{}", unmatched.text);
     expected.push((unmatched, "unmatched", "failure", "anonymous", None));
 
     // Count through the export: it holds every event (other orgs' and anonymous ones as links).
@@ -318,8 +303,11 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
     let after = sink_events(&sink_file, head).await;
 
     for (resp, action, outcome, actor, resource) in &expected {
-        assert!(!resp.request_id.is_empty(), "no x-request-id: {}", resp.raw);
-        let found = by_request_id(&after, &resp.request_id);
+        let rid = resp
+            .request_id()
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| panic!("no x-request-id: {}", resp.text));
+        let found = by_request_id(&after, rid);
         assert_eq!(found.len(), 1, "{action}: events {found:#?}");
         let e = found[0];
         assert_eq!(e["action"], json!(action), "{e:#}");
@@ -333,18 +321,18 @@ async fn every_request_yields_exactly_one_event_with_its_facts() {
             assert!(e["error_code"].is_null(), "{e:#}");
         } else {
             // The event names the same error the caller was told.
-            let code = resp.body["error"]["code"].as_str().unwrap_or("missing");
+            let code = resp.json["error"]["code"].as_str().unwrap_or("missing");
             assert_eq!(
                 e["error_code"],
                 json!(code),
                 "{action}: {e:#} vs {}",
-                resp.raw
+                resp.text
             );
         }
     }
     // The encrypt and decrypt events carry the keyed hashes of the token and the context.
     for (resp, action, ..) in &expected[1..3] {
-        let e = by_request_id(&after, &resp.request_id)[0];
+        let e = by_request_id(&after, resp.request_id().unwrap())[0];
         let hashed = e["hashed"].as_object().unwrap();
         assert!(
             hashed.contains_key("token") && hashed.contains_key("context"),
@@ -387,22 +375,24 @@ async fn token_plaintext_and_context_are_stored_only_as_keyed_hashes() {
     let id = create_key(&s, &token, "audit-secret").await;
     let enc = send(
         &s,
+        &s.http(),
         Method::POST,
         &format!("/api/v1/keys/{id}/encrypt"),
         Some(&token),
         Some(&json!({"plaintext": b64(marker.as_bytes()), "context": ctx}).to_string()),
     )
     .await;
-    assert_eq!(enc.status, 200, "{}", enc.raw);
+    assert_eq!(enc.status, 200, "{}", enc.text);
     let dec = send(
         &s,
+        &s.http(),
         Method::POST,
         "/api/v1/decrypt",
         Some(&token),
-        Some(&json!({"ciphertext": enc.body["ciphertext"], "context": ctx}).to_string()),
+        Some(&json!({"ciphertext": enc.json["ciphertext"], "context": ctx}).to_string()),
     )
     .await;
-    assert_eq!(dec.status, 200, "{}", dec.raw);
+    assert_eq!(dec.status, 200, "{}", dec.text);
 
     let secrets: [(&str, Vec<u8>); 4] = [
         ("the dev token", token.as_bytes().to_vec()),
@@ -427,36 +417,38 @@ async fn token_plaintext_and_context_are_stored_only_as_keyed_hashes() {
     let events = lines(&exported);
     let enc_event = events
         .iter()
-        .find(|e| e["request_id"] == json!(enc.request_id))
+        .find(|e| e["request_id"] == json!(enc.request_id()))
         .expect("encrypt event in the export");
     let dec_event = events
         .iter()
-        .find(|e| e["request_id"] == json!(dec.request_id))
+        .find(|e| e["request_id"] == json!(dec.request_id()))
         .expect("decrypt event in the export");
     let h = send(
         &s,
+        &s.http(),
         Method::POST,
         "/api/v1/audit/hash",
         Some(&token),
         Some(&json!({"token": token}).to_string()),
     )
     .await;
-    assert_eq!(h.status, 200, "{}", h.raw);
-    assert_eq!(h.body["field"], json!("token"));
-    assert_eq!(enc_event["hashed"]["token"], h.body["hash"]);
-    assert_eq!(dec_event["hashed"]["token"], h.body["hash"]);
+    assert_eq!(h.status, 200, "{}", h.text);
+    assert_eq!(h.json["field"], json!("token"));
+    assert_eq!(enc_event["hashed"]["token"], h.json["hash"]);
+    assert_eq!(dec_event["hashed"]["token"], h.json["hash"]);
     let h = send(
         &s,
+        &s.http(),
         Method::POST,
         "/api/v1/audit/hash",
         Some(&token),
         Some(&json!({"context": ctx}).to_string()),
     )
     .await;
-    assert_eq!(h.status, 200, "{}", h.raw);
-    assert_eq!(h.body["field"], json!("context"));
-    assert_eq!(enc_event["hashed"]["context"], h.body["hash"]);
-    assert_eq!(dec_event["hashed"]["context"], h.body["hash"]);
+    assert_eq!(h.status, 200, "{}", h.text);
+    assert_eq!(h.json["field"], json!("context"));
+    assert_eq!(enc_event["hashed"]["context"], h.json["hash"]);
+    assert_eq!(dec_event["hashed"]["context"], h.json["hash"]);
     // The token's hash is not the context's: the field keys the hash.
     assert_ne!(enc_event["hashed"]["token"], enc_event["hashed"]["context"]);
 }
@@ -496,30 +488,32 @@ async fn each_event_carries_the_keyed_hash_of_its_own_token() {
     ] {
         let r = send(
             &s,
+            &s.http(),
             Method::POST,
             &format!("/api/v1/keys/{key}/encrypt"),
             Some(token),
             Some(&json!({"plaintext": b64(b"x")}).to_string()),
         )
         .await;
-        requests.push((token, r.request_id));
+        requests.push((token, r.request_id().unwrap_or_default().to_string()));
     }
 
     let events = lines(&export(&s, &auditor, "").await);
     for (token, request_id) in &requests {
         let expected = send(
             &s,
+            &s.http(),
             Method::POST,
             "/api/v1/audit/hash",
             Some(&auditor),
             Some(&json!({ "token": token }).to_string()),
         )
         .await;
-        assert_eq!(expected.status, 200, "{}", expected.raw);
+        assert_eq!(expected.status, 200, "{}", expected.text);
         let event = by_request_id(&events, request_id);
         assert_eq!(event.len(), 1, "one event for {request_id}");
         assert_eq!(
-            event[0]["hashed"]["token"], expected.body["hash"],
+            event[0]["hashed"]["token"], expected.json["hash"],
             "event {request_id} carries another token's hash"
         );
     }
@@ -541,13 +535,14 @@ async fn users_cannot_read_the_log_and_auditors_see_only_their_org() {
     for (t, k) in [(&alice, &alice_key), (&bob, &bob_key)] {
         let r = send(
             &s,
+            &s.http(),
             Method::POST,
             &format!("/api/v1/keys/{k}/encrypt"),
             Some(t),
             Some(&json!({"plaintext": b64(b"x")}).to_string()),
         )
         .await;
-        assert_eq!(r.status, 200, "{}", r.raw);
+        assert_eq!(r.status, 200, "{}", r.text);
     }
 
     // A plain user may not read the log, export it, or use the hash lookup.
@@ -560,8 +555,8 @@ async fn users_cannot_read_the_log_and_auditors_see_only_their_org() {
             Some(r#"{"token":"x"}"#.to_string()),
         ),
     ] {
-        let r = send(&s, method, path, Some(&alice), body.as_deref()).await;
-        assert_eq!(r.status, 403, "user on {path}: {}", r.raw);
+        let r = send(&s, &s.http(), method, path, Some(&alice), body.as_deref()).await;
+        assert_eq!(r.status, 403, "user on {path}: {}", r.text);
     }
 
     let alice_id = format!("{ISSUER}#alice");
@@ -630,8 +625,16 @@ async fn checkpoints_are_signed_periodically_and_at_shutdown() {
     let quiet = "[audit]\ncheckpoint_interval_seconds = 3600\n";
     let s = Server::start_dev(&data, quiet);
     let token = dev_token(&s).to_string();
-    let last = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
-    assert_eq!(last.status, 200, "{}", last.raw);
+    let last = send(
+        &s,
+        &s.http(),
+        Method::GET,
+        "/api/v1/keys",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(last.status, 200, "{}", last.text);
     assert!(s.stop(), "server did not stop cleanly");
 
     let s = Server::start_dev(&data, quiet);
@@ -639,7 +642,7 @@ async fn checkpoints_are_signed_periodically_and_at_shutdown() {
     let exported = export(&s, &token, "").await;
     let last_seq = lines(&exported)
         .iter()
-        .find(|l| l["request_id"] == json!(last.request_id))
+        .find(|l| l["request_id"] == json!(last.request_id()))
         .expect("the last request's event")["seq"]
         .as_u64()
         .unwrap();
@@ -714,8 +717,16 @@ async fn a_second_server_on_the_same_sqlite_database_is_refused() {
         dev_env,
         "the refused server must not point dev.env at itself"
     );
-    let keys = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
-    assert_eq!(keys.status, 200, "{}", keys.raw);
+    let keys = send(
+        &s,
+        &s.http(),
+        Method::GET,
+        "/api/v1/keys",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(keys.status, 200, "{}", keys.text);
     assert_whole_chain_verifies(dir.path(), &s, &token).await;
 }
 
@@ -742,10 +753,10 @@ async fn bad_audit_queries_are_400s_and_each_still_leaves_one_event() {
     ];
     let mut ids = Vec::new();
     for (path, code) in cases {
-        let r = send(&s, Method::GET, path, Some(&token), None).await;
-        assert_eq!(r.status, 400, "{path}: {}", r.raw);
-        assert_eq!(r.body["error"]["code"], json!(code), "{path}: {}", r.raw);
-        ids.push((path, r.request_id));
+        let r = send(&s, &s.http(), Method::GET, path, Some(&token), None).await;
+        assert_eq!(r.status, 400, "{path}: {}", r.text);
+        assert_eq!(r.json["error"]["code"], json!(code), "{path}: {}", r.text);
+        ids.push((path, r.request_id().unwrap_or_default().to_string()));
     }
 
     let events = list_all(&s, &token).await;
@@ -767,9 +778,9 @@ async fn bad_audit_queries_are_400s_and_each_still_leaves_one_event() {
 // ---- SIEM sink that comes up late ----------------------------------------------------------
 
 async fn sink_backlog(s: &Server, sink: &str) -> Option<f64> {
-    let r = send(s, Method::GET, "/metrics", None, None).await;
+    let r = send(s, &s.http(), Method::GET, "/metrics", None, None).await;
     let prefix = format!("sovra_audit_sink_backlog{{sink=\"{sink}\"}} ");
-    r.raw
+    r.text
         .lines()
         .find_map(|l| l.strip_prefix(&prefix))
         .map(|v| v.trim().parse().unwrap())
@@ -827,8 +838,16 @@ async fn a_siem_that_is_down_neither_blocks_requests_nor_loses_events() {
     for i in 0..5 {
         create_key(&s, &token, &format!("siem-{i}")).await;
     }
-    let r = send(&s, Method::GET, "/api/v1/keys", Some(&token), None).await;
-    assert_eq!(r.status, 200, "{}", r.raw);
+    let r = send(
+        &s,
+        &s.http(),
+        Method::GET,
+        "/api/v1/keys",
+        Some(&token),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text);
     // The forwarder is behind while nothing listens.
     let deadline = Instant::now() + Duration::from_secs(60);
     while sink_backlog(&s, "siem").await.unwrap_or(0.0) < 1.0 {

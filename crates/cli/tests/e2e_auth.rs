@@ -5,11 +5,11 @@
 mod common;
 mod jwt;
 
-use common::{Server, TempDir};
+use common::{Resp, Server, TempDir, assert_error, with_key_id};
 use jsonwebtoken::Algorithm;
 use jwt::{AUDIENCE, ISSUER, Signer, claims, claims_with_roles, now};
 use reqwest::Method;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderValue};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -19,19 +19,6 @@ use std::time::{Duration, Instant};
 const ISSUER2: &str = "https://idp2.partner.test";
 
 // ---- raw HTTP -----------------------------------------------------------------------------
-
-struct Resp {
-    status: u16,
-    headers: HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl std::fmt::Debug for Resp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {} {}", self.status, self.text)
-    }
-}
 
 struct Api {
     http: reqwest::Client,
@@ -69,17 +56,7 @@ impl Api {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req.send().await?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await?;
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Ok(Resp {
-            status,
-            headers,
-            text,
-            json,
-        })
+        Resp::read(req.send().await?).await
     }
 
     async fn with_auth(
@@ -141,43 +118,10 @@ fn b64(bytes: &[u8]) -> String {
     sovra_client::b64(bytes)
 }
 
-/// Asserts a JSON API error: status, code, a message and the request id (also in the
-/// `x-request-id` header).
-#[track_caller]
-fn assert_error(r: &Resp, status: u16, code: &str) {
-    assert_eq!(r.status, status, "{r:?}");
-    let e = &r.json["error"];
-    assert_eq!(e["code"], code, "{r:?}");
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{r:?}"
-    );
-    let rid = e["request_id"].as_str().unwrap_or_default();
-    assert_eq!(rid.len(), 36, "request id is a uuid: {r:?}");
-    assert_eq!(
-        r.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
-        Some(rid),
-        "{r:?}"
-    );
-    assert!(
-        r.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/json")),
-        "{r:?}"
-    );
-}
-
 #[track_caller]
 fn assert_unauthenticated(r: &Resp) {
     assert_error(r, 401, "unauthenticated");
-    assert_eq!(
-        r.headers
-            .get("www-authenticate")
-            .and_then(|v| v.to_str().ok()),
-        Some("Bearer"),
-        "{r:?}"
-    );
+    assert_eq!(r.header("www-authenticate"), Some("Bearer"), "{r:?}");
 }
 
 /// The error body without its request id (the only part that may differ between two answers
@@ -204,20 +148,6 @@ fn random_uuid() -> String {
         &h[16..20],
         &h[20..32]
     )
-}
-
-fn uuid_bytes(id: &str) -> Vec<u8> {
-    let hex: String = id.chars().filter(|c| *c != '-').collect();
-    (0..16)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
-/// The ciphertext with the key id in its header replaced (bytes 4..20 of the envelope).
-fn with_key_id(ciphertext_b64: &str, key_id: &str) -> String {
-    let mut ct = sovra_client::unb64(ciphertext_b64).unwrap();
-    ct[4..20].copy_from_slice(&uuid_bytes(key_id));
-    b64(&ct)
 }
 
 // ---- the test identity providers ----------------------------------------------------------

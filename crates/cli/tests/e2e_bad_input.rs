@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{Server, TempDir};
+use common::{Resp, Server, TempDir, assert_error, assert_error_any, with_key_id};
 use reqwest::Method;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
 
 /// The plaintext every test encrypts; it must never come back except from decrypt.
@@ -18,20 +18,6 @@ fn b64(bytes: &[u8]) -> String {
 
 fn unb64(s: &str) -> Vec<u8> {
     sovra_client::unb64(s).unwrap()
-}
-
-struct Resp {
-    status: u16,
-    headers: HeaderMap,
-    text: String,
-    json: Value,
-}
-
-impl std::fmt::Debug for Resp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let t: String = self.text.chars().take(2000).collect();
-        write!(f, "HTTP {} {t}", self.status)
-    }
 }
 
 enum Body<'a> {
@@ -88,17 +74,7 @@ impl Env {
                 req.body(bytes)
             }
         };
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let text = resp.text().await.unwrap();
-        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let r = Resp {
-            status,
-            headers,
-            text,
-            json,
-        };
+        let r = Resp::read(req.send().await.unwrap()).await.unwrap();
         assert_ne!(r.status, 500, "{path}: {r:?}");
         if r.status >= 400 {
             // Every error, whatever produced it, is the API's JSON error.
@@ -182,52 +158,6 @@ fn assert_no_secret(text: &str, what: &str) {
         !text.contains(&b64(SECRET)),
         "{what} carries the base64 plaintext"
     );
-}
-
-/// A JSON API error: status, code, a message and the request id (also in `x-request-id`).
-#[track_caller]
-fn assert_error(r: &Resp, status: u16, code: &str) {
-    assert_error_any(r, status, &[code]);
-}
-
-#[track_caller]
-fn assert_error_any(r: &Resp, status: u16, codes: &[&str]) {
-    assert_eq!(r.status, status, "{r:?}");
-    assert!(
-        r.headers
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with("application/json")),
-        "{r:?}"
-    );
-    let e = &r.json["error"];
-    let code = e["code"].as_str().unwrap_or_default();
-    assert!(codes.contains(&code), "expected {codes:?}: {r:?}");
-    assert!(
-        e["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{r:?}"
-    );
-    let rid = e["request_id"].as_str().unwrap_or_default();
-    assert_eq!(rid.len(), 36, "request id: {r:?}");
-    assert_eq!(
-        r.headers.get("x-request-id").and_then(|v| v.to_str().ok()),
-        Some(rid),
-        "{r:?}"
-    );
-}
-
-fn uuid_bytes(id: &str) -> Vec<u8> {
-    let hex: String = id.chars().filter(|c| *c != '-').collect();
-    (0..16)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
-}
-
-/// The ciphertext with another key id in its header.
-fn with_key_id(ct: &str, key_id: &str) -> String {
-    let mut c = unb64(ct);
-    c[4..20].copy_from_slice(&uuid_bytes(key_id));
-    b64(&c)
 }
 
 // ---- JSON bodies ----------------------------------------------------------------------------

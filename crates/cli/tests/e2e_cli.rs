@@ -6,8 +6,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir, ok, ok_json, text};
-use std::path::Path;
+use common::{Server, TempDir, create, ok, ok_json, p, text};
 
 fn ok_text(s: &Server, args: &[&str]) -> String {
     text(&ok(s, args, None).stdout)
@@ -32,20 +31,10 @@ fn field(view: &str, label: &str) -> Option<String> {
         .map(|v| v.trim().to_string())
 }
 
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
 fn random_bytes(n: usize) -> Vec<u8> {
     let mut v = vec![0u8; n];
     aws_lc_rs::rand::fill(&mut v).unwrap();
     v
-}
-
-fn create(s: &Server, name: &str, key_type: &str) -> String {
-    let k = ok_json(s, &["key", "create", "--name", name, "--type", key_type]);
-    assert_eq!(k["type"], key_type);
-    k["id"].as_str().unwrap().to_string()
 }
 
 /// Checks the self-describing header: magic, format 1, key id, key version.

@@ -6,20 +6,9 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir, ok, ok_json, text};
+use common::{Server, TempDir, create, ok, ok_json, p, text};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
-
-fn create(s: &Server, name: &str, key_type: &str) -> String {
-    ok_json(s, &["key", "create", "--name", name, "--type", key_type])["id"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
 
 fn openssl(args: &[&str]) -> Output {
     Command::new("openssl")

@@ -5,68 +5,12 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir};
+use common::{Server, TempDir, send, text, uuid_bytes};
 use reqwest::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-struct Resp {
-    status: u16,
-    request_id: Option<String>,
-    content_type: String,
-    body: Vec<u8>,
-}
-
-impl Resp {
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&self.body)))
-    }
-}
-
-/// One HTTPS request with the raw client; `body` is sent as JSON text (it may be malformed).
-async fn call(
-    s: &Server,
-    http: &reqwest::Client,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<&str>,
-) -> Resp {
-    let mut req = http.request(method, s.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let request_id = resp
-        .headers()
-        .get("x-request-id")
-        .map(|v| v.to_str().unwrap().to_string());
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .map(|v| v.to_str().unwrap().to_string())
-        .unwrap_or_default();
-    let body = resp.bytes().await.unwrap().to_vec();
-    Resp {
-        status,
-        request_id,
-        content_type,
-        body,
-    }
-}
 
 fn is_uuid(s: &str) -> bool {
     s.len() == 36
@@ -106,19 +50,21 @@ async fn health_and_prometheus_metrics() {
     let token = s.token.clone().unwrap();
     let t = Some(token.as_str());
 
-    let r = call(&s, &http, Method::GET, "/health", None, None).await;
+    let r = send(&s, &http, Method::GET, "/health", None, None).await;
     assert_eq!(r.status, 200);
     assert!(
-        r.content_type.starts_with("application/json"),
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("application/json"),
         "{}",
-        r.content_type
+        r.header("content-type").unwrap_or_default()
     );
-    assert_eq!(r.json(), json!({"status": "ok"}));
-    let r = call(&s, &http, Method::GET, "/ready", None, None).await;
-    assert_eq!((r.status, r.json()), (200, json!({"status": "ready"})));
+    assert_eq!(r.json, json!({"status": "ok"}));
+    let r = send(&s, &http, Method::GET, "/ready", None, None).await;
+    assert_eq!((r.status, r.json), (200, json!({"status": "ready"})));
 
     // Some traffic: 201, 3 x 200, 404, 401.
-    let r = call(
+    let r = send(
         &s,
         &http,
         Method::POST,
@@ -128,9 +74,9 @@ async fn health_and_prometheus_metrics() {
     )
     .await;
     assert_eq!(r.status, 201);
-    let id = r.json()["id"].as_str().unwrap().to_string();
+    let id = r.json["id"].as_str().unwrap().to_string();
     for _ in 0..3 {
-        let r = call(
+        let r = send(
             &s,
             &http,
             Method::POST,
@@ -143,24 +89,26 @@ async fn health_and_prometheus_metrics() {
     }
     let missing = "/api/v1/keys/3a7e1f8e-8d3c-4c8e-9a37-2f0d3b9c1e55";
     assert_eq!(
-        call(&s, &http, Method::GET, missing, t, None).await.status,
+        send(&s, &http, Method::GET, missing, t, None).await.status,
         404
     );
     assert_eq!(
-        call(&s, &http, Method::GET, "/api/v1/keys", None, None)
+        send(&s, &http, Method::GET, "/api/v1/keys", None, None)
             .await
             .status,
         401
     );
 
-    let r = call(&s, &http, Method::GET, "/metrics", None, None).await;
+    let r = send(&s, &http, Method::GET, "/metrics", None, None).await;
     assert_eq!(r.status, 200);
     assert!(
-        r.content_type.starts_with("text/plain"),
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("text/plain"),
         "{}",
-        r.content_type
+        r.header("content-type").unwrap_or_default()
     );
-    let m = text(&r.body);
+    let m = r.text;
     let req_total = |route: &str, method: &str, status: &str| {
         sample(
             &m,
@@ -210,13 +158,11 @@ async fn health_and_prometheus_metrics() {
     assert!(m.lines().any(|l| l == "sovra_sealed 0"), "{m}");
 
     // The previous /metrics request is counted too, and the gauge follows the seal.
-    let r = call(&s, &http, Method::POST, "/api/v1/sys/seal", t, None).await;
+    let r = send(&s, &http, Method::POST, "/api/v1/sys/seal", t, None).await;
     assert_eq!(r.status, 200);
-    let m = text(
-        &call(&s, &http, Method::GET, "/metrics", None, None)
-            .await
-            .body,
-    );
+    let m = send(&s, &http, Method::GET, "/metrics", None, None)
+        .await
+        .text;
     assert!(m.lines().any(|l| l == "sovra_sealed 1"), "{m}");
     assert_eq!(
         sample(
@@ -227,7 +173,7 @@ async fn health_and_prometheus_metrics() {
         Some(1.0),
         "{m}"
     );
-    let r = call(&s, &http, Method::GET, "/health", None, None).await;
+    let r = send(&s, &http, Method::GET, "/health", None, None).await;
     assert_eq!(r.status, 200, "liveness does not depend on the seal");
 }
 
@@ -241,12 +187,12 @@ async fn sealed_rejections_are_counted_in_metrics() {
     let http = s.http();
     let token = s.token.clone().unwrap();
     assert_eq!(
-        call(&s, &http, Method::GET, "/nope", None, None)
+        send(&s, &http, Method::GET, "/nope", None, None)
             .await
             .status,
         404
     );
-    let r = call(
+    let r = send(
         &s,
         &http,
         Method::POST,
@@ -257,14 +203,12 @@ async fn sealed_rejections_are_counted_in_metrics() {
     .await;
     assert_eq!(r.status, 200);
     for _ in 0..2 {
-        let r = call(&s, &http, Method::GET, "/api/v1/keys", Some(&token), None).await;
+        let r = send(&s, &http, Method::GET, "/api/v1/keys", Some(&token), None).await;
         assert_eq!(r.status, 503);
     }
-    let m = text(
-        &call(&s, &http, Method::GET, "/metrics", None, None)
-            .await
-            .body,
-    );
+    let m = send(&s, &http, Method::GET, "/metrics", None, None)
+        .await
+        .text;
     let total_503: f64 = m
         .lines()
         .filter(|l| l.starts_with("sovra_http_requests_total{") && l.contains("status=\"503\""))
@@ -426,10 +370,14 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
     let http = s.http();
     let token = s.token.clone().unwrap();
 
-    let r = call(&s, &http, Method::GET, "/api/v1/openapi.json", None, None).await;
+    let r = send(&s, &http, Method::GET, "/api/v1/openapi.json", None, None).await;
     assert_eq!(r.status, 200);
-    assert!(r.content_type.starts_with("application/json"));
-    let doc = r.json();
+    assert!(
+        r.header("content-type")
+            .unwrap_or_default()
+            .starts_with("application/json")
+    );
+    let doc = r.json;
     assert!(
         doc["openapi"].as_str().unwrap().starts_with("3."),
         "{}",
@@ -503,9 +451,9 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
         let body = valid_body(m, p, &ct_b64);
         let secured = op(m, p)["security"].is_array();
         let mut seen = BTreeSet::new();
-        let r = call(&s, &http, method.clone(), &url, None, body.as_deref()).await;
+        let r = send(&s, &http, method.clone(), &url, None, body.as_deref()).await;
         if secured {
-            assert_eq!(r.status, 401, "{m} {p} without a token: {}", text(&r.body));
+            assert_eq!(r.status, 401, "{m} {p} without a token: {}", r.text);
         }
         seen.insert(r.status);
         if *p == "/api/v1/sys/seal" {
@@ -513,7 +461,7 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
             observed.insert((m.to_string(), p.to_string()), seen);
             continue;
         }
-        let r = call(
+        let r = send(
             &s,
             &http,
             method.clone(),
@@ -523,16 +471,11 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
         )
         .await;
         if p.contains("{id}") || *p == "/api/v1/decrypt" {
-            assert_eq!(
-                r.status,
-                404,
-                "{m} {p} with an unknown key: {}",
-                text(&r.body)
-            );
+            assert_eq!(r.status, 404, "{m} {p} with an unknown key: {}", r.text);
         }
         seen.insert(r.status);
         if body.is_some() {
-            let r = call(
+            let r = send(
                 &s,
                 &http,
                 method.clone(),
@@ -541,13 +484,13 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
                 Some("{not json"),
             )
             .await;
-            assert_eq!(r.status, 400, "{m} {p} malformed JSON: {}", text(&r.body));
-            assert_eq!(r.json()["error"]["code"], "malformed_json");
+            assert_eq!(r.status, 400, "{m} {p} malformed JSON: {}", r.text);
+            assert_eq!(r.json["error"]["code"], "malformed_json");
             seen.insert(r.status);
         }
         observed.insert((m.to_string(), p.to_string()), seen);
     }
-    let r = call(
+    let r = send(
         &s,
         &http,
         Method::POST,
@@ -561,7 +504,7 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
         let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
         let url = p.replace("{id}", unknown);
         let body = valid_body(m, p, &ct_b64);
-        let r = call(&s, &http, method, &url, Some(&token), body.as_deref()).await;
+        let r = send(&s, &http, method, &url, Some(&token), body.as_deref()).await;
         if *p == "/ready" {
             assert_eq!(r.status, 503, "not ready while sealed");
             continue;
@@ -570,8 +513,8 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
             assert_ne!(r.status, 503, "{m} {p} must work while sealed");
             continue;
         }
-        assert_eq!(r.status, 503, "{m} {p} while sealed: {}", text(&r.body));
-        assert_eq!(r.json()["error"]["code"], "sealed");
+        assert_eq!(r.status, 503, "{m} {p} while sealed: {}", r.text);
+        assert_eq!(r.json["error"]["code"], "sealed");
         observed
             .get_mut(&(m.to_string(), p.to_string()))
             .unwrap()
@@ -600,9 +543,9 @@ async fn openapi_documents_413_and_415_for_json_bodies() {
     let s = Server::start_dev(dir.path(), "");
     let http = s.http();
     let token = s.token.clone().unwrap();
-    let doc = call(&s, &http, Method::GET, "/api/v1/openapi.json", None, None)
+    let doc = send(&s, &http, Method::GET, "/api/v1/openapi.json", None, None)
         .await
-        .json();
+        .json;
     let unknown = "5b0c3f8e-1d2a-4e6b-9c7d-8e9f0a1b2c3d";
     let big = format!("{{\"message\":\"{}\"}}", "A".repeat(2 * 1024 * 1024));
     let mut undocumented = Vec::new();
@@ -613,7 +556,7 @@ async fn openapi_documents_413_and_415_for_json_bodies() {
         let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
         let url = s.url(&p.replace("{id}", unknown));
         let documented = doc["paths"][p][m]["responses"].as_object().unwrap();
-        let r = call(
+        let r = send(
             &s,
             &http,
             method.clone(),
@@ -623,7 +566,7 @@ async fn openapi_documents_413_and_415_for_json_bodies() {
         )
         .await;
         assert_eq!(r.status, 413, "{m} {p}");
-        assert_eq!(r.json()["error"]["code"], "body_too_large");
+        assert_eq!(r.json["error"]["code"], "body_too_large");
         let r = http
             .request(method, url)
             .bearer_auth(&token)
@@ -639,13 +582,6 @@ async fn openapi_documents_413_and_415_for_json_bodies() {
         }
     }
     assert!(undocumented.is_empty(), "undocumented: {undocumented:#?}");
-}
-
-fn uuid_bytes(u: &str) -> Vec<u8> {
-    let hex = u.replace('-', "");
-    (0..16)
-        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
-        .collect()
 }
 
 // ---- request ids ------------------------------------------------------------------------------
@@ -668,7 +604,7 @@ async fn every_response_has_a_request_id_matching_the_error_body() {
     let token = s.token.clone().unwrap();
     let t = Some(token.as_str());
     let big = format!("{{\"plaintext\":\"{}\"}}", "A".repeat(2 * 1024 * 1024));
-    let r = call(
+    let r = send(
         &s,
         &http,
         Method::POST,
@@ -677,7 +613,7 @@ async fn every_response_has_a_request_id_matching_the_error_body() {
         Some(r#"{"name":"r","type":"aes-256-gcm"}"#),
     )
     .await;
-    let id = r.json()["id"].as_str().unwrap().to_string();
+    let id = r.json["id"].as_str().unwrap().to_string();
     let enc = format!("/api/v1/keys/{id}/encrypt");
     let cases: Vec<Probe> = vec![
         (Method::GET, "/health".into(), None, None, 200, None),
@@ -784,16 +720,16 @@ async fn every_response_has_a_request_id_matching_the_error_body() {
     ];
     let mut ids = HashSet::new();
     for (method, path, token, body, status, code) in cases {
-        let r = call(&s, &http, method.clone(), &path, token, body).await;
-        assert_eq!(r.status, status, "{method} {path}: {}", text(&r.body));
+        let r = send(&s, &http, method.clone(), &path, token, body).await;
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text);
         let rid = r
-            .request_id
-            .clone()
+            .request_id()
+            .map(str::to_string)
             .unwrap_or_else(|| panic!("{method} {path}: no x-request-id"));
         assert!(is_uuid(&rid), "{rid}");
         assert!(ids.insert(rid.clone()), "request ids are unique");
         if let Some(code) = code {
-            let b = r.json();
+            let b = &r.json;
             assert_eq!(b["error"]["code"], code, "{method} {path}: {b}");
             assert_eq!(
                 b["error"]["request_id"],

@@ -11,6 +11,8 @@ pub mod model;
 pub mod principal;
 pub mod seal;
 pub mod store;
+#[doc(hidden)]
+pub mod test_support;
 
 pub mod cache;
 mod hierarchy;

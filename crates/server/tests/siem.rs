@@ -5,6 +5,7 @@
 
 use sovra_core::Store;
 use sovra_core::audit::{AuditEvent, AuditWriter, ExportLine};
+use sovra_core::test_support::audit_event;
 use sovra_server::siem::{SinkConfig, cursor_path, spawn_sink};
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -17,23 +18,11 @@ use tokio::net::TcpListener;
 /// Generous: a shared, loaded build machine.
 const DEADLINE: Duration = Duration::from_secs(60);
 
+/// A non-ASCII actor, which must reach every sink intact.
 fn event(i: u64) -> AuditEvent {
     AuditEvent {
-        seq: 0,
-        time_ms: 1_700_000_000_000 + i as i64,
-        org: Some("acme".into()),
         actor: format!("idp#zoë{i}"),
-        auth_method: "jwt".into(),
-        cert_fingerprint: None,
-        action: "key.use".into(),
-        resource: format!("key/{i}"),
-        hashed: Default::default(),
-        outcome: "success".into(),
-        error_code: None,
-        request_id: format!("req-{i}"),
-        source: "127.0.0.1:5555".into(),
-        prev_hash: String::new(),
-        hash: String::new(),
+        ..audit_event(i)
     }
 }
 

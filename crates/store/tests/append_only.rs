@@ -10,32 +10,12 @@
 mod common;
 
 use common::{Backend, TestDb};
-use sovra_core::audit::AuditEvent;
 use sovra_core::model::{KekRecord, OrgRecord};
+use sovra_core::test_support::audit_event;
 
 /// The grant script exactly as shipped, so the documented setup is the tested one.
 const SERVICE_ROLE_SQL: &str = include_str!("../../../deploy/postgres/service-role.sql");
 const SERVICE_ROLE: &str = "sovra_service";
-
-fn event(i: u32) -> AuditEvent {
-    AuditEvent {
-        seq: 0,
-        time_ms: 1_700_000_000_000 + i as i64,
-        org: Some("acme".into()),
-        actor: format!("idp#user{i}"),
-        auth_method: "jwt".into(),
-        cert_fingerprint: None,
-        action: "key.use".into(),
-        resource: format!("key/{i}"),
-        outcome: "success".into(),
-        error_code: None,
-        request_id: format!("req-{i}"),
-        source: "127.0.0.1:5555".into(),
-        hashed: Default::default(),
-        prev_hash: String::new(),
-        hash: String::new(),
-    }
-}
 
 /// `url` with its user replaced by `user` and no password (trust auth for the test server).
 fn as_user(url: &str, user: &str) -> String {
@@ -67,7 +47,7 @@ both!(
     audit_rows_cannot_be_updated_deleted_or_truncated,
     |db| async move {
         db.store
-            .append_audit((0..5).map(event).collect())
+            .append_audit((0..5).map(audit_event).collect())
             .await
             .unwrap();
         let before = db.store.audit_events(1, 100).await.unwrap();
@@ -117,7 +97,7 @@ both!(
         );
 
         // Appending still works and continues the chain.
-        let more = db.store.append_audit(vec![event(5)]).await.unwrap();
+        let more = db.store.append_audit(vec![audit_event(5)]).await.unwrap();
         assert_eq!(more[0].seq, 6);
         assert_eq!(more[0].prev_hash, before[4].hash);
     }
@@ -149,7 +129,7 @@ async fn service_role_uses_the_store_but_cannot_rewrite_the_audit_log() {
         store.create_org(&org, &kek).await.unwrap();
         assert_eq!(store.get_org("acme").await.unwrap(), Some(org));
         let appended = store
-            .append_audit((0..3).map(event).collect())
+            .append_audit((0..3).map(audit_event).collect())
             .await
             .unwrap();
         assert_eq!(store.audit_events(1, 100).await.unwrap(), appended);
@@ -249,7 +229,7 @@ async fn service_role_is_told_to_migrate_as_owner_when_the_schema_is_behind() {
         let store = sovra_store::open(&service_url)
             .await
             .unwrap_or_else(|e| panic!("the service role cannot open the migrated store: {e}"));
-        store.append_audit(vec![event(0)]).await.unwrap();
+        store.append_audit(vec![audit_event(0)]).await.unwrap();
         let err = db
             .try_exec("DELETE FROM audit_events")
             .await

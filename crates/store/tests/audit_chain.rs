@@ -11,37 +11,27 @@ use sovra_core::Store;
 use sovra_core::audit::{
     AuditEvent, AuditQuery, AuditWriter, Checkpoint, ExportLine, verify_export,
 };
-use sovra_crypto::KeyType;
-use sovra_crypto::sign::SigningKey;
+use sovra_core::test_support::{audit_event, audit_key};
 use sovra_store::{PostgresStore, SqliteStore};
 use std::collections::HashSet;
 
+/// Seven actors; every fifth event denied; every third carries keyed hashes.
 fn event(i: u32) -> AuditEvent {
     AuditEvent {
-        seq: 0,
-        time_ms: 1_700_000_000_000 + i as i64,
-        org: Some("acme".into()),
         actor: format!("idp#user{}", i % 7),
-        auth_method: "jwt".into(),
-        cert_fingerprint: None,
-        action: "key.use".into(),
-        resource: format!("key/{i}"),
         outcome: if i.is_multiple_of(5) {
             "denied".into()
         } else {
             "success".into()
         },
         error_code: i.is_multiple_of(5).then(|| "not_found".to_string()),
-        request_id: format!("req-{i}"),
-        source: "127.0.0.1:5555".into(),
         // Some events carry keyed hashes, so that they round-trip through the store too.
         hashed: if i.is_multiple_of(3) {
             [("token".to_string(), format!("{i:064x}"))].into()
         } else {
             Default::default()
         },
-        prev_hash: String::new(),
-        hash: String::new(),
+        ..audit_event(u64::from(i))
     }
 }
 
@@ -80,8 +70,7 @@ async fn record_concurrently(writer: &AuditWriter, n: u32) {
 /// Verifies the stored chain as an export under a throwaway key (there are no checkpoints) and
 /// returns how many events it holds.
 async fn verified_event_count(db: &TestDb) -> u64 {
-    let key =
-        SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap()).unwrap();
+    let key = audit_key();
     verify_export(&export_text(db).await, &key.public_key_spki_der().unwrap())
         .unwrap()
         .events
@@ -108,8 +97,7 @@ both!(
         let writer = AuditWriter::start(db.store.clone());
         record_concurrently(&writer, 300).await;
 
-        let key = SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap())
-            .unwrap();
+        let key = audit_key();
         let spki = key.public_key_spki_der().unwrap();
         let report = verify_export(&export_text(&db).await, &spki).unwrap();
         assert_eq!(report.events, 300);
@@ -234,8 +222,7 @@ both!(
 );
 
 both!(checkpoints_are_stored_once_per_sequence, |db| async move {
-    let key =
-        SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap()).unwrap();
+    let key = audit_key();
     let cp = Checkpoint::sign(&key, 5, "aa", 1).unwrap();
     db.store.add_audit_checkpoint(&cp).await.unwrap();
     // A second node signing the same sequence keeps the first.
@@ -258,14 +245,7 @@ both!(checkpoints_are_stored_once_per_sequence, |db| async move {
 
 /// Events sealed onto the chain in advance, as a journal holds them.
 fn sealed(from_seq: u64, prev: &str, n: u32) -> Vec<AuditEvent> {
-    let mut prev = prev.to_string();
-    (0..n)
-        .map(|i| {
-            let ev = event(i).seal_after(from_seq + u64::from(i), &prev);
-            prev = ev.hash.clone();
-            ev
-        })
-        .collect()
+    sovra_core::audit::seal_chain((0..n).map(event).collect(), from_seq - 1, prev)
 }
 
 both!(

@@ -7,6 +7,7 @@ mod common;
 
 use common::{Backend, TestDb};
 use sovra_core::audit::AuditEvent;
+use sovra_core::test_support::audit_event;
 use std::str::FromStr;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -53,22 +54,10 @@ async fn every_connection_to_postgres_has_nagle_disabled() {
     .await;
 }
 
-fn big_event(i: u32) -> AuditEvent {
+/// An event with a 200-byte actor, so that a batch of them makes a long statement.
+fn big_event(i: u64) -> AuditEvent {
     AuditEvent {
-        seq: 0,
-        time_ms: 1_700_000_000_000 + i64::from(i),
-        org: Some("org-1".into()),
         actor: format!("user-{i}-{}", "x".repeat(200)),
-        auth_method: "jwt".into(),
-        cert_fingerprint: None,
-        action: "key.encrypt".into(),
-        resource: format!("key/{i}"),
-        outcome: "success".into(),
-        error_code: None,
-        request_id: format!("req-{i}"),
-        source: "127.0.0.1".into(),
-        hashed: Default::default(),
-        prev_hash: String::new(),
-        hash: String::new(),
+        ..audit_event(i)
     }
 }

@@ -366,3 +366,123 @@ pub fn make_cert(dir: &Path, tag: &str, as_ca: bool) -> (PathBuf, PathBuf) {
     run_ok(&mut cmd);
     (cert, key)
 }
+
+// ---- raw HTTPS answers ----
+
+/// An HTTP answer as the tests read it: the body as text and, when it is JSON, parsed
+/// (`Value::Null` otherwise).
+pub struct Resp {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub text: String,
+    pub json: serde_json::Value,
+}
+
+impl Resp {
+    pub async fn read(resp: reqwest::Response) -> Result<Resp, reqwest::Error> {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await?;
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        Ok(Resp {
+            status,
+            headers,
+            text,
+            json,
+        })
+    }
+
+    /// A header's value, when it is there and readable.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn request_id(&self) -> Option<&str> {
+        self.header("x-request-id")
+    }
+}
+
+impl std::fmt::Debug for Resp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Bounded: some answers to oversized requests echo a lot.
+        let t: String = self.text.chars().take(2000).collect();
+        write!(f, "HTTP {} {t}", self.status)
+    }
+}
+
+/// One HTTPS request to `s` with `http`; `body` is sent as JSON text (it may be malformed).
+pub async fn send(
+    s: &Server,
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> Resp {
+    let mut req = http.request(method, s.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    Resp::read(req.send().await.expect("request"))
+        .await
+        .expect("response body")
+}
+
+/// A JSON API error: status, one of `codes`, a message, and the request id (also in
+/// `x-request-id`).
+#[track_caller]
+pub fn assert_error_any(r: &Resp, status: u16, codes: &[&str]) {
+    assert_eq!(r.status, status, "{r:?}");
+    assert!(
+        r.header("content-type")
+            .is_some_and(|c| c.starts_with("application/json")),
+        "{r:?}"
+    );
+    let e = &r.json["error"];
+    let code = e["code"].as_str().unwrap_or_default();
+    assert!(codes.contains(&code), "expected {codes:?}: {r:?}");
+    assert!(
+        e["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{r:?}"
+    );
+    let rid = e["request_id"].as_str().unwrap_or_default();
+    assert_eq!(rid.len(), 36, "request id is a uuid: {r:?}");
+    assert_eq!(r.request_id(), Some(rid), "{r:?}");
+}
+
+#[track_caller]
+pub fn assert_error(r: &Resp, status: u16, code: &str) {
+    assert_error_any(r, status, &[code]);
+}
+
+/// The 16 bytes of a hyphenated UUID.
+pub fn uuid_bytes(id: &str) -> Vec<u8> {
+    let hex = id.replace('-', "");
+    (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// The ciphertext (base64) with the key id in its envelope header (bytes 4..20) replaced.
+pub fn with_key_id(ciphertext_b64: &str, key_id: &str) -> String {
+    let mut ct = sovra_client::unb64(ciphertext_b64).unwrap();
+    ct[4..20].copy_from_slice(&uuid_bytes(key_id));
+    sovra_client::b64(&ct)
+}
+
+/// A path as a CLI argument.
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// `sovra key create` of `key_type`; checks the type it answers and returns the key id.
+pub fn create(s: &Server, name: &str, key_type: &str) -> String {
+    let k = ok_json(s, &["key", "create", "--name", name, "--type", key_type]);
+    assert_eq!(k["type"], key_type);
+    k["id"].as_str().unwrap().to_string()
+}

@@ -434,47 +434,15 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sovra_crypto::KeyType;
-
-    fn event(i: u64) -> AuditEvent {
-        AuditEvent {
-            seq: 0,
-            time_ms: 1_700_000_000_000 + i as i64,
-            org: Some("acme".into()),
-            actor: format!("idp#user{i}"),
-            auth_method: "jwt".into(),
-            cert_fingerprint: None,
-            action: "key.use".into(),
-            resource: format!("key/{i}"),
-            outcome: "success".into(),
-            error_code: None,
-            request_id: format!("req-{i}"),
-            source: "127.0.0.1".into(),
-            hashed: BTreeMap::new(),
-            prev_hash: String::new(),
-            hash: String::new(),
-        }
-    }
+    use crate::test_support::{audit_event, audit_key, export_lines};
 
     /// 10 events with checkpoints after events 5 and 10, as JSON lines.
     fn export(key: &SigningKey) -> Vec<String> {
-        let mut lines = Vec::new();
-        let mut prev = GENESIS.to_string();
-        for i in 1..=10 {
-            let ev = event(i).seal_after(i, &prev);
-            prev = ev.hash.clone();
-            lines.push(serde_json::to_string(&ExportLine::Event(Box::new(ev))).unwrap());
-            if i % 5 == 0 {
-                let cp = Checkpoint::sign(key, i, &prev, 42).unwrap();
-                lines.push(serde_json::to_string(&ExportLine::Checkpoint(cp)).unwrap());
-            }
-        }
-        lines
+        export_lines(key, 10, 5)
     }
 
     fn keypair() -> (SigningKey, Vec<u8>) {
-        let k = SigningKey::from_pkcs8(KeyType::Ed25519, &KeyType::Ed25519.generate().unwrap())
-            .unwrap();
+        let k = audit_key();
         let spki = k.public_key_spki_der().unwrap();
         (k, spki)
     }
@@ -594,7 +562,7 @@ mod tests {
             (7, 4, Some(10))
         );
         // A chain that claims to begin at event 1 must start from the genesis hash.
-        let mut ev = event(1).seal_after(1, "ab");
+        let mut ev = audit_event(1).seal_after(1, "ab");
         ev.hash = ev.compute_hash();
         let line = serde_json::to_string(&ExportLine::Event(Box::new(ev))).unwrap();
         let e = verify_export(&line, &spki).unwrap_err();
@@ -607,7 +575,7 @@ mod tests {
         let mut prev = GENESIS.to_string();
         let mut lines = Vec::new();
         for i in 1..=3 {
-            let mut ev = event(i);
+            let mut ev = audit_event(i);
             ev.hashed.insert("token".into(), format!("{i:064x}"));
             let ev = ev.seal_after(i, &prev);
             prev = ev.hash.clone();
@@ -723,7 +691,7 @@ mod tests {
     #[test]
     fn the_largest_sequence_is_an_error_not_an_overflow() {
         let (_, spki) = keypair();
-        let last = event(1).seal_after(u64::MAX, GENESIS);
+        let last = audit_event(1).seal_after(u64::MAX, GENESIS);
         let line = serde_json::to_string(&ExportLine::Event(Box::new(last))).unwrap();
         let e = verify_export(&line, &spki).unwrap_err();
         assert_eq!(e.line, 1);

@@ -499,34 +499,12 @@ fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::GENESIS;
+    use crate::audit::{GENESIS, seal_chain};
+    use crate::test_support::audit_event;
 
+    /// `n` events sealed at `from`, `from + 1`, … after `prev`.
     fn chain(from: u64, prev: &str, n: u64) -> Vec<AuditEvent> {
-        let mut prev = prev.to_string();
-        (from..from + n)
-            .map(|seq| {
-                let ev = AuditEvent {
-                    seq: 0,
-                    time_ms: 1_700_000_000_000 + seq as i64,
-                    org: Some("acme".into()),
-                    actor: "user#1".into(),
-                    auth_method: "jwt".into(),
-                    cert_fingerprint: None,
-                    action: "keys.encrypt".into(),
-                    resource: format!("key/{seq}"),
-                    outcome: "success".into(),
-                    error_code: None,
-                    request_id: format!("req-{seq}"),
-                    source: "127.0.0.1".into(),
-                    hashed: Default::default(),
-                    prev_hash: String::new(),
-                    hash: String::new(),
-                }
-                .seal_after(seq, &prev);
-                prev = ev.hash.clone();
-                ev
-            })
-            .collect()
+        seal_chain((from..from + n).map(audit_event).collect(), from - 1, prev)
     }
 
     fn dir() -> tempfile::TempDir {
