@@ -16,7 +16,7 @@ use sovra_crypto::wrap::context;
 use sovra_crypto::{KeyType, SecretBytes, rng};
 use std::sync::Arc;
 
-fn aad(purpose: &str) -> Vec<u8> {
+pub(crate) fn aad(purpose: &str) -> Vec<u8> {
     context("sovra/audit-key/v1", &[purpose.as_bytes()])
 }
 

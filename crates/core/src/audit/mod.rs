@@ -13,7 +13,9 @@ pub use chain::{
     AuditEvent, Checkpoint, ExportLine, GENESIS, RedactedEvent, VerifyError, VerifyReport,
     seal_chain, verify_export,
 };
-pub use journal::{AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES};
+pub use journal::{
+    AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES, parse_journal,
+};
 pub use keys::AuditKeys;
 pub use read::MAX_PAGE;
 pub use writer::AuditWriter;
