@@ -13,6 +13,8 @@ pub mod seal;
 pub mod store;
 
 pub mod cache;
+#[cfg(test)]
+mod format_vectors;
 mod hierarchy;
 
 pub use error::CoreError;

@@ -109,3 +109,15 @@ impl Kms {
         Ok(cp)
     }
 }
+
+#[cfg(test)]
+impl AuditKeys {
+    /// Audit keys from given parts, for the known-answer vectors (`format_vectors.rs`).
+    pub(crate) fn from_parts(signing: SigningKey, hmac: MacKey, public_key_spki: Vec<u8>) -> Self {
+        AuditKeys {
+            signing,
+            hmac,
+            public_key_spki,
+        }
+    }
+}
