@@ -14,7 +14,7 @@ use sovra_crypto::wrap::{WrappingKey, context};
 use sovra_crypto::{SecretBytes, rng};
 use std::sync::Arc;
 
-fn kek_aad(org_id: &str, version: u32) -> Vec<u8> {
+pub(crate) fn kek_aad(org_id: &str, version: u32) -> Vec<u8> {
     context(
         "sovra/org-kek/v1",
         &[org_id.as_bytes(), &version.to_be_bytes()],

@@ -15,6 +15,8 @@ pub mod store;
 pub mod test_support;
 
 pub mod cache;
+#[cfg(test)]
+mod format_vectors;
 mod hierarchy;
 
 pub use error::CoreError;

@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 const UNSEAL_KEY_LEN: usize = 32;
 
-fn root_key_aad() -> Vec<u8> {
+pub(crate) fn root_key_aad() -> Vec<u8> {
     context("sovra/root-key/v1", &[])
 }
 
@@ -263,7 +263,10 @@ impl Seal {
     }
 }
 
-fn unwrap_root(record: &SealRecord, unseal_key: &SecretBytes) -> Result<WrappingKey, CoreError> {
+pub(crate) fn unwrap_root(
+    record: &SealRecord,
+    unseal_key: &SecretBytes,
+) -> Result<WrappingKey, CoreError> {
     if unseal_key.len() != UNSEAL_KEY_LEN {
         return Err(CoreError::InvalidShare("wrong unseal key length".into()));
     }

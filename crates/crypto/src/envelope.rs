@@ -112,7 +112,20 @@ pub fn seal(
     plaintext: &[u8],
     ctx: &EncryptionContext,
 ) -> Result<Vec<u8>, CryptoError> {
-    let nonce = random_nonce()?;
+    seal_with_nonce(key, random_nonce()?, key_id, key_version, plaintext, ctx)
+}
+
+/// [`seal`] with a given nonce, for the known-answer vectors of the format
+/// (docs/formats.md). A nonce must never repeat under one key: product code calls [`seal`].
+#[doc(hidden)]
+pub fn seal_with_nonce(
+    key: &AeadKey,
+    nonce: [u8; NONCE_LEN],
+    key_id: Uuid,
+    key_version: u32,
+    plaintext: &[u8],
+    ctx: &EncryptionContext,
+) -> Result<Vec<u8>, CryptoError> {
     let header = Header {
         alg: key.alg(),
         key_id,

@@ -24,7 +24,18 @@ impl WrappingKey {
     }
 
     pub fn wrap(&self, secret: &SecretBytes, context: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let nonce = random_nonce()?;
+        self.wrap_with_nonce(random_nonce()?, secret, context)
+    }
+
+    /// [`wrap`](Self::wrap) with a given nonce, for the known-answer vectors of the format
+    /// (docs/formats.md). A nonce must never repeat under one key: product code calls `wrap`.
+    #[doc(hidden)]
+    pub fn wrap_with_nonce(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        secret: &SecretBytes,
+        context: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let mut buf = Vec::with_capacity(1 + NONCE_LEN + secret.len() + TAG_LEN);
         buf.push(WRAP_FORMAT_V1);
         buf.extend_from_slice(&nonce);

@@ -150,20 +150,7 @@ impl AuditJournal {
             journal.format(1).map_err(io)?;
             return Ok((journal, Vec::new()));
         }
-        let (layout, start) = if data.starts_with(MAGIC) {
-            (Layout::Generation(read_header(path, &data)?), FIRST_FRAME)
-        } else if data[0] == 0 {
-            // An old-format frame begins with its length, whose top byte is zero.
-            (Layout::V1, 0)
-        } else {
-            // Neither: a damaged header. Guessing the old format here would drop every frame.
-            return Err(JournalError::Corrupt {
-                path: path.to_path_buf(),
-                offset: 0,
-                reason: "the header is damaged".into(),
-            });
-        };
-        let (events, end) = parse(path, &data, layout, start as usize)?;
+        let (layout, events, end) = read_journal(path, &data)?;
         journal.layout = layout;
         journal.end = end as u64;
         // The header may never have reached the disk (a process killed after its sync failed):
@@ -333,6 +320,42 @@ impl AuditJournal {
         self.file.seek(SeekFrom::Start(offset))?;
         self.file.write_all(bytes)
     }
+}
+
+/// Parses a journal file's bytes as [`AuditJournal::open`] reads them, without touching any
+/// file: the events of the intact frames, in chain order, and the offset where those frames
+/// end (a torn last frame, stale frames or zeros may follow). Bytes that are all zeros are a
+/// new, empty journal. `path` only names the file in errors. The fuzz target `audit_journal`
+/// calls this.
+pub fn parse_journal(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize), JournalError> {
+    if data.iter().all(|&b| b == 0) {
+        return Ok((Vec::new(), FIRST_FRAME as usize));
+    }
+    let (_, events, end) = read_journal(path, data)?;
+    Ok((events, end))
+}
+
+/// The layout of a journal that is not all zeros, the events of its intact frames and where
+/// they end.
+fn read_journal(
+    path: &Path,
+    data: &[u8],
+) -> Result<(Layout, Vec<AuditEvent>, usize), JournalError> {
+    let (layout, start) = if data.starts_with(MAGIC) {
+        (Layout::Generation(read_header(path, data)?), FIRST_FRAME)
+    } else if data.first() == Some(&0) {
+        // An old-format frame begins with its length, whose top byte is zero.
+        (Layout::V1, 0)
+    } else {
+        // Neither: a damaged header. Guessing the old format here would drop every frame.
+        return Err(JournalError::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            reason: "the header is damaged".into(),
+        });
+    };
+    let (events, end) = parse(path, data, layout, start as usize)?;
+    Ok((layout, events, end))
 }
 
 /// An empty frame for [`AuditJournal::append_frame`]: room for the frame header, the payload to

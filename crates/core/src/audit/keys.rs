@@ -16,7 +16,7 @@ use sovra_crypto::wrap::context;
 use sovra_crypto::{KeyType, SecretBytes, rng};
 use std::sync::Arc;
 
-fn aad(purpose: &str) -> Vec<u8> {
+pub(crate) fn aad(purpose: &str) -> Vec<u8> {
     context("sovra/audit-key/v1", &[purpose.as_bytes()])
 }
 
@@ -107,5 +107,17 @@ impl Kms {
         let cp = self.audit_keys().await?.sign_checkpoint(seq, head)?;
         self.store.add_audit_checkpoint(&cp).await?;
         Ok(cp)
+    }
+}
+
+#[cfg(test)]
+impl AuditKeys {
+    /// Audit keys from given parts, for the known-answer vectors (`format_vectors.rs`).
+    pub(crate) fn from_parts(signing: SigningKey, hmac: MacKey, public_key_spki: Vec<u8>) -> Self {
+        AuditKeys {
+            signing,
+            hmac,
+            public_key_spki,
+        }
     }
 }

@@ -4,6 +4,8 @@
 //! ([`keys`]).
 
 mod chain;
+#[cfg(test)]
+mod format_vectors;
 mod journal;
 mod keys;
 mod read;
@@ -13,8 +15,12 @@ pub use chain::{
     AuditEvent, Checkpoint, ExportLine, GENESIS, RedactedEvent, VerifyError, VerifyReport,
     seal_chain, verify_export,
 };
-pub use journal::{AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES};
+pub use journal::{
+    AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES, parse_journal,
+};
 pub use keys::AuditKeys;
+#[cfg(test)]
+pub(crate) use keys::aad as keys_aad;
 pub use read::MAX_PAGE;
 pub use writer::AuditWriter;
 

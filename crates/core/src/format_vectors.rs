@@ -1,0 +1,95 @@
+//! Known-answer vectors of the wrap AADs the core binds (root key, org KEKs, key material,
+//! audit keys) and of the seal's root key wrapped under Shamir-shared unseal key. The vectors
+//! come from `tests/vectors/generate.py` (Python, independent of this code); docs/formats.md
+//! describes the formats. The audit formats' vectors are in `audit/format_vectors.rs`.
+
+use crate::model::{KeyRecord, KeyState, SealKind, SealRecord};
+use sovra_crypto::wrap::WrappingKey;
+use sovra_crypto::{KeyType, SecretBytes, shamir};
+
+pub(crate) fn vectors(name: &str) -> serde_json::Value {
+    let path = format!("{}/../../tests/vectors/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub(crate) fn bytes(v: &serde_json::Value) -> Vec<u8> {
+    ::hex::decode(v.as_str().expect("hex string")).expect("hex")
+}
+
+fn case<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    v["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+}
+
+/// Each caller's AAD is the vector's byte for byte, and the Python-wrapped blob unwraps with
+/// it (so the wrap format matches too).
+#[test]
+fn every_wrap_aad_matches_the_vectors() {
+    let v = vectors("wrap.json");
+    let key = KeyRecord {
+        id: uuid::Uuid::parse_str("0190f5a8-3c4e-7b2a-9d61-5e8f0a1b2c3d").unwrap(),
+        org_id: "org-1".into(),
+        owner: "someone".into(),
+        name: "k".into(),
+        key_type: KeyType::Aes256Gcm,
+        description: None,
+        state: KeyState::Enabled,
+        latest_version: 2,
+        min_decryption_version: 1,
+        created_at: 0,
+        rotated_at: None,
+        deletion_date: None,
+    };
+    let callers = [
+        ("root-key", crate::seal::root_key_aad()),
+        ("org-kek", crate::hierarchy::kek_aad("org-1", 3)),
+        ("key-material", crate::hierarchy::material_aad(&key, 2)),
+        ("audit-signing-key", crate::audit::keys_aad("signing")),
+        ("audit-hmac-key", crate::audit::keys_aad("hmac")),
+    ];
+    assert_eq!(callers.len(), v["cases"].as_array().unwrap().len());
+    for (name, aad) in callers {
+        let c = case(&v, name);
+        assert_eq!(aad, bytes(&c["aad"]), "{name}: aad");
+        let wk = WrappingKey::new(&SecretBytes::new(bytes(&c["wrapping_key"]))).unwrap();
+        let secret = wk.unwrap(&bytes(&c["wrapped"]), &aad).unwrap();
+        assert_eq!(secret.expose(), bytes(&c["secret"]), "{name}: unwrap");
+    }
+}
+
+/// Python's shares combine to the unseal key, which unwraps Python's wrapped root key through
+/// the seal's own path; fewer shares do not.
+#[test]
+fn the_seal_unwraps_a_root_key_from_python_shares() {
+    let v = vectors("shamir.json");
+    let shares: Vec<SecretBytes> = v["splits"][0]["share_bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| SecretBytes::new(bytes(s)))
+        .collect();
+    let record = SealRecord {
+        kind: SealKind::Shamir,
+        shares: 5,
+        threshold: 3,
+        wrapped_root_key: bytes(&v["wrapped_root_key"]),
+        created_at: 0,
+    };
+    let key = shamir::combine(&[shares[4].clone(), shares[0].clone(), shares[2].clone()]).unwrap();
+    assert_eq!(key.expose(), bytes(&v["unseal_key"]));
+    let root = crate::seal::unwrap_root(&record, &key).unwrap();
+    // The unwrapped root key is Python's: it opens what Python's root key wrapped.
+    let probe = sovra_crypto::wrap::context("probe", &[]);
+    let python_root = WrappingKey::new(&SecretBytes::new(bytes(&v["root_key"]))).unwrap();
+    let blob = python_root
+        .wrap(&SecretBytes::from_slice(b"probe"), &probe)
+        .unwrap();
+    assert_eq!(root.unwrap(&blob, &probe).unwrap().expose(), b"probe");
+    let two = shamir::combine(&shares[..2]).unwrap();
+    assert!(crate::seal::unwrap_root(&record, &two).is_err());
+}
