@@ -6,7 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, Validation};
 use libfuzzer_sys::fuzz_target;
-use sovra_server::auth::{ALLOWED_ALGS, parse_jwks, select_key};
+use sovra_core::identity::{ALLOWED_ALGS, parse_jwks, select_key};
 use std::sync::OnceLock;
 
 /// A token per algorithm with a signature of plausible length that no key made.

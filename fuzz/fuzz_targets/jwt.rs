@@ -1,4 +1,4 @@
-//! Bearer tokens against a fixed issuer and JWKS, through the server's Authenticator: hostile
+//! Bearer tokens against a fixed issuer and JWKS, through the core's Authenticator: hostile
 //! token strings, and tokens signed with the issuer's key whose header or claims are hostile
 //! (so the claim checks after the signature are reached too).
 #![no_main]
@@ -7,10 +7,9 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use libfuzzer_sys::fuzz_target;
-use sovra_core::principal::validate_org_id;
 use sovra_core::{AuthMethod, Role};
 use sovra_crypto::SecretBytes;
-use sovra_server::auth::Authenticator;
+use sovra_core::identity::{Authenticator, Credential};
 use std::sync::OnceLock;
 
 const ISSUER: &str = "https://issuer.fuzz";
@@ -55,9 +54,10 @@ fn fixture() -> &'static Fixture {
             .build()
             .expect("runtime");
         let auth = rt
-            .block_on(Authenticator::new(
+            .block_on(sovra_server::auth::authenticator(
                 &config.auth.jwt,
                 Some(SecretBytes::from_slice(DEV_TOKEN.as_bytes())),
+                sovra_core::clock::system(),
             ))
             .expect("authenticator");
         Fixture { rt, auth, key }
@@ -93,15 +93,16 @@ fuzz_target!(|data: &[u8]| {
         }
         _ => signed(&f.key, rest, CLAIMS.as_bytes()),
     };
-    if let Ok(p) = f.rt.block_on(f.auth.authenticate(&token)) {
-        if p.auth_method == AuthMethod::DevToken {
+    if let Ok(a) = f.rt.block_on(f.auth.authenticate(Credential::Bearer(&token))) {
+        let p = &a.principal;
+        if *p.auth_method() == AuthMethod::DevToken {
             assert_eq!(token, DEV_TOKEN);
         } else {
-            assert!(validate_org_id(&p.org_id), "org {:?}", p.org_id);
-            assert!(!p.subject.is_empty() && p.subject.len() <= 256);
-            assert!(p.roles.contains(&Role::User));
+            assert!(sovra_core::OrgId::parse(p.org().as_str()).is_ok(), "org {:?}", p.org());
+            assert!(!p.subject().is_empty() && p.subject().len() <= 256);
+            assert!(p.has_role(Role::User));
             assert_eq!(
-                p.auth_method,
+                *p.auth_method(),
                 AuthMethod::Jwt {
                     issuer: ISSUER.into()
                 }

@@ -3,8 +3,9 @@
 //! these base rules allow.
 
 use crate::error::CoreError;
+use crate::identity::{Principal, Role};
+use crate::ids::OrgId;
 use crate::model::KeyRecord;
-use crate::principal::{Principal, Role};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -36,8 +37,8 @@ impl Action {
 
 #[derive(Debug, Clone, Copy)]
 pub enum Resource<'a> {
-    /// The principal's own organization.
-    Org(&'a str),
+    /// An organization (the principal's own, for every action today).
+    Org(&'a OrgId),
     Key(&'a KeyRecord),
     System,
 }
@@ -47,21 +48,19 @@ pub enum Resource<'a> {
 /// caller's answers `NotFound`, exactly like a key that does not exist, so ids reveal nothing.
 pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Result<(), CoreError> {
     match (action, resource) {
-        (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org_id => Ok(()),
+        (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org() => Ok(()),
         (Action::KeyRead | Action::KeyManage | Action::KeyUse, Resource::Key(k)) => {
-            if k.org_id == p.org_id && k.owner == p.owner_id() {
+            if *p.org() == k.org_id.as_str() && *p.identity() == k.owner {
                 Ok(())
             } else {
                 Err(CoreError::NotFound)
             }
         }
-        (Action::OrgKekRotate, Resource::Org(org))
-            if org == p.org_id && p.has_role(Role::Admin) =>
-        {
+        (Action::OrgKekRotate, Resource::Org(org)) if org == p.org() && p.has_role(Role::Admin) => {
             Ok(())
         }
         (Action::AuditRead, Resource::Org(org))
-            if org == p.org_id && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) =>
+            if org == p.org() && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) =>
         {
             Ok(())
         }

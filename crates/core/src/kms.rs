@@ -4,10 +4,10 @@
 use crate::authz::{Action, Resource, authorize};
 use crate::cache::BoundedCache;
 use crate::error::CoreError;
+use crate::identity::Principal;
 use crate::keymeta::KeyMetaCache;
 use crate::model::{KeyRecord, KeyState};
 use crate::now_ms;
-use crate::principal::Principal;
 use crate::seal::{Seal, SealStatus};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
@@ -258,8 +258,8 @@ impl Kms {
     }
 
     pub async fn rotate_org_kek(&self, p: &Principal) -> Result<u32, CoreError> {
-        authorize(p, Action::OrgKekRotate, Resource::Org(&p.org_id))?;
-        self.rotate_kek(&p.org_id).await
+        authorize(p, Action::OrgKekRotate, Resource::Org(p.org()))?;
+        self.rotate_kek(p.org().as_str()).await
     }
 
     // ---- lifecycle ----------------------------------------------------------------------
@@ -273,14 +273,14 @@ impl Kms {
         action: Action,
     ) -> Result<KeyRecord, CoreError> {
         self.seal.root()?;
-        let key = match self.key_meta.get(&p.org_id, id) {
+        let key = match self.key_meta.get(p.org().as_str(), id) {
             Some(k) => k,
             None => {
                 let generation = self.key_meta.generation();
                 let fetched = std::time::Instant::now();
                 let k = self
                     .store
-                    .get_key(&p.org_id, id)
+                    .get_key(p.org().as_str(), id)
                     .await?
                     .ok_or(CoreError::NotFound)?;
                 self.key_meta.insert(generation, &k, fetched);
@@ -302,7 +302,7 @@ impl Kms {
         self.seal.root()?;
         let key = self
             .store
-            .get_key(&p.org_id, id)
+            .get_key(p.org().as_str(), id)
             .await?
             .ok_or(CoreError::NotFound)?;
         authorize(p, action, Resource::Key(&key))?;
@@ -311,16 +311,16 @@ impl Kms {
 
     pub async fn create_key(&self, p: &Principal, req: NewKey) -> Result<KeyInfo, CoreError> {
         self.seal.root()?;
-        authorize(p, Action::KeyCreate, Resource::Org(&p.org_id))?;
+        authorize(p, Action::KeyCreate, Resource::Org(p.org()))?;
         validate_name(&req.name)?;
         validate_description(req.description.as_deref())?;
         let key_type = KeyType::parse(&req.key_type)?;
-        self.ensure_org(&p.org_id).await?;
+        self.ensure_org(p.org().as_str()).await?;
         let now = now_ms();
         let key = KeyRecord {
             id: Uuid::new_v4(),
-            org_id: p.org_id.clone(),
-            owner: p.owner_id(),
+            org_id: p.org().to_string(),
+            owner: p.identity().to_string(),
             name: req.name,
             key_type,
             description: req.description,
@@ -374,10 +374,10 @@ impl Kms {
 
     pub async fn list_keys(&self, p: &Principal) -> Result<Vec<KeyInfo>, CoreError> {
         self.seal.root()?;
-        authorize(p, Action::KeyList, Resource::Org(&p.org_id))?;
+        authorize(p, Action::KeyList, Resource::Org(p.org()))?;
         Ok(self
             .store
-            .list_keys(&p.org_id, &p.owner_id())
+            .list_keys(p.org().as_str(), p.identity().as_str())
             .await?
             .iter()
             .map(KeyInfo::from)

@@ -4,11 +4,13 @@
 
 pub mod audit;
 pub mod authz;
+pub mod clock;
 pub mod error;
+pub mod identity;
+pub mod ids;
 pub mod keymeta;
 pub mod kms;
 pub mod model;
-pub mod principal;
 pub mod seal;
 pub mod store;
 #[doc(hidden)]
@@ -20,8 +22,9 @@ mod format_vectors;
 mod hierarchy;
 
 pub use error::CoreError;
+pub use identity::{AuthMethod, Principal, Role};
+pub use ids::{IdentityId, KeyId, KeyRef, OrgId};
 pub use kms::Kms;
-pub use principal::{AuthMethod, Principal, Role};
 pub use store::{Store, StoreError};
 
 /// Current time in milliseconds since the Unix epoch.

@@ -3,33 +3,29 @@
 //! and the checkpoint task that signs the chain head. Which routes are audited, and the action
 //! an event names, come from the route table ([`crate::routes::table`]).
 //!
-//! Extractors and handlers add facts through a task-local slot ([`note_principal`],
-//! [`note_resource`], [`note_sensitive`]), so no handler signature changes for auditing.
+//! Who the caller was comes back on the response, where the authentication layer put its
+//! result ([`sovra_core::identity::Authenticated`]); handlers add what only they learn (the
+//! resource a ciphertext names, sensitive fields) through a task-local slot
+//! ([`note_resource`], [`note_sensitive`]), so no handler signature changes for auditing.
 //! Sensitive values (the bearer token, encryption contexts) are stored only as keyed hashes.
 
+use crate::AppState;
 use crate::error::{ApiError, ErrorCode, REQUEST_ID, current_request_id};
-use crate::serve::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use sovra_core::Principal;
 use sovra_core::audit::AuditEvent;
+use sovra_core::identity::Authenticated;
 use sovra_crypto::SecretBytes;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
-/// What the request revealed while it ran.
+/// What the handler revealed while it ran.
 #[derive(Default)]
 struct Facts {
-    org: Option<String>,
-    actor: Option<String>,
-    auth_method: Option<&'static str>,
-    cert_fingerprint: Option<String>,
     resource: Option<String>,
     sensitive: Vec<(&'static str, SecretBytes)>,
-    /// Where the authenticated bearer token's keyed hash is kept between its requests.
-    token_hash: Option<Arc<OnceLock<String>>>,
 }
 
 tokio::task_local! {
@@ -42,23 +38,6 @@ fn with_facts(f: impl FnOnce(&mut Facts)) {
             f(&mut facts);
         }
     });
-}
-
-/// The authenticated caller (called by the `Auth` extractor).
-pub fn note_principal(p: &Principal) {
-    with_facts(|f| {
-        f.org = Some(p.org_id.clone());
-        f.actor = Some(p.owner_id());
-        f.auth_method = Some(p.auth_method.as_str());
-        f.cert_fingerprint = p.cert_fingerprint.clone();
-    });
-}
-
-/// Where the keyed hash of the token that authenticated this request is kept (with the
-/// verified token, by the `Auth` extractor's authenticator), so that it is computed once per
-/// token rather than once per request.
-pub fn note_token_hash_slot(slot: Arc<OnceLock<String>>) {
-    with_facts(|f| f.token_hash = Some(slot));
 }
 
 /// The resource acted on, when the path does not name it (a decrypt names its key in the
@@ -151,6 +130,7 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
         // like any other failure.
         let resp = answered_even_if_it_panics(FACTS.scope(facts.clone(), next.run(req))).await;
         let facts = std::mem::take(&mut *facts.lock().unwrap_or_else(|e| e.into_inner()));
+        let caller = resp.extensions().get::<Arc<Authenticated>>().cloned();
         let mut hashed = std::collections::BTreeMap::new();
         // The HMAC key exists only while unsealed; a sealed server has nothing to hash with.
         if st.kms.is_unsealed()
@@ -158,8 +138,8 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
         {
             if let Some(token) = &token {
                 let hash = || keys.keyed_hash("token", token.expose());
-                let hash = match &facts.token_hash {
-                    Some(slot) => slot.get_or_init(hash).clone(),
+                let hash = match &caller {
+                    Some(caller) => caller.token_hash.get_or_init(hash).clone(),
                     None => hash(),
                 };
                 hashed.insert("token".to_string(), hash);
@@ -181,10 +161,18 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
         let event = AuditEvent {
             seq: 0,
             time_ms: sovra_core::now_ms(),
-            org: facts.org,
-            actor: facts.actor.unwrap_or_else(|| "anonymous".into()),
-            auth_method: facts.auth_method.unwrap_or("none").into(),
-            cert_fingerprint: facts.cert_fingerprint,
+            org: caller.as_ref().map(|c| c.principal.org().to_string()),
+            actor: caller.as_ref().map_or_else(
+                || "anonymous".into(),
+                |c| c.principal.identity().to_string(),
+            ),
+            auth_method: caller
+                .as_ref()
+                .map_or("none", |c| c.principal.auth_method().as_str())
+                .into(),
+            cert_fingerprint: caller
+                .as_ref()
+                .and_then(|c| c.principal.cert_fingerprint().map(str::to_string)),
             action: spec.action().into(),
             resource: facts.resource.unwrap_or(path_resource),
             outcome: outcome(status).into(),

@@ -2,7 +2,6 @@
 //! authenticated principal, and base64 fields.
 
 use crate::error::ApiError;
-use crate::serve::AppState;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
@@ -11,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::de::DeserializeOwned;
 use sovra_core::Principal;
+use sovra_core::identity::Authenticated;
 use std::sync::Arc;
 
 /// A JSON body. Syntax errors, wrong types, missing content type and oversized bodies each
@@ -106,36 +106,19 @@ impl<T: DeserializeOwned> ApiQuery<T> {
     }
 }
 
-/// The caller, authenticated from its bearer token.
+/// The caller, as the authentication layer ([`crate::auth::authenticate`]) verified it. A
+/// handler on a route the table does not declare authenticated has no caller: it is refused.
 pub struct Auth(pub Principal);
 
-impl FromRequestParts<Arc<AppState>> for Auth {
+impl<S: Send + Sync> FromRequestParts<S> for Auth {
     type Rejection = ApiError;
 
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &Arc<AppState>,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthenticated("missing bearer token"))?;
-        let value = header
-            .to_str()
-            .map_err(|_| ApiError::unauthenticated("malformed Authorization header"))?;
-        // The scheme name is case-insensitive (RFC 9110 section 11.1).
-        let token = match value.split_once(' ') {
-            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token,
-            _ => {
-                return Err(ApiError::unauthenticated(
-                    "expected Authorization: Bearer <token>",
-                ));
-            }
-        };
-        let principal = state.auth.authenticate(token.trim()).await?;
-        crate::audit::note_principal(&principal);
-        crate::ratelimit::admit(state, parts, &principal)?;
-        Ok(Auth(principal))
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Arc<Authenticated>>()
+            .map(|a| Auth(a.principal.clone()))
+            .ok_or_else(|| ApiError::unauthenticated("missing bearer token"))
     }
 }
 

@@ -17,12 +17,11 @@
 //! Probes (`/health`, `/ready`, `/metrics`, the OpenAPI document, `sys/seal-status`, the audit
 //! public key) are not limited.
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::routes::table::{self, Access};
-use crate::serve::AppState;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
-use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use dashmap::DashMap;
@@ -30,6 +29,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
+use sovra_core::identity::Authenticated;
 use sovra_core::kms::HeavyOpAdmission;
 use sovra_core::{CoreError, Principal};
 use std::hash::Hash;
@@ -407,20 +407,25 @@ fn refused(class: Class, wait: Duration) -> Limited {
 
 impl HeavyOpAdmission for RateLimits {
     fn admit(&self, p: &Principal) -> Result<(), CoreError> {
-        self.check(Class::Rsa, &p.owner_id(), 1)
+        self.check(Class::Rsa, p.identity().as_str(), 1)
             .map_err(|l| CoreError::RateLimited {
                 retry_after_secs: l.retry_after_secs,
             })
     }
 }
 
-/// The per-identity check, made by the `Auth` extractor right after authentication.
-pub fn admit(st: &AppState, parts: &Parts, p: &Principal) -> Result<(), ApiError> {
-    let spec = table::spec(&parts.method, &parts.extensions);
-    if let Some(class) = spec.access.class() {
-        st.rate_limits.check(class, &p.owner_id(), 1)?;
+/// The per-identity limits, a layer inside authentication: each authenticated request is
+/// charged to its identity's bucket of the route's class before the handler runs.
+pub async fn per_identity(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
+    let class = table::spec(req.method(), req.extensions()).access.class();
+    if let (Some(class), Some(caller)) = (class, req.extensions().get::<Arc<Authenticated>>())
+        && let Err(l) = st
+            .rate_limits
+            .check(class, caller.principal.identity().as_str(), 1)
+    {
+        return ApiError::from(l).into_response();
     }
-    Ok(())
+    next.run(req).await
 }
 
 /// The per-source-IP limits, a layer around the routes: unauthenticated routes are charged on

@@ -1,7 +1,6 @@
 //! Server assembly: state, router and layers, the TLS accept loop, background tasks and
 //! graceful shutdown.
 
-use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::{dev, middleware, openapi, tls};
 use axum::Router;
@@ -12,6 +11,7 @@ use hyper_util::service::TowerToHyperService;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sovra_core::Kms;
 use sovra_core::audit::AuditWriter;
+use sovra_core::identity::Authenticator;
 use sovra_core::kms::KmsConfig;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -47,7 +47,7 @@ pub enum ServeError {
     #[error("{0}")]
     Tls(#[from] tls::TlsError),
     #[error("{0}")]
-    Jwks(#[from] crate::auth::JwksError),
+    Jwks(#[from] sovra_core::identity::JwksError),
     #[error("{0}")]
     Dev(#[from] dev::DevError),
     #[error("{0}")]
@@ -110,6 +110,16 @@ pub fn app(
     let router = routes
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::ratelimit::per_identity,
+        ))
+        // Authentication, then the caller's rate limit, for the routes the table declares
+        // authenticated; inside the seal gate, so a sealed server verifies no token.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::auth::authenticate,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::seal_gate,
@@ -224,15 +234,16 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     };
     if dev_setup.is_some() {
         dev::unseal(&kms, &data_dir).await?;
-        kms.ensure_org(crate::auth::DEV_ORG).await?;
+        kms.ensure_org(sovra_core::identity::DEV_ORG).await?;
     } else if kms.seal_kind() == Some(sovra_core::model::SealKind::DevFile) {
         return Err(ServeError::Config(
             "this database was initialized by a dev server (dev seal key file); it cannot run outside --dev".into(),
         ));
     }
-    let auth = Authenticator::new(
+    let auth = crate::auth::authenticator(
         &config.auth.jwt,
         dev_setup.as_ref().map(|d| d.token.clone()),
+        sovra_core::clock::system(),
     )
     .await?;
     let listener = TcpListener::bind(config.listen)

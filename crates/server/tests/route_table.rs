@@ -26,7 +26,7 @@ async fn sealed_app(dir: &tempfile::TempDir, config: &str, initialized: bool) ->
             .unwrap();
         assert!(!kms.is_unsealed());
     }
-    let auth = sovra_server::auth::Authenticator::new(&[], None)
+    let auth = sovra_server::auth::authenticator(&[], None, sovra_core::clock::system())
         .await
         .unwrap();
     let config = sovra_server::Config::parse(config).unwrap();

@@ -17,13 +17,7 @@ use uuid::Uuid;
 // ---- helpers ------------------------------------------------------------------------------
 
 fn principal(org: &str, subject: &str, roles: Vec<Role>) -> Principal {
-    Principal {
-        org_id: org.into(),
-        subject: subject.into(),
-        roles,
-        auth_method: AuthMethod::DevToken,
-        cert_fingerprint: None,
-    }
+    Principal::for_tests(org, subject, roles, AuthMethod::DevToken)
 }
 
 fn user(org: &str, subject: &str) -> Principal {
@@ -91,7 +85,7 @@ async fn create(kms: &Kms, p: &Principal, name: &str, key_type: KeyType) -> Uuid
         .unwrap_or_else(|e| panic!("create {key_type} key {name}: {e:?}"));
     assert_eq!(info.key_type, key_type.as_str());
     assert_eq!(info.latest_version, 1);
-    assert_eq!(info.owner, p.owner_id());
+    assert_eq!(info.owner, p.identity().as_str());
     info.id
 }
 
@@ -542,12 +536,14 @@ both!(
         let c = user("globex", "alice"); // same subject name, another org
         let b_admin = admin("acme", "bob-admin");
         // Same org and subject, authenticated elsewhere: another owner.
-        let jwt_alice = Principal {
-            auth_method: AuthMethod::Jwt {
+        let jwt_alice = Principal::for_tests(
+            "acme",
+            "alice",
+            vec![Role::User],
+            AuthMethod::Jwt {
                 issuer: "https://idp.example".into(),
             },
-            ..user("acme", "alice")
-        };
+        );
         let c1 = ctx(&[("k", "v")]);
         let aes_id = create(&kms, &a, "mine", KeyType::Aes256Gcm).await;
         let sig_id = create(&kms, &a, "signer", KeyType::Ed25519).await;
@@ -613,9 +609,8 @@ both!(
             nf(kms.mac(p, mac_id, b"m").await, &format!("{who} mac"));
             let listed = kms.list_keys(p).await.unwrap();
             assert!(
-                listed
-                    .iter()
-                    .all(|k| k.owner == p.owner_id() && ![aes_id, sig_id, mac_id].contains(&k.id)),
+                listed.iter().all(|k| k.owner == p.identity().as_str()
+                    && ![aes_id, sig_id, mac_id].contains(&k.id)),
                 "{who} lists alice's keys"
             );
         }

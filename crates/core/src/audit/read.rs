@@ -5,8 +5,8 @@
 use super::{AuditEvent, AuditQuery, ExportLine};
 use crate::authz::{Action, Resource, authorize};
 use crate::error::CoreError;
+use crate::identity::Principal;
 use crate::kms::Kms;
-use crate::principal::Principal;
 
 /// Most events in one listing page.
 pub const MAX_PAGE: u32 = 1000;
@@ -18,8 +18,8 @@ impl Kms {
         p: &Principal,
         mut q: AuditQuery,
     ) -> Result<Vec<AuditEvent>, CoreError> {
-        authorize(p, Action::AuditRead, Resource::Org(&p.org_id))?;
-        q.org = p.org_id.clone();
+        authorize(p, Action::AuditRead, Resource::Org(p.org()))?;
+        q.org = p.org().to_string();
         q.limit = q.limit.clamp(1, MAX_PAGE);
         Ok(self.store.query_audit(&q).await?)
     }
@@ -27,7 +27,7 @@ impl Kms {
     /// Checks that the principal may export, and returns the current chain head's sequence
     /// (0 while the log is empty), which bounds an export that names no end.
     pub async fn audit_export_head(&self, p: &Principal) -> Result<u64, CoreError> {
-        authorize(p, Action::AuditRead, Resource::Org(&p.org_id))?;
+        authorize(p, Action::AuditRead, Resource::Org(p.org()))?;
         Ok(self.store.audit_head().await?.map_or(0, |(seq, _)| seq))
     }
 
@@ -41,7 +41,7 @@ impl Kms {
         to_seq: u64,
         limit: u32,
     ) -> Result<Vec<ExportLine>, CoreError> {
-        authorize(p, Action::AuditRead, Resource::Org(&p.org_id))?;
+        authorize(p, Action::AuditRead, Resource::Org(p.org()))?;
         let events: Vec<AuditEvent> = self
             .store
             .audit_events(from_seq, limit)
@@ -61,7 +61,7 @@ impl Kms {
         let mut lines = Vec::with_capacity(events.len());
         for ev in events {
             let seq = ev.seq;
-            if ev.org.as_deref() == Some(p.org_id.as_str()) {
+            if ev.org.as_deref() == Some(p.org().as_str()) {
                 lines.push(ExportLine::Event(Box::new(ev)));
             } else {
                 lines.push(ExportLine::Redacted(ev.redacted()));
@@ -83,7 +83,7 @@ impl Kms {
         field: &str,
         value: &[u8],
     ) -> Result<String, CoreError> {
-        authorize(p, Action::AuditRead, Resource::Org(&p.org_id))?;
+        authorize(p, Action::AuditRead, Resource::Org(p.org()))?;
         Ok(self.audit_keys().await?.keyed_hash(field, value))
     }
 }

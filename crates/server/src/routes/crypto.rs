@@ -253,8 +253,11 @@ fn check_batch(st: &AppState, p: &sovra_core::Principal, n: usize) -> ApiResult<
     check_batch_len(n, st.config.limits.max_batch_items)?;
     // The request itself paid for one item.
     let extra = u32::try_from(n - 1).unwrap_or(u32::MAX);
-    st.rate_limits
-        .check(crate::ratelimit::Class::Crypto, &p.owner_id(), extra)?;
+    st.rate_limits.check(
+        crate::ratelimit::Class::Crypto,
+        p.identity().as_str(),
+        extra,
+    )?;
     Ok(())
 }
 

@@ -96,7 +96,7 @@ pub async fn unseal(
     security(("bearer" = [])))]
 pub async fn seal(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Json<SealStatus>> {
     st.kms.seal(&p)?;
-    tracing::info!(subject = %p.subject, "sealed by operator");
+    tracing::info!(subject = %p.subject(), "sealed by operator");
     Ok(Json(st.kms.seal_status()))
 }
 
@@ -113,7 +113,7 @@ pub async fn rotate_kek(
     let version = st.kms.rotate_org_kek(&p).await?;
     // Rewrap the org's keys in the background; requests keep working meanwhile (lazy rewrap).
     let kms = st.kms.clone();
-    let org = p.org_id.clone();
+    let org = p.org().to_string();
     tokio::spawn(async move {
         match kms.rewrap_org(&org).await {
             Ok(n) => {

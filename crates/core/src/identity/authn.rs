@@ -1,0 +1,410 @@
+//! Authentication: a [`Credential`] in, an [`Authenticated`] principal out, or a refusal.
+//! Bearer tokens are the dev token (only in `sovra server --dev`) or JWTs from configured
+//! issuers: asymmetric algorithms only; `exp`, `iss` and `aud` required; 30 seconds of clock
+//! skew. Where an issuer's keys come from (a file, an https URL) is the caller's concern,
+//! behind [`KeySetSource`]. Nothing here writes to the audit log or charges a rate limit: the
+//! result carries what those layers need.
+
+use super::principal::{AuthMethod, Principal, Role};
+use crate::cache::BoundedCache;
+use crate::clock::Clock;
+use crate::ids::OrgId;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use sovra_crypto::SecretBytes;
+use sovra_crypto::secret::ct_eq;
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::{Duration, Instant};
+
+pub const CLOCK_SKEW_SECONDS: u64 = 30;
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_LEN: usize = 16 * 1024;
+/// An unknown `kid` triggers at most one JWKS reload per this interval.
+const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Most bytes of a subject.
+const MAX_SUBJECT_LEN: usize = 256;
+
+/// The token algorithms accepted: asymmetric only.
+pub const ALLOWED_ALGS: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// The dev token's organization and subject.
+pub const DEV_ORG: &str = "dev";
+pub const DEV_SUBJECT: &str = "dev-admin";
+
+/// Verified tokens remembered (by SHA-256 of the token) so that a client reusing its token
+/// does not pay a signature verification per request.
+const VERIFIED_TOKEN_CACHE_CAPACITY: usize = 10_000;
+
+/// What a caller presents.
+pub enum Credential<'a> {
+    /// `Authorization: Bearer …`: the dev token or a JWT.
+    Bearer(&'a str),
+    /// A TLS client certificate (DER). Accepted once an organization's CA issues them; until
+    /// then every certificate is refused.
+    ClientCertificate(&'a [u8]),
+}
+
+/// A verified credential: the principal, and the facts the audit event of each request it
+/// authenticates needs.
+pub struct Authenticated {
+    pub principal: Principal,
+    /// The keyed hash of the bearer token for audit events, computed by the first request
+    /// that needs it and kept with the verified token: the token is hundreds of bytes, and
+    /// each request would otherwise hash it again. Valid because the audit HMAC key never
+    /// changes; a rotation of it must clear the verified-token cache.
+    pub token_hash: Arc<OnceLock<String>>,
+}
+
+/// Why a credential was refused. The message is safe to show the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("invalid token: {0}")]
+    Rejected(&'static str),
+    #[error("client certificates are not accepted by this server")]
+    CertificateNotAccepted,
+}
+
+/// How one issuer's tokens are checked and mapped to a principal.
+#[derive(Debug, Clone)]
+pub struct IssuerPolicy {
+    pub issuer: String,
+    pub audience: String,
+    /// The claim that names the user's organization.
+    pub org_claim: String,
+    /// The claim (array of strings) that lists roles.
+    pub roles_claim: String,
+    /// Organizations this issuer may speak for; empty: any.
+    pub allowed_orgs: Vec<String>,
+    /// Whether this issuer's `operator` role is honoured (sealing is server-wide).
+    pub allow_operator: bool,
+    /// How often the key set is fetched again.
+    pub refresh: Duration,
+}
+
+/// Where an issuer's JWKS document comes from.
+#[async_trait::async_trait]
+pub trait KeySetSource: Send + Sync {
+    /// The JWKS document's text.
+    async fn fetch(&self) -> Result<String, String>;
+    /// Names the source in errors (a path or URL; never a secret).
+    fn name(&self) -> &str;
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("cannot load JWKS {source_name}: {message}")]
+    Load {
+        source_name: String,
+        message: String,
+    },
+}
+
+/// A trusted issuer: its policy and where its keys come from.
+pub struct TrustedIssuer {
+    pub policy: IssuerPolicy,
+    pub keys: Box<dyn KeySetSource>,
+}
+
+struct Issuer {
+    policy: IssuerPolicy,
+    source: Box<dyn KeySetSource>,
+    jwks: RwLock<(JwkSet, Instant)>,
+}
+
+/// A verified token's result and the window in which the token is valid (seconds since the
+/// epoch, clock skew included): a cache hit outside it is treated as a miss.
+struct VerifiedToken {
+    authenticated: Arc<Authenticated>,
+    valid_from: u64,
+    expires_at: u64,
+}
+
+pub struct Authenticator {
+    issuers: Vec<Issuer>,
+    /// The dev token and the one principal it authenticates.
+    dev: Option<(SecretBytes, Arc<Authenticated>)>,
+    /// Cleared whenever an issuer's keys change, so a key removed from a JWKS stops
+    /// authenticating at once.
+    verified: BoundedCache<[u8; 32], VerifiedToken>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Issuer {
+    async fn fetch(source: &dyn KeySetSource) -> Result<JwkSet, JwksError> {
+        let err = |message: String| JwksError::Load {
+            source_name: source.name().to_string(),
+            message,
+        };
+        let text = source.fetch().await.map_err(err)?;
+        parse_jwks(&text).map_err(err)
+    }
+
+    fn stale(&self) -> bool {
+        let (_, at) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        at.elapsed() >= self.policy.refresh
+    }
+
+    /// Reloads the JWKS; on failure keeps the last good set (and logs). A forced reload (an
+    /// unknown kid) claims the reload slot before fetching, so a burst of forged tokens causes
+    /// at most one fetch per interval. Returns whether the set of keys changed.
+    async fn reload(&self, force: bool) -> bool {
+        if force {
+            let mut guard = self.jwks.write().unwrap_or_else(|e| e.into_inner());
+            if guard.1.elapsed() < MIN_RELOAD_INTERVAL {
+                return false;
+            }
+            guard.1 = Instant::now();
+        }
+        match Self::fetch(self.source.as_ref()).await {
+            Ok(set) => {
+                let mut guard = self.jwks.write().unwrap_or_else(|e| e.into_inner());
+                let changed = guard.0 != set;
+                *guard = (set, Instant::now());
+                changed
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %self.policy.issuer, error = %e, "JWKS reload failed; keeping the previous keys");
+                self.jwks.write().unwrap_or_else(|e| e.into_inner()).1 = Instant::now();
+                false
+            }
+        }
+    }
+
+    fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+        let (set, _) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        select_key(set, kid, alg)
+    }
+}
+
+/// Parses an issuer's JWKS document as fetched (file or https body).
+pub fn parse_jwks(text: &str) -> Result<JwkSet, String> {
+    serde_json::from_str(text).map_err(|e| format!("not a JWKS document: {e}"))
+}
+
+/// The key of `set` for a token's `kid` and `alg`: the first with that kid, or without a kid
+/// the only key; none when the key declares another algorithm.
+pub fn select_key(set: &JwkSet, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+    let candidates: Vec<_> = set
+        .keys
+        .iter()
+        .filter(|k| match kid {
+            Some(kid) => k.common.key_id.as_deref() == Some(kid),
+            None => true,
+        })
+        .collect();
+    // Without a kid, only an unambiguous single-key set is acceptable.
+    let jwk = match (kid, candidates.as_slice()) {
+        (_, [one]) => *one,
+        (Some(_), [first, ..]) => *first,
+        _ => return None,
+    };
+    if let Some(key_alg) = jwk.common.key_algorithm
+        && key_alg.to_string() != format!("{alg:?}")
+    {
+        return None;
+    }
+    DecodingKey::from_jwk(jwk).ok()
+}
+
+impl Authenticator {
+    /// Fetches every issuer's keys once; an issuer whose keys cannot be loaded stops startup.
+    pub async fn new(
+        issuers: Vec<TrustedIssuer>,
+        dev_token: Option<SecretBytes>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Authenticator, JwksError> {
+        let mut out = Vec::new();
+        for TrustedIssuer { policy, keys } in issuers {
+            let set = Issuer::fetch(keys.as_ref()).await?;
+            out.push(Issuer {
+                policy,
+                source: keys,
+                jwks: RwLock::new((set, Instant::now())),
+            });
+        }
+        let dev = match dev_token {
+            Some(token) => {
+                let org = OrgId::parse(DEV_ORG).map_err(|e| JwksError::Load {
+                    source_name: "dev".into(),
+                    message: e.to_string(),
+                })?;
+                let principal = Principal::new(
+                    org,
+                    DEV_SUBJECT,
+                    vec![Role::Operator, Role::Admin, Role::User],
+                    AuthMethod::DevToken,
+                );
+                let authenticated = Arc::new(Authenticated {
+                    principal,
+                    token_hash: Default::default(),
+                });
+                Some((token, authenticated))
+            }
+            None => None,
+        };
+        Ok(Authenticator {
+            issuers: out,
+            dev,
+            verified: BoundedCache::new(VERIFIED_TOKEN_CACHE_CAPACITY),
+            clock,
+        })
+    }
+
+    /// Reloads every JWKS whose refresh interval has passed (run periodically).
+    pub async fn refresh_stale(&self) {
+        for i in &self.issuers {
+            if i.stale() && i.reload(false).await {
+                self.verified.clear();
+            }
+        }
+    }
+
+    pub async fn authenticate(
+        &self,
+        credential: Credential<'_>,
+    ) -> Result<Arc<Authenticated>, AuthError> {
+        match credential {
+            Credential::Bearer(token) => self.bearer(token).await,
+            Credential::ClientCertificate(_) => Err(AuthError::CertificateNotAccepted),
+        }
+    }
+
+    async fn bearer(&self, token: &str) -> Result<Arc<Authenticated>, AuthError> {
+        if token.is_empty() || token.len() > MAX_TOKEN_LEN {
+            return Err(AuthError::InvalidToken);
+        }
+        if let Some((dev_token, dev)) = &self.dev
+            && ct_eq(dev_token.expose(), token.as_bytes())
+        {
+            return Ok(dev.clone());
+        }
+        let digest = sovra_crypto::sha256(token.as_bytes());
+        if let Some(hit) = self.verified.get(&digest) {
+            let now = self.clock.now().as_secs();
+            if hit.valid_from <= now && now < hit.expires_at {
+                return Ok(hit.authenticated.clone());
+            }
+        }
+        let verified = self.verify_jwt(token).await?;
+        let authenticated = verified.authenticated.clone();
+        self.verified.insert(digest, Arc::new(verified));
+        Ok(authenticated)
+    }
+
+    async fn verify_jwt(&self, token: &str) -> Result<VerifiedToken, AuthError> {
+        let invalid = AuthError::Rejected;
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed"))?;
+        if !ALLOWED_ALGS.contains(&header.alg) {
+            return Err(invalid("algorithm not accepted"));
+        }
+        // The issuer is read unverified only to choose which keys to verify with; the
+        // verification below then requires that same issuer.
+        let unverified: serde_json::Map<String, serde_json::Value> =
+            jsonwebtoken::dangerous::insecure_decode_claims(token)
+                .map_err(|_| invalid("malformed"))?;
+        let iss = unverified
+            .get("iss")
+            .and_then(|v| v.as_str())
+            .ok_or_else(|| invalid("missing iss"))?;
+        let issuer = self
+            .issuers
+            .iter()
+            .find(|i| i.policy.issuer == iss)
+            .ok_or_else(|| invalid("unknown issuer"))?;
+        let key = match issuer.find_key(header.kid.as_deref(), header.alg) {
+            Some(k) => k,
+            None => {
+                if issuer.reload(true).await {
+                    self.verified.clear();
+                }
+                issuer
+                    .find_key(header.kid.as_deref(), header.alg)
+                    .ok_or_else(|| invalid("unknown signing key"))?
+            }
+        };
+        let policy = &issuer.policy;
+        let mut v = Validation::new(header.alg);
+        v.algorithms = vec![header.alg];
+        v.leeway = CLOCK_SKEW_SECONDS;
+        v.validate_nbf = true;
+        v.set_required_spec_claims(&["exp", "iss", "aud"]);
+        v.set_issuer(&[policy.issuer.as_str()]);
+        v.set_audience(&[policy.audience.as_str()]);
+        let data =
+            jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, &key, &v)
+                .map_err(|e| {
+                    use jsonwebtoken::errors::ErrorKind::*;
+                    invalid(match e.kind() {
+                        ExpiredSignature => "expired",
+                        ImmatureSignature => "not yet valid",
+                        InvalidAudience => "wrong audience",
+                        InvalidIssuer => "wrong issuer",
+                        InvalidSignature => "bad signature",
+                        MissingRequiredClaim(_) => "missing required claim",
+                        _ => "verification failed",
+                    })
+                })?;
+        let claims = data.claims;
+        let subject = claims
+            .get("sub")
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty() && s.len() <= MAX_SUBJECT_LEN)
+            .ok_or_else(|| invalid("missing sub"))?;
+        let org = claims
+            .get(&policy.org_claim)
+            .and_then(|v| v.as_str())
+            .and_then(|o| OrgId::parse(o).ok())
+            .ok_or_else(|| invalid("missing or invalid organization claim"))?;
+        if !policy.allowed_orgs.is_empty() && !policy.allowed_orgs.iter().any(|o| org == o.as_str())
+        {
+            return Err(invalid("organization not allowed for this issuer"));
+        }
+        let mut roles: Vec<Role> = claims
+            .get(&policy.roles_claim)
+            .and_then(|v| v.as_array())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().and_then(Role::parse))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !policy.allow_operator {
+            roles.retain(|r| *r != Role::Operator);
+        }
+        if !roles.contains(&Role::User) {
+            roles.push(Role::User);
+        }
+        // Validation required `exp` and checked `nbf` with the same leeway used here.
+        let claim_secs = |name: &str| claims.get(name).and_then(|v| v.as_f64()).map(|f| f as u64);
+        let principal = Principal::new(
+            org,
+            subject,
+            roles,
+            AuthMethod::Jwt {
+                issuer: policy.issuer.clone(),
+            },
+        );
+        Ok(VerifiedToken {
+            authenticated: Arc::new(Authenticated {
+                principal,
+                token_hash: Default::default(),
+            }),
+            valid_from: claim_secs("nbf").map_or(0, |nbf| nbf.saturating_sub(CLOCK_SKEW_SECONDS)),
+            expires_at: claim_secs("exp")
+                .ok_or_else(|| invalid("missing exp"))?
+                .saturating_add(CLOCK_SKEW_SECONDS),
+        })
+    }
+}
