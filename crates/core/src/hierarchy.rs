@@ -8,7 +8,6 @@
 use crate::error::CoreError;
 use crate::kms::Kms;
 use crate::model::{KekRecord, KeyRecord, KeyVersionRecord, OrgRecord};
-use crate::now_ms;
 use crate::store::StoreError;
 use sovra_crypto::wrap::{WrappingKey, context};
 use sovra_crypto::{SecretBytes, rng};
@@ -41,7 +40,7 @@ impl Kms {
         }
         let root = self.seal.root()?;
         let kek = SecretBytes::new(rng::random_vec(32)?);
-        let now = now_ms();
+        let now = self.clock().now().as_millis();
         let org = OrgRecord {
             id: org_id.to_string(),
             active_kek_version: 1,
@@ -112,7 +111,7 @@ impl Kms {
             version,
             kek_version: org.active_kek_version,
             wrapped_material: kek.wrap(material, &material_aad(key, version))?,
-            created_at: now_ms(),
+            created_at: self.clock().now().as_millis(),
         })
     }
 
@@ -148,7 +147,7 @@ impl Kms {
             org_id: org_id.to_string(),
             version,
             wrapped_kek: root.wrap(&kek, &kek_aad(org_id, version))?,
-            created_at: now_ms(),
+            created_at: self.clock().now().as_millis(),
         };
         self.store
             .add_kek_version(&rec)

@@ -109,7 +109,6 @@ impl PartialEq<String> for IdentityId {
 pub struct KeyId(Uuid);
 
 impl KeyId {
-    #[allow(dead_code)] // TEMP
     pub(crate) fn random() -> KeyId {
         KeyId(Uuid::new_v4())
     }

@@ -26,8 +26,3 @@ pub use identity::{AuthMethod, Principal, Role};
 pub use ids::{IdentityId, KeyId, KeyRef, OrgId};
 pub use kms::Kms;
 pub use store::{Store, StoreError};
-
-/// Current time in milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
-}

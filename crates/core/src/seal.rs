@@ -4,9 +4,9 @@
 //! threshold is reached, then the shares are combined and the root key unwrapped, which
 //! authenticates the result: wrong shares never unseal.
 
+use crate::clock::Timestamp;
 use crate::error::CoreError;
 use crate::model::{SealKind, SealRecord};
-use crate::now_ms;
 use crate::store::{Store, StoreError};
 use serde::Serialize;
 use sovra_crypto::wrap::{WrappingKey, context};
@@ -31,7 +31,7 @@ enum State {
     },
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct SealStatus {
     pub initialized: bool,
     pub sealed: bool,
@@ -116,6 +116,7 @@ impl Seal {
         kind: SealKind,
         shares: u32,
         threshold: u32,
+        now: Timestamp,
     ) -> Result<(SecretBytes, Vec<SecretBytes>), CoreError> {
         if !matches!(
             &*self.state.read().unwrap_or_else(|e| e.into_inner()),
@@ -131,7 +132,7 @@ impl Seal {
             shares,
             threshold,
             wrapped_root_key: WrappingKey::new(&unseal_key)?.wrap(&root, &root_key_aad())?,
-            created_at: now_ms(),
+            created_at: now.as_millis(),
         };
         match store.create_seal(&record).await {
             Ok(()) => {}

@@ -51,8 +51,17 @@ impl SignatureAlgorithm {
         }
     }
 
-    /// The algorithm named by the caller, or the key type's default, checked against the key type.
-    pub fn resolve(key_type: KeyType, requested: Option<&str>) -> Result<Self, CryptoError> {
+    /// The algorithm of this name (`ed25519`, `ecdsa-p256-sha256`, `rsa-pss-sha256`, …).
+    pub fn parse(name: &str) -> Result<Self, CryptoError> {
+        SignatureAlgorithm::ALL
+            .into_iter()
+            .find(|a| a.as_str() == name)
+            .ok_or_else(|| CryptoError::InvalidInput("unknown signature algorithm".into()))
+    }
+
+    /// The algorithm the caller asked for, or the key type's default, checked against the key
+    /// type.
+    pub fn resolve(key_type: KeyType, requested: Option<Self>) -> Result<Self, CryptoError> {
         let alg = match requested {
             None => match key_type {
                 KeyType::Ed25519 => SignatureAlgorithm::Ed25519,
@@ -64,10 +73,7 @@ impl SignatureAlgorithm {
                     )));
                 }
             },
-            Some(name) => SignatureAlgorithm::ALL
-                .into_iter()
-                .find(|a| a.as_str() == name)
-                .ok_or_else(|| CryptoError::InvalidInput("unknown signature algorithm".into()))?,
+            Some(alg) => alg,
         };
         let fits = match alg {
             SignatureAlgorithm::Ed25519 => key_type == KeyType::Ed25519,
@@ -342,7 +348,7 @@ mod tests {
             let sk = SigningKey::from_pkcs8(kt, &kt.generate().unwrap()).unwrap();
             let algs: Vec<_> = SignatureAlgorithm::ALL
                 .into_iter()
-                .filter(|a| SignatureAlgorithm::resolve(kt, Some(a.as_str())).is_ok())
+                .filter(|a| SignatureAlgorithm::resolve(kt, Some(*a)).is_ok())
                 .collect();
             assert!(!algs.is_empty());
             for alg in algs {
@@ -371,9 +377,13 @@ mod tests {
 
     #[test]
     fn algorithm_must_fit_key_type() {
-        assert!(SignatureAlgorithm::resolve(KeyType::Ed25519, Some("rsa-pss-sha256")).is_err());
+        let pss = SignatureAlgorithm::parse("rsa-pss-sha256").unwrap();
+        assert!(SignatureAlgorithm::resolve(KeyType::Ed25519, Some(pss)).is_err());
         assert!(SignatureAlgorithm::resolve(KeyType::Aes256Gcm, None).is_err());
-        assert!(SignatureAlgorithm::resolve(KeyType::Rsa4096, Some("nope")).is_err());
+        assert!(SignatureAlgorithm::parse("nope").is_err());
+        for alg in SignatureAlgorithm::ALL {
+            assert_eq!(SignatureAlgorithm::parse(alg.as_str()).unwrap(), alg);
+        }
         assert_eq!(
             SignatureAlgorithm::resolve(KeyType::Rsa4096, None).unwrap(),
             SignatureAlgorithm::RsaPssSha256

@@ -90,7 +90,7 @@ fn outcome(status: StatusCode) -> &'static str {
     }
 }
 
-/// The bearer token, parsed as the `Auth` extractor parses it (scheme, one space, the token,
+/// The bearer token, parsed as the authentication layer parses it (scheme, one space, the token,
 /// trimmed), so that the token hashed here is the one that authenticated the request; here on
 /// raw bytes, since a header that is not text is audited too.
 fn bearer_token(req: &Request) -> Option<SecretBytes> {
@@ -160,7 +160,7 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
         };
         let event = AuditEvent {
             seq: 0,
-            time_ms: sovra_core::now_ms(),
+            time_ms: st.kms.clock().now().as_millis(),
             org: caller.as_ref().map(|c| c.principal.org().to_string()),
             actor: caller.as_ref().map_or_else(
                 || "anonymous".into(),

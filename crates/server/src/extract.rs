@@ -137,6 +137,6 @@ pub fn to_b64(bytes: &[u8]) -> String {
 }
 
 /// Parses a key id from the path; an unparseable id is simply a key that does not exist.
-pub fn key_id(raw: &str) -> Result<uuid::Uuid, ApiError> {
-    uuid::Uuid::parse_str(raw).map_err(|_| sovra_core::CoreError::NotFound.into())
+pub fn key_id(raw: &str) -> Result<sovra_core::KeyId, ApiError> {
+    sovra_core::KeyId::parse(raw).ok_or_else(|| sovra_core::CoreError::NotFound.into())
 }

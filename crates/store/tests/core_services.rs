@@ -5,9 +5,10 @@
 mod common;
 
 use common::{TestDb, contains, hex};
+use sovra_core::clock::{ManualClock, Timestamp};
 use sovra_core::kms::{KeyUpdate, KmsConfig, NewKey};
 use sovra_core::model::SealKind;
-use sovra_core::{AuthMethod, CoreError, Kms, Principal, Role};
+use sovra_core::{AuthMethod, CoreError, KeyId, KeyRef, Kms, Principal, Role};
 use sovra_crypto::envelope::{EncryptionContext, Header};
 use sovra_crypto::sign::{SignInput, SignatureAlgorithm, verify_spki};
 use sovra_crypto::{KeyType, SecretBytes};
@@ -50,7 +51,10 @@ async fn new_kms(db: &TestDb) -> Arc<Kms> {
 
 /// A Kms on `db`, initialized with Shamir 3-of-5 and unsealed; returns it and the shares.
 async fn unsealed_kms(db: &TestDb) -> (Arc<Kms>, Vec<SecretBytes>) {
-    let kms = new_kms(db).await;
+    unseal_new(new_kms(db).await).await
+}
+
+async fn unseal_new(kms: Arc<Kms>) -> (Arc<Kms>, Vec<SecretBytes>) {
     let (_, shares) = kms.initialize(SealKind::Shamir, 5, 3).await.unwrap();
     assert_eq!(shares.len(), 5);
     unseal(&kms, &shares[..3]).await;
@@ -71,21 +75,21 @@ async fn reseal(kms: &Kms, shares: &[SecretBytes]) {
     unseal(kms, &shares[2..5]).await;
 }
 
-async fn create(kms: &Kms, p: &Principal, name: &str, key_type: KeyType) -> Uuid {
+async fn create(kms: &Kms, p: &Principal, name: &str, key_type: KeyType) -> KeyId {
     let info = kms
         .create_key(
             p,
             NewKey {
                 name: name.into(),
-                key_type: key_type.as_str().into(),
+                key_type,
                 description: Some(format!("test key {name}")),
             },
         )
         .await
         .unwrap_or_else(|e| panic!("create {key_type} key {name}: {e:?}"));
-    assert_eq!(info.key_type, key_type.as_str());
+    assert_eq!(info.key_type, key_type);
     assert_eq!(info.latest_version, 1);
-    assert_eq!(info.owner, p.identity().as_str());
+    assert_eq!(&info.owner, p.identity());
     info.id
 }
 
@@ -315,7 +319,7 @@ both!(seal_drops_keys_and_unseal_restores_them, |db| async move {
 fn aes(name: &str) -> NewKey {
     NewKey {
         name: name.into(),
-        key_type: "aes-256-gcm".into(),
+        key_type: KeyType::Aes256Gcm,
         description: None,
     }
 }
@@ -330,7 +334,7 @@ both!(every_key_type_creates_and_works, |db| async move {
     for t in KeyType::ALL {
         let id = create(&kms, &alice, t.as_str(), t).await;
         let info = kms.get_key(&alice, id).await.unwrap();
-        assert_eq!(info.key_type, t.as_str());
+        assert_eq!(info.key_type, t);
         match t.usage() {
             sovra_crypto::keytype::KeyUsage::EncryptDecrypt => {
                 let pt = format!("secret for {t}").into_bytes();
@@ -341,7 +345,7 @@ both!(every_key_type_creates_and_works, |db| async move {
                     "{t}: plaintext in ciphertext"
                 );
                 let h = Header::parse(&enc.ciphertext).unwrap();
-                assert_eq!((h.key_id, h.key_version), (id, 1));
+                assert_eq!((KeyId::from(h.key_id), h.key_version), (id, 1));
                 let dec = kms.decrypt(&alice, &enc.ciphertext, &c1).await.unwrap();
                 assert_eq!(dec.plaintext.expose(), &pt[..]);
                 assert_eq!((dec.key_id, dec.key_version), (id, 1));
@@ -495,14 +499,14 @@ both!(every_key_type_creates_and_works, |db| async move {
         .collect();
     assert_eq!(names.len(), KeyType::ALL.len() + 1, "{names:?}");
 
-    // Invalid requests.
+    // Invalid requests (an unknown key type cannot reach the core: it is a `KeyType`).
     let r = kms
         .create_key(
             &alice,
             NewKey {
                 name: "x".into(),
-                key_type: "des".into(),
-                description: None,
+                key_type: KeyType::Aes256Gcm,
+                description: Some("d".repeat(1025)),
             },
         )
         .await;
@@ -572,6 +576,14 @@ both!(
         ] {
             nf(kms.get_key(p, aes_id).await, &format!("{who} get"));
             nf(
+                kms.find_key(p, &KeyRef::Name("mine".into())).await,
+                &format!("{who} find by name"),
+            );
+            nf(
+                kms.find_key(p, &KeyRef::Id(aes_id)).await,
+                &format!("{who} find by id"),
+            );
+            nf(
                 kms.encrypt(p, aes_id, b"x", &c1).await,
                 &format!("{who} encrypt"),
             );
@@ -609,13 +621,26 @@ both!(
             nf(kms.mac(p, mac_id, b"m").await, &format!("{who} mac"));
             let listed = kms.list_keys(p).await.unwrap();
             assert!(
-                listed.iter().all(|k| k.owner == p.identity().as_str()
-                    && ![aes_id, sig_id, mac_id].contains(&k.id)),
+                listed
+                    .iter()
+                    .all(|k| &k.owner == p.identity() && ![aes_id, sig_id, mac_id].contains(&k.id)),
                 "{who} lists alice's keys"
             );
         }
+        // The owner finds its key by name as by id.
+        for by in [KeyRef::Name("mine".into()), KeyRef::Id(aes_id)] {
+            let found = kms.find_key(&a, &by).await.unwrap();
+            assert_eq!((found.id, found.name.as_str()), (aes_id, "mine"), "{by:?}");
+        }
+        nf(
+            kms.find_key(&a, &KeyRef::Name("no-such-key".into())).await,
+            "unknown name",
+        );
         // A key id that does not exist answers exactly the same.
-        nf(kms.get_key(&a, Uuid::new_v4()).await, "unknown id");
+        nf(
+            kms.get_key(&a, KeyId::from(Uuid::new_v4())).await,
+            "unknown id",
+        );
 
         // Nothing changed for the owner.
         let info = kms.get_key(&a, aes_id).await.unwrap();
@@ -679,7 +704,14 @@ both!(disabled_key_refuses_use_until_enabled, |db| async move {
 both!(
     scheduled_deletion_bounds_pending_and_cancel,
     |db| async move {
-        let (kms, _) = unsealed_kms(&db).await;
+        // Time is the service's clock, moved by the test: deletion dates are exact and a key
+        // becomes due when the clock passes its date, without waiting a week.
+        let start = Timestamp::from_millis(1_800_000_000_000);
+        let clock = ManualClock::new(start);
+        let kms = Kms::with_clock(db.store.clone(), KmsConfig::default(), clock.clone())
+            .await
+            .unwrap();
+        let (kms, _) = unseal_new(Arc::new(kms)).await;
         let a = user("acme", "alice");
         let c1 = ctx(&[("k", "v")]);
         let id = create(&kms, &a, "doomed", KeyType::Aes256Gcm).await;
@@ -698,7 +730,6 @@ both!(
             sovra_core::model::KeyState::Enabled
         );
 
-        let before = sovra_core::now_ms();
         let info = kms.schedule_deletion(&a, id, 7).await.unwrap();
         assert_eq!(info.state, sovra_core::model::KeyState::PendingDeletion);
         assert!(info.deletion_date.is_some());
@@ -707,10 +738,12 @@ both!(
             .await;
         let date = stored[0].expect("deletion date stored");
         let week = 7 * 86_400_000;
-        assert!(
-            date >= before + week && date <= sovra_core::now_ms() + week,
+        assert_eq!(
+            date,
+            start.as_millis() + week,
             "deletion date is 7 days out"
         );
+        assert_eq!(info.deletion_date, Some(start.plus_days(7)));
 
         let r = kms.encrypt(&a, id, b"x", &c1).await;
         assert!(
@@ -775,10 +808,13 @@ both!(
         let gone = create(&kms, &a, "gone", KeyType::Aes256Gcm).await;
         kms.schedule_deletion(&a, gone, 30).await.unwrap();
         assert_eq!(kms.purge_due_keys().await.unwrap(), 0);
-        db.exec(&format!(
-            "UPDATE keys SET deletion_date = 1 WHERE id = '{gone}'"
-        ))
-        .await;
+        clock.set(start.plus_days(30).plus_millis(-1));
+        assert_eq!(
+            kms.purge_due_keys().await.unwrap(),
+            0,
+            "not due a millisecond before its date"
+        );
+        clock.advance_millis(1);
         assert_eq!(kms.purge_due_keys().await.unwrap(), 1);
         let r = kms.get_key(&a, gone).await;
         assert!(matches!(r, Err(CoreError::NotFound)), "{:?}", r.err());

@@ -164,7 +164,8 @@ impl AuditJournal {
             let tag = sovra_crypto::rng::random_vec(4).unwrap_or_default();
             kept.push(format!(
                 ".dropped-{}-{}",
-                crate::now_ms(),
+                // A file name, not an event time: the system clock is the one that matters.
+                crate::clock::Clock::now(&crate::clock::SystemClock).as_millis(),
                 ::hex::encode(tag)
             ));
             let kept = PathBuf::from(kept);

@@ -5,10 +5,10 @@
 
 use super::Checkpoint;
 use super::chain::hex;
+use crate::clock::Timestamp;
 use crate::error::CoreError;
 use crate::kms::Kms;
 use crate::model::AuditKeyRecord;
-use crate::now_ms;
 use crate::store::StoreError;
 use sovra_crypto::mac::MacKey;
 use sovra_crypto::sign::{SigningKey, pem_encode};
@@ -41,8 +41,13 @@ impl AuditKeys {
             .sign(&context("sovra/audit-hash/v1", &[field.as_bytes(), value])))
     }
 
-    pub fn sign_checkpoint(&self, seq: u64, head: &str) -> Result<Checkpoint, CoreError> {
-        Ok(Checkpoint::sign(&self.signing, seq, head, now_ms())?)
+    pub fn sign_checkpoint(
+        &self,
+        seq: u64,
+        head: &str,
+        now: Timestamp,
+    ) -> Result<Checkpoint, CoreError> {
+        Ok(Checkpoint::sign(&self.signing, seq, head, now.as_millis())?)
     }
 
     pub fn public_key_spki(&self) -> &[u8] {
@@ -68,7 +73,7 @@ impl Kms {
                     wrapped_signing_key: root.wrap(&signing, &aad("signing"))?,
                     wrapped_hmac_key: root.wrap(&hmac, &aad("hmac"))?,
                     public_key,
-                    created_at: now_ms(),
+                    created_at: self.clock().now().as_millis(),
                 };
                 match self.store.create_audit_keys(&rec).await {
                     Ok(()) => rec,
@@ -104,7 +109,10 @@ impl Kms {
 
     /// Signs a checkpoint over `(seq, head)` and stores it.
     pub async fn audit_checkpoint(&self, seq: u64, head: &str) -> Result<Checkpoint, CoreError> {
-        let cp = self.audit_keys().await?.sign_checkpoint(seq, head)?;
+        let cp = self
+            .audit_keys()
+            .await?
+            .sign_checkpoint(seq, head, self.clock().now())?;
         self.store.add_audit_checkpoint(&cp).await?;
         Ok(cp)
     }

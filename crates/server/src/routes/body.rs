@@ -84,8 +84,10 @@ fn ciphertext(field: &str, value: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// The signature algorithm a request names, for every key type that signs.
-fn algorithm(requested: Option<&str>) {
+/// The signature algorithm a request names, parsed as the handler does and checked against
+/// every key type that signs.
+fn algorithm(requested: Option<&str>) -> Result<(), ApiError> {
+    let requested = crypto::signature_algorithm(requested)?;
     for kt in [
         KeyType::Ed25519,
         KeyType::EcdsaP256,
@@ -94,6 +96,7 @@ fn algorithm(requested: Option<&str>) {
     ] {
         let _ = SignatureAlgorithm::resolve(kt, requested);
     }
+    Ok(())
 }
 
 /// Parses `input` as the given part of a request and runs the handler's checks on it; the
@@ -112,8 +115,7 @@ pub fn parse_request(
         }
         RequestInput::CreateKey => {
             let r = json::<keys::CreateKeyRequest>(input)?;
-            KeyType::parse(&r.key_type)
-                .map_err(|e| ApiError::bad_request("invalid_input", e.to_string()))?;
+            keys::key_type(&r.key_type)?;
         }
         RequestInput::UpdateKey => {
             json::<keys::UpdateKeyRequest>(input)?;
@@ -156,13 +158,13 @@ pub fn parse_request(
         RequestInput::Sign => {
             let r = json::<crypto::SignRequest>(input)?;
             crypto::sign_input(&r.message, &r.digest)?;
-            algorithm(r.algorithm.as_deref());
+            algorithm(r.algorithm.as_deref())?;
         }
         RequestInput::Verify => {
             let r = json::<crypto::VerifyRequest>(input)?;
             crypto::sign_input(&r.message, &r.digest)?;
             b64("signature", &r.signature)?;
-            algorithm(r.algorithm.as_deref());
+            algorithm(r.algorithm.as_deref())?;
         }
         RequestInput::Mac => {
             b64("message", &json::<crypto::MacRequest>(input)?.message)?;

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 use sovra_crypto::envelope::EncryptionContext;
-use sovra_crypto::sign::SignInput;
+use sovra_crypto::sign::{SignInput, SignatureAlgorithm};
 use std::sync::Arc;
 use utoipa::ToSchema;
 
@@ -456,13 +456,13 @@ pub async fn sign(
             &p,
             key_id(&id)?,
             as_input(&bytes, is_digest),
-            req.algorithm.as_deref(),
+            signature_algorithm(req.algorithm.as_deref())?,
         )
         .await?;
     Ok(Json(SignResponse {
         signature: to_b64(&out.signature),
         key_version: out.key_version,
-        algorithm: out.algorithm.into(),
+        algorithm: out.algorithm.as_str().into(),
     }))
 }
 
@@ -488,7 +488,7 @@ pub async fn verify(
             key_id(&id)?,
             as_input(&bytes, is_digest),
             &sig,
-            req.algorithm.as_deref(),
+            signature_algorithm(req.algorithm.as_deref())?,
             req.key_version,
         )
         .await?;
@@ -554,4 +554,12 @@ pub async fn public_key(
         public_key: pem,
         key_version,
     }))
+}
+
+/// The signature algorithm a request names, if it names one; an unknown name is
+/// `invalid_input`, as the core says it.
+pub fn signature_algorithm(name: Option<&str>) -> ApiResult<Option<SignatureAlgorithm>> {
+    name.map(SignatureAlgorithm::parse)
+        .transpose()
+        .map_err(|e| sovra_core::CoreError::from(e).into())
 }

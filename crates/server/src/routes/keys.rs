@@ -7,7 +7,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
-use sovra_core::kms::{KeyInfo, KeyUpdate, NewKey};
+use sovra_core::kms::{self, KeyUpdate, NewKey};
+use sovra_core::model;
+use sovra_crypto::KeyType;
 use std::sync::Arc;
 use utoipa::ToSchema;
 
@@ -44,6 +46,66 @@ pub enum KeyTypeName {
     Rsa3072,
     #[schema(rename = "rsa-4096")]
     Rsa4096,
+}
+
+/// Key metadata as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct KeyInfo {
+    pub id: uuid::Uuid,
+    pub name: String,
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub description: Option<String>,
+    pub state: KeyState,
+    pub owner: String,
+    /// Number of versions; the newest is used for new operations.
+    pub latest_version: u32,
+    pub min_decryption_version: u32,
+    /// RFC 3339 timestamps.
+    pub created: String,
+    pub rotated: Option<String>,
+    pub deletion_date: Option<String>,
+}
+
+impl From<kms::KeyInfo> for KeyInfo {
+    fn from(k: kms::KeyInfo) -> Self {
+        KeyInfo {
+            id: k.id.as_uuid(),
+            name: k.name,
+            key_type: k.key_type.as_str().into(),
+            description: k.description,
+            state: k.state.into(),
+            owner: k.owner.to_string(),
+            latest_version: k.latest_version,
+            min_decryption_version: k.min_decryption_version,
+            created: k.created.to_rfc3339(),
+            rotated: k.rotated.map(|t| t.to_rfc3339()),
+            deletion_date: k.deletion_date.map(|t| t.to_rfc3339()),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyState {
+    Enabled,
+    Disabled,
+    PendingDeletion,
+}
+
+impl From<model::KeyState> for KeyState {
+    fn from(s: model::KeyState) -> Self {
+        match s {
+            model::KeyState::Enabled => KeyState::Enabled,
+            model::KeyState::Disabled => KeyState::Disabled,
+            model::KeyState::PendingDeletion => KeyState::PendingDeletion,
+        }
+    }
+}
+
+/// The key type a request names; an unknown name is `invalid_input`, as the core says it.
+pub fn key_type(name: &str) -> ApiResult<KeyType> {
+    KeyType::parse(name).map_err(|e| sovra_core::CoreError::from(e).into())
 }
 
 #[derive(Serialize, ToSchema)]
@@ -84,14 +146,14 @@ pub async fn create_key(
             &p,
             NewKey {
                 name: req.name,
-                key_type: req.key_type,
+                key_type: key_type(&req.key_type)?,
                 description: req.description,
             },
         )
         .await?;
     // The event names the key created, not just the collection.
     crate::audit::note_resource(format!("key/{}", info.id));
-    Ok((StatusCode::CREATED, Json(info)))
+    Ok((StatusCode::CREATED, Json(info.into())))
 }
 
 #[utoipa::path(get, path = "/api/v1/keys", tag = "keys",
@@ -101,7 +163,13 @@ pub async fn create_key(
     security(("bearer" = [])))]
 pub async fn list_keys(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Json<KeyList>> {
     Ok(Json(KeyList {
-        keys: st.kms.list_keys(&p).await?,
+        keys: st
+            .kms
+            .list_keys(&p)
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect(),
     }))
 }
 
@@ -116,7 +184,7 @@ pub async fn get_key(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyInfo>> {
-    Ok(Json(st.kms.get_key(&p, key_id(&id)?).await?))
+    Ok(Json(st.kms.get_key(&p, key_id(&id)?).await?.into()))
 }
 
 #[utoipa::path(patch, path = "/api/v1/keys/{id}", tag = "keys", params(("id" = String, Path, description = "key id")),
@@ -136,7 +204,9 @@ pub async fn update_key(
         min_decryption_version: req.min_decryption_version,
         description: req.description,
     };
-    Ok(Json(st.kms.update_key(&p, key_id(&id)?, update).await?))
+    Ok(Json(
+        st.kms.update_key(&p, key_id(&id)?, update).await?.into(),
+    ))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/rotate", tag = "keys", params(("id" = String, Path, description = "key id")),
@@ -150,7 +220,7 @@ pub async fn rotate_key(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyInfo>> {
-    Ok(Json(st.kms.rotate_key(&p, key_id(&id)?).await?))
+    Ok(Json(st.kms.rotate_key(&p, key_id(&id)?).await?.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/disable", tag = "keys", params(("id" = String, Path, description = "key id")),
@@ -164,7 +234,7 @@ pub async fn disable_key(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyInfo>> {
-    Ok(Json(st.kms.disable_key(&p, key_id(&id)?).await?))
+    Ok(Json(st.kms.disable_key(&p, key_id(&id)?).await?.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/enable", tag = "keys", params(("id" = String, Path, description = "key id")),
@@ -178,7 +248,7 @@ pub async fn enable_key(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyInfo>> {
-    Ok(Json(st.kms.enable_key(&p, key_id(&id)?).await?))
+    Ok(Json(st.kms.enable_key(&p, key_id(&id)?).await?.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/keys/{id}/schedule-deletion", tag = "keys",
@@ -197,7 +267,8 @@ pub async fn schedule_deletion(
     Ok(Json(
         st.kms
             .schedule_deletion(&p, key_id(&id)?, req.pending_days)
-            .await?,
+            .await?
+            .into(),
     ))
 }
 
@@ -213,5 +284,5 @@ pub async fn cancel_deletion(
     Auth(p): Auth,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyInfo>> {
-    Ok(Json(st.kms.cancel_deletion(&p, key_id(&id)?).await?))
+    Ok(Json(st.kms.cancel_deletion(&p, key_id(&id)?).await?.into()))
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
 use sovra_core::model::SealKind;
-use sovra_core::seal::SealStatus;
+use sovra_core::seal;
 use sovra_crypto::SecretBytes;
 use std::sync::Arc;
 use utoipa::ToSchema;
@@ -33,6 +33,32 @@ pub struct UnsealRequest {
     pub share: String,
 }
 
+/// The seal's state as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SealStatus {
+    pub initialized: bool,
+    pub sealed: bool,
+    /// `shamir` or `dev-file`.
+    pub seal_type: Option<String>,
+    pub shares: u32,
+    pub threshold: u32,
+    /// Shares received so far toward the threshold.
+    pub progress: u32,
+}
+
+impl From<seal::SealStatus> for SealStatus {
+    fn from(s: seal::SealStatus) -> Self {
+        SealStatus {
+            initialized: s.initialized,
+            sealed: s.sealed,
+            seal_type: s.seal_type,
+            shares: s.shares,
+            threshold: s.threshold,
+            progress: s.progress,
+        }
+    }
+}
+
 #[derive(Serialize, ToSchema)]
 pub struct KekRotated {
     pub kek_version: u32,
@@ -40,7 +66,7 @@ pub struct KekRotated {
 
 #[utoipa::path(get, path = "/api/v1/sys/seal-status", tag = "sys", responses((status = 200, body = SealStatus)))]
 pub async fn seal_status(State(st): State<Arc<AppState>>) -> Json<SealStatus> {
-    Json(st.kms.seal_status())
+    Json(st.kms.seal_status().into())
 }
 
 #[utoipa::path(post, path = "/api/v1/sys/init", tag = "sys", request_body = InitRequest,
@@ -85,7 +111,7 @@ pub async fn unseal(
     if !status.sealed {
         tracing::info!("unsealed");
     }
-    Ok(Json(status))
+    Ok(Json(status.into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/sys/seal", tag = "sys",
@@ -97,7 +123,7 @@ pub async fn unseal(
 pub async fn seal(State(st): State<Arc<AppState>>, Auth(p): Auth) -> ApiResult<Json<SealStatus>> {
     st.kms.seal(&p)?;
     tracing::info!(subject = %p.subject(), "sealed by operator");
-    Ok(Json(st.kms.seal_status()))
+    Ok(Json(st.kms.seal_status().into()))
 }
 
 #[utoipa::path(post, path = "/api/v1/sys/kek/rotate", tag = "sys",

@@ -1,0 +1,241 @@
+//! The key service: every operation on keys, each authorized through [`authorize`] and
+//! checked against the key's type, usage and state. Split by concern: [`lifecycle`] (create,
+//! find, rotate, state changes, deletion), [`operations`] (the cryptographic operations),
+//! [`loaded`] (unwrapped key versions and their cache), [`heavy`] (admission and the pool for
+//! CPU-heavy work); the types it speaks in are in [`types`], with typed ids and times and no
+//! wire format: the server's JSON shapes are its own.
+
+mod heavy;
+mod lifecycle;
+mod loaded;
+mod operations;
+mod types;
+
+pub use heavy::HeavyOpAdmission;
+pub use lifecycle::{MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
+pub use types::{DataKey, Decrypted, Encrypted, KeyInfo, KeyUpdate, NewKey, Signed};
+
+use crate::authz::{Action, Resource, authorize};
+use crate::cache::BoundedCache;
+use crate::clock::Clock;
+use crate::error::CoreError;
+use crate::identity::Principal;
+use crate::ids::KeyId;
+use crate::keymeta::KeyMetaCache;
+use crate::model::{KeyRecord, KeyState};
+use crate::seal::{Seal, SealStatus};
+use crate::store::Store;
+use sovra_crypto::SecretBytes;
+use sovra_crypto::keytype::KeyUsage;
+use sovra_crypto::wrap::WrappingKey;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+#[derive(Debug, Clone)]
+pub struct KmsConfig {
+    /// Unwrapped key versions kept in memory.
+    pub key_cache_capacity: usize,
+    /// Concurrent CPU-heavy operations (RSA generation and private-key operations).
+    pub heavy_ops_concurrency: usize,
+}
+
+impl Default for KmsConfig {
+    fn default() -> Self {
+        KmsConfig {
+            key_cache_capacity: 10_000,
+            heavy_ops_concurrency: 2,
+        }
+    }
+}
+
+/// A background task that ends with its owner.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+pub struct Kms {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) seal: Seal,
+    pub(crate) keks: BoundedCache<(String, u32), WrappingKey>,
+    keys: BoundedCache<(Uuid, u32), loaded::LoadedKey>,
+    key_meta: Arc<KeyMetaCache>,
+    /// Applies the store's key-change feed to `key_meta`; stopped when the service is dropped
+    /// (which also ends the store's listener).
+    _key_change_follower: Option<AbortOnDrop>,
+    heavy: Arc<Semaphore>,
+    audit_keys: std::sync::RwLock<Option<Arc<crate::audit::AuditKeys>>>,
+    heavy_admission: OnceLock<Arc<dyn HeavyOpAdmission>>,
+    clock: Arc<dyn Clock>,
+}
+impl Kms {
+    pub async fn new(store: Arc<dyn Store>, config: KmsConfig) -> Result<Kms, CoreError> {
+        Kms::with_clock(store, config, crate::clock::system()).await
+    }
+
+    /// A key service that reads time from `clock` (a [`crate::clock::ManualClock`] in tests).
+    pub async fn with_clock(
+        store: Arc<dyn Store>,
+        config: KmsConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Kms, CoreError> {
+        let seal = Seal::load(store.as_ref()).await?;
+        let key_meta = Arc::new(KeyMetaCache::new(config.key_cache_capacity));
+        let follower = store
+            .key_changes()
+            .await?
+            .map(|feed| AbortOnDrop(tokio::spawn(key_meta.clone().follow(feed))));
+        Ok(Kms {
+            store,
+            seal,
+            keks: BoundedCache::new(1024),
+            keys: BoundedCache::new(config.key_cache_capacity),
+            key_meta,
+            _key_change_follower: follower,
+            heavy: Arc::new(Semaphore::new(config.heavy_ops_concurrency.max(1))),
+            audit_keys: std::sync::RwLock::new(None),
+            heavy_admission: OnceLock::new(),
+            clock,
+        })
+    }
+
+    /// The clock this service reads; the server stamps its audit events with it too.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    pub(crate) fn audit_keys_cache(&self) -> Option<Arc<crate::audit::AuditKeys>> {
+        self.audit_keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub(crate) fn set_audit_keys_cache(&self, keys: Arc<crate::audit::AuditKeys>) {
+        *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = Some(keys);
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    // ---- seal -------------------------------------------------------------------------
+
+    pub fn seal_status(&self) -> SealStatus {
+        self.seal.status()
+    }
+
+    pub fn seal_kind(&self) -> Option<crate::model::SealKind> {
+        self.seal.kind()
+    }
+
+    pub fn is_unsealed(&self) -> bool {
+        self.seal.root().is_ok()
+    }
+
+    /// Initializes the seal; returns the unseal key (kept only by dev mode) and its shares.
+    pub async fn initialize(
+        &self,
+        kind: crate::model::SealKind,
+        shares: u32,
+        threshold: u32,
+    ) -> Result<(SecretBytes, Vec<SecretBytes>), CoreError> {
+        let now = self.clock.now();
+        self.seal
+            .initialize(self.store.as_ref(), kind, shares, threshold, now)
+            .await
+    }
+
+    pub async fn submit_unseal_share(&self, share: SecretBytes) -> Result<SealStatus, CoreError> {
+        self.seal.submit_share(self.store.as_ref(), share).await
+    }
+
+    pub async fn unseal_with_key(&self, key: &SecretBytes) -> Result<(), CoreError> {
+        self.seal.unseal_with_key(self.store.as_ref(), key).await
+    }
+
+    /// Seals: drops the root key, every KEK and every unwrapped key from memory.
+    pub fn seal(&self, p: &Principal) -> Result<(), CoreError> {
+        authorize(p, Action::SysSeal, Resource::System)?;
+        self.seal.seal()?;
+        self.keks.clear();
+        self.keys.clear();
+        *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    pub async fn rotate_org_kek(&self, p: &Principal) -> Result<u32, CoreError> {
+        authorize(p, Action::OrgKekRotate, Resource::Org(p.org()))?;
+        self.rotate_kek(p.org().as_str()).await
+    }
+
+    // ---- access ---------------------------------------------------------------------------
+
+    /// Loads a key the principal may act on; another owner's or org's key is `NotFound`.
+    /// The row may come from the metadata cache (see [`crate::keymeta`] for its bounds).
+    async fn key_for(
+        &self,
+        p: &Principal,
+        id: KeyId,
+        action: Action,
+    ) -> Result<KeyRecord, CoreError> {
+        self.seal.root()?;
+        let key = match self.key_meta.get(p.org().as_str(), id.as_uuid()) {
+            Some(k) => k,
+            None => {
+                let generation = self.key_meta.generation();
+                let fetched = std::time::Instant::now();
+                let k = self
+                    .store
+                    .get_key(p.org().as_str(), id.as_uuid())
+                    .await?
+                    .ok_or(CoreError::NotFound)?;
+                self.key_meta.insert(generation, &k, fetched);
+                k
+            }
+        };
+        authorize(p, action, Resource::Key(&key))?;
+        Ok(key)
+    }
+
+    /// [`Self::key_for`] reading the database, for changes that must start from the row as
+    /// stored (their optimistic-concurrency check compares against it).
+    async fn key_for_update(
+        &self,
+        p: &Principal,
+        id: KeyId,
+        action: Action,
+    ) -> Result<KeyRecord, CoreError> {
+        self.seal.root()?;
+        let key = self
+            .store
+            .get_key(p.org().as_str(), id.as_uuid())
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        authorize(p, action, Resource::Key(&key))?;
+        Ok(key)
+    }
+}
+
+fn require_usable(key: &KeyRecord) -> Result<(), CoreError> {
+    match key.state {
+        KeyState::Enabled => Ok(()),
+        KeyState::Disabled => Err(CoreError::KeyDisabled),
+        KeyState::PendingDeletion => Err(CoreError::KeyPendingDeletion),
+    }
+}
+
+fn require_usage(key: &KeyRecord, usage: KeyUsage) -> Result<(), CoreError> {
+    if key.key_type.usage() == usage {
+        Ok(())
+    } else {
+        Err(CoreError::WrongKeyUsage(format!(
+            "a {} key cannot do this operation",
+            key.key_type
+        )))
+    }
+}
