@@ -408,3 +408,83 @@ impl Authenticator {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::{ManualClock, Timestamp};
+
+    fn authenticator(dev_token: Option<&str>) -> Authenticator {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(Authenticator::new(
+            Vec::new(),
+            dev_token.map(|t| SecretBytes::from_slice(t.as_bytes())),
+            ManualClock::new(Timestamp::from_millis(0)),
+        ))
+        .unwrap()
+    }
+
+    fn refused(a: &Authenticator, c: Credential<'_>) -> AuthError {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        match rt.block_on(a.authenticate(c)) {
+            Ok(ok) => panic!("authenticated {:?}", ok.principal),
+            Err(e) => e,
+        }
+    }
+
+    /// The dev token authenticates the dev identity, one principal shared by its requests; a
+    /// token that differs in any way, or no dev token configured, authenticates nothing.
+    #[test]
+    fn only_the_exact_dev_token_authenticates_the_dev_identity() {
+        let a = authenticator(Some("sovra-dev-secret"));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let first = rt
+            .block_on(a.authenticate(Credential::Bearer("sovra-dev-secret")))
+            .unwrap();
+        let p = &first.principal;
+        assert_eq!(p.org().as_str(), DEV_ORG);
+        assert_eq!(p.identity().as_str(), "dev-token#dev-admin");
+        assert_eq!(*p.auth_method(), AuthMethod::DevToken);
+        assert!(p.has_role(Role::Operator) && p.has_role(Role::Admin) && p.has_role(Role::User));
+        let second = rt
+            .block_on(a.authenticate(Credential::Bearer("sovra-dev-secret")))
+            .unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &second),
+            "one principal, one token-hash slot"
+        );
+        for wrong in ["sovra-dev-secreT", "sovra-dev-secret ", "sovra-dev", "x"] {
+            assert!(matches!(
+                refused(&a, Credential::Bearer(wrong)),
+                AuthError::Rejected(_)
+            ));
+        }
+        let none = authenticator(None);
+        assert!(matches!(
+            refused(&none, Credential::Bearer("sovra-dev-secret")),
+            AuthError::Rejected(_)
+        ));
+    }
+
+    #[test]
+    fn empty_oversized_and_certificate_credentials_are_refused() {
+        let a = authenticator(Some("dev"));
+        assert_eq!(refused(&a, Credential::Bearer("")), AuthError::InvalidToken);
+        let huge = "a".repeat(MAX_TOKEN_LEN + 1);
+        assert_eq!(
+            refused(&a, Credential::Bearer(&huge)),
+            AuthError::InvalidToken
+        );
+        // No organization CA issues client certificates yet: every certificate is refused.
+        assert_eq!(
+            refused(&a, Credential::ClientCertificate(b"\x30\x82\x01\x00")),
+            AuthError::CertificateNotAccepted
+        );
+    }
+}
