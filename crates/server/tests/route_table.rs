@@ -30,7 +30,7 @@ async fn sealed_app(dir: &tempfile::TempDir, config: &str, initialized: bool) ->
         .await
         .unwrap();
     let config = sovra_server::Config::parse(config).unwrap();
-    sovra_server::serve::app(Arc::new(kms), auth, config, None).0
+    sovra_server::router::app(Arc::new(kms), auth, config, None).0
 }
 
 /// Status and JSON error message of one request, from `peer` when given.
