@@ -1,6 +1,8 @@
 //! The assembled application follows the route table: on a sealed server every declared route
 //! is gated or served as declared, and requests that no route has are limited per source IP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;

@@ -190,13 +190,14 @@ impl SyslogSink {
             self.conn = None;
             self.resend = std::mem::take(&mut self.last_batch);
         }
-        if self.conn.is_none() {
-            self.conn = Some(self.connect().await?);
-        }
+        let conn = match self.conn.take() {
+            Some(conn) => conn,
+            None => self.connect().await?,
+        };
         let mut payload = self.resend.clone();
         payload.extend_from_slice(&batch);
         let addr = self.addr.clone();
-        let conn = self.conn.as_mut().expect("connected above");
+        let conn = self.conn.insert(conn);
         let sent = tokio::time::timeout(IO_TIMEOUT, async {
             conn.write_all(&payload).await?;
             conn.flush().await
