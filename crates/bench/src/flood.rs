@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-pub const ISSUER: &str = "https://bench-idp.sovra.test";
-pub const AUDIENCE: &str = "sovra";
+pub(crate) const ISSUER: &str = "https://bench-idp.sovra.test";
+pub(crate) const AUDIENCE: &str = "sovra";
 const KID: &str = "bench-1";
 
 /// Writes a fresh Ed25519 identity-provider key (`idp.pk8`) and its JWKS (`jwks.json`) to
 /// `dir`, for the server's `[[auth.jwt]]` issuer.
-pub fn write_idp(dir: &Path) -> Result<()> {
+pub(crate) fn write_idp(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new())
         .map_err(|_| anyhow::anyhow!("key generation failed"))?;
@@ -39,7 +39,7 @@ pub fn write_idp(dir: &Path) -> Result<()> {
 }
 
 /// A token for `sub` (organization `bench`), valid for an hour.
-pub fn mint(dir: &Path, sub: &str) -> Result<String> {
+pub(crate) fn mint(dir: &Path, sub: &str) -> Result<String> {
     let der = std::fs::read(dir.join("idp.pk8")).context("idp.pk8 (run --write-idp first)")?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let mut header = Header::new(Algorithm::EdDSA);
@@ -75,21 +75,21 @@ impl FloodCount {
     }
 }
 
-pub struct FloodArgs<'a> {
-    pub addr: &'a str,
-    pub dev_token: &'a str,
-    pub idp: Option<&'a Path>,
-    pub victim: &'a [reqwest::Client],
-    pub flooders: &'a [reqwest::Client],
-    pub seconds: u64,
-    pub size: usize,
-    pub label: &'a str,
+pub(crate) struct FloodArgs<'a> {
+    pub(crate) addr: &'a str,
+    pub(crate) dev_token: &'a str,
+    pub(crate) idp: Option<&'a Path>,
+    pub(crate) victim: &'a [reqwest::Client],
+    pub(crate) flooders: &'a [reqwest::Client],
+    pub(crate) seconds: u64,
+    pub(crate) size: usize,
+    pub(crate) label: &'a str,
     /// Whether client 1 waits Retry-After after a 429 (a well-behaved heavy client) instead
     /// of sending again at once (a hostile one).
-    pub honour_retry_after: bool,
+    pub(crate) honour_retry_after: bool,
 }
 
-pub async fn run(a: FloodArgs<'_>) -> Result<()> {
+pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
     let (victim_token, flooder_token, who) = match a.idp {
         Some(dir) => (
             mint(dir, "client-2-aes")?,

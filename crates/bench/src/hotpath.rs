@@ -21,13 +21,13 @@ use std::time::{Duration, Instant};
 /// Rounds of `/health` then encrypt, for the ratio between them.
 const ROUNDS: usize = 3;
 
-pub struct HotPathArgs<'a> {
-    pub addr: &'a str,
-    pub idp: &'a Path,
-    pub clients: &'a [reqwest::Client],
-    pub seconds: u64,
-    pub size: usize,
-    pub label: &'a str,
+pub(crate) struct HotPathArgs<'a> {
+    pub(crate) addr: &'a str,
+    pub(crate) idp: &'a Path,
+    pub(crate) clients: &'a [reqwest::Client],
+    pub(crate) seconds: u64,
+    pub(crate) size: usize,
+    pub(crate) label: &'a str,
 }
 
 /// In-process ECDSA P-256 signing of a 32-byte digest on every core: the raw rate the sign
@@ -43,8 +43,9 @@ fn raw_ecdsa_sign(seconds: u64) -> Result<Stats> {
                     SignatureAlgorithm::EcdsaP256Sha256,
                     SignInput::Digest(&[0x42u8; 32]),
                 )
-                .expect("sign");
+                .context("sign")?;
             std::hint::black_box(sig);
+            Ok(())
         }
     })
 }
@@ -145,7 +146,7 @@ fn rate(s: &Stats) -> f64 {
     s.ops as f64 / s.secs
 }
 
-pub async fn run(a: HotPathArgs<'_>) -> Result<()> {
+pub(crate) async fn run(a: HotPathArgs<'_>) -> Result<()> {
     let token = crate::flood::mint(a.idp, "hot-path-user")?;
     let addr = a.addr;
     let clients = a.clients;

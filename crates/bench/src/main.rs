@@ -109,7 +109,7 @@ fn read_env(path: &PathBuf) -> Result<HashMap<String, String>> {
 /// Runs `op` in a closed loop on one thread per core for `seconds`, timing each call.
 fn on_every_core<F>(seconds: u64, make_op: impl Fn() -> F) -> Result<Stats>
 where
-    F: FnMut() + Send + 'static,
+    F: FnMut() -> Result<()> + Send + 'static,
 {
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -119,20 +119,20 @@ where
     let handles: Vec<_> = (0..threads)
         .map(|_| {
             let mut op = make_op();
-            std::thread::spawn(move || {
+            std::thread::spawn(move || -> Result<Vec<Duration>> {
                 let mut lat = Vec::new();
                 while Instant::now() < deadline {
                     let t = Instant::now();
-                    op();
+                    op()?;
                     lat.push(t.elapsed());
                 }
-                lat
+                Ok(lat)
             })
         })
         .collect();
     let mut lat = Vec::new();
     for h in handles {
-        lat.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))?);
+        lat.extend(h.join().map_err(|_| anyhow::anyhow!("worker panicked"))??);
     }
     Ok(Stats {
         ops: lat.len(),
@@ -153,8 +153,9 @@ fn raw_aes(seconds: u64, size: usize) -> Result<Stats> {
         let id = uuid::Uuid::new_v4();
         move || {
             let ctx = Default::default();
-            let ct = sovra_crypto::envelope::seal(&key, id, 1, &pt, &ctx).expect("seal");
+            let ct = sovra_crypto::envelope::seal(&key, id, 1, &pt, &ctx).context("seal")?;
             std::hint::black_box(ct);
+            Ok(())
         }
     })
 }

@@ -9,7 +9,7 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 
 #[derive(Subcommand)]
-pub enum OperatorCmd {
+pub(crate) enum OperatorCmd {
     /// Create the root key and print the unseal shares (once).
     Init {
         #[arg(long, default_value_t = 5)]
@@ -26,7 +26,7 @@ pub enum OperatorCmd {
 }
 
 #[derive(Subcommand)]
-pub enum KeyCmd {
+pub(crate) enum KeyCmd {
     Create {
         #[arg(long)]
         name: String,
@@ -69,7 +69,7 @@ pub enum KeyCmd {
 }
 
 #[derive(Args)]
-pub struct EncryptArgs {
+pub(crate) struct EncryptArgs {
     #[arg(long)]
     key: String,
     /// Input file (default stdin).
@@ -84,7 +84,7 @@ pub struct EncryptArgs {
 }
 
 #[derive(Args)]
-pub struct DecryptArgs {
+pub(crate) struct DecryptArgs {
     #[arg(long = "in")]
     in_file: Option<PathBuf>,
     #[arg(long = "out")]
@@ -94,7 +94,7 @@ pub struct DecryptArgs {
 }
 
 #[derive(Args)]
-pub struct SignArgs {
+pub(crate) struct SignArgs {
     #[arg(long)]
     key: String,
     #[arg(long = "in")]
@@ -110,7 +110,7 @@ pub struct SignArgs {
 }
 
 #[derive(Args)]
-pub struct VerifyArgs {
+pub(crate) struct VerifyArgs {
     #[arg(long)]
     key: String,
     #[arg(long = "in")]
@@ -125,7 +125,7 @@ pub struct VerifyArgs {
 }
 
 #[derive(Args)]
-pub struct DatakeyArgs {
+pub(crate) struct DatakeyArgs {
     #[arg(long)]
     key: String,
     #[arg(long, default_value_t = 256)]
@@ -356,7 +356,7 @@ fn print_status(output: Output, s: &sovra_client::SealStatus) -> Result<()> {
     }
 }
 
-pub async fn run(client: &Client, output: Output, command: Cmd) -> Result<()> {
+pub(crate) async fn run(client: &Client, output: Output, command: Cmd) -> Result<()> {
     match command {
         Cmd::Server { .. } | Cmd::Db(_) | Cmd::Audit(AuditCmd::Verify { .. }) => {
             unreachable!("handled by main")

@@ -1,6 +1,8 @@
 //! `sovra audit verify` checks an export offline with only the audit public key, and names
 //! the first broken link.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{TempDir, sovra_bin, text};

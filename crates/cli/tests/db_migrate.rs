@@ -1,6 +1,8 @@
 //! `sovra db migrate` applies the schema without starting a server, names what it applied,
 //! and has nothing to do the second time.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{TempDir, sovra_bin, text};

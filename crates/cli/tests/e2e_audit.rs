@@ -2,6 +2,8 @@
 //! facts, nothing sensitive stored, who may read what, checkpoints (periodic and at shutdown),
 //! bad queries, SIEM forwarding to a destination that comes up late, and a slow client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod jwt;
 

@@ -2,6 +2,8 @@
 //! no fork, no gap, no duplicate sequence, every request recorded once, and the export (with
 //! the checkpoints both nodes signed) verifies offline.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Server, TempDir};

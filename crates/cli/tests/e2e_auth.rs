@@ -2,6 +2,8 @@
 //! key ownership (another user's key is indistinguishable from a key that does not exist),
 //! admin-only system operations and JWKS refresh.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod jwt;
 

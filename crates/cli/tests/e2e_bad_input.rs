@@ -2,6 +2,8 @@
 //! never a 500, and leaves the state unchanged. No response (other than a decrypt) and no log
 //! line ever carries a plaintext the test encrypted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Resp, Server, TempDir, assert_error, assert_error_any, with_key_id};

@@ -2,6 +2,8 @@
 //! encrypt/decrypt through files and pipes, encryption context, data keys, sign/verify, key
 //! states, rotation with min_decryption_version, and authentication errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use base64::Engine;

@@ -3,6 +3,8 @@
 //! each event, everything the service acknowledged is still there and usable, nothing
 //! half-written shows, and the audit chain verifies without gap or fork.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod crash;
 

@@ -2,6 +2,8 @@
 //! the CLI with the exported public key, and Python `cryptography` does envelope encryption
 //! with Sovra data keys.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use base64::Engine;

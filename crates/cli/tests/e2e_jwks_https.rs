@@ -1,6 +1,8 @@
 //! A JWKS served over HTTPS by a real web server (Python's `http.server` behind TLS), trusted
 //! through `jwks_ca_file`; a certificate the server does not trust stops startup clearly.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod jwt;
 

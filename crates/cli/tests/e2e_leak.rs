@@ -8,6 +8,8 @@
 //! Also: the process hardening of server mode (core dumps off, memory locked) and its report
 //! when the OS refuses to lock memory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod jwt;
 

@@ -4,6 +4,8 @@
 //! load; and concurrent rotations of one key through both nodes never give two versions the
 //! same number.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Server, TempDir};

@@ -1,6 +1,8 @@
 //! Operability: health, metrics, the OpenAPI document, request ids, TLS 1.3 only, PostgreSQL
 //! storage across a restart, and graceful shutdown (including with idle client connections).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use base64::Engine;

@@ -2,6 +2,8 @@
 //! unauthenticated requests, against a real server with small limits and JWTs for several
 //! users of a test identity provider.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 mod jwt;
 

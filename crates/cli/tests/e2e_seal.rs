@@ -2,6 +2,8 @@
 //! against the real binary on loopback, with an openssl certificate, a SQLite database from the
 //! config and JWT users whose tokens an independent issuer (Python `cryptography`) signs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use base64::Engine;

@@ -3,6 +3,8 @@
 //! documents the errors its extractors and layers produce, with the shared error body. Every
 //! probe's answer must itself be documented and, when an error, have the documented shape.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Server, TempDir, text};

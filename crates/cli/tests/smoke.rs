@@ -1,6 +1,8 @@
 //! The dev server starts, serves over TLS 1.3, keeps keys across a restart and refuses to run
 //! when SOVRA_ENV=production.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::{Server, TempDir};

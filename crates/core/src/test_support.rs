@@ -2,6 +2,8 @@
 //! integration tests of the store, server and CLI crates all need. It lives here, hidden, because
 //! every one of those crates already depends on this one; nothing in the product calls it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use crate::audit::{AuditEvent, Checkpoint, ExportLine, GENESIS};
 use sovra_crypto::KeyType;
 use sovra_crypto::sign::SigningKey;

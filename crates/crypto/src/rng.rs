@@ -36,6 +36,7 @@ impl rand_core::TryRng for SystemRng {
     }
 
     fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        // Error = Infallible (the trait vsss-rs needs): an OS RNG failure can only abort.
         #[allow(clippy::expect_used)]
         fill(dst).expect("system random number generator failed");
         Ok(())

@@ -2,6 +2,8 @@
 //! body, HMAC) and the `openssl` command line (signatures). Both tools are required: a missing
 //! one fails the test rather than skipping it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sovra_crypto::KeyType;
 use sovra_crypto::aead::{AeadAlg, AeadKey};
 use sovra_crypto::envelope::{self, EncryptionContext, Header};

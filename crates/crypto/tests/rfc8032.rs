@@ -3,6 +3,8 @@
 //! Wycheproof's Ed25519 vectors (tests/wycheproof.rs) check verification only: they carry no
 //! private keys.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sovra_crypto::KeyType;
 use sovra_crypto::SecretBytes;
 use sovra_crypto::sign::{SignInput, SignatureAlgorithm, SigningKey, verify_spki};

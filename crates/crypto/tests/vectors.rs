@@ -3,6 +3,8 @@
 //! `tests/vectors/generate.py` (Python's `cryptography`, `hashlib` and a Shamir split written
 //! there), not by this code; docs/formats.md describes the formats byte by byte.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sovra_crypto::aead::{AeadAlg, AeadKey};
 use sovra_crypto::envelope::{self, EncryptionContext, Header};
 use sovra_crypto::wrap::{WrappingKey, context};

@@ -5,6 +5,8 @@
 //! data set that changes) fails loudly, and collects every mismatch before failing so one run
 //! shows all of them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sovra_crypto::aead::{AeadAlg, AeadKey, NONCE_LEN};
 use sovra_crypto::mac::MacKey;
 use sovra_crypto::sign::{SignInput, SignatureAlgorithm, verify_spki};

@@ -11,10 +11,13 @@ pub mod hardening;
 pub mod middleware;
 pub mod openapi;
 pub mod ratelimit;
+pub mod router;
 pub mod routes;
 pub mod serve;
 pub mod siem;
+pub mod state;
 pub mod tls;
 
 pub use config::Config;
-pub use serve::{AppState, run};
+pub use serve::run;
+pub use state::AppState;

@@ -3,7 +3,7 @@
 
 use crate::error::{ApiError, REQUEST_ID};
 use crate::routes::table;
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;

@@ -2,7 +2,7 @@
 //! ([`crate::routes::table`]), so they cannot drift from each other or from the layers.
 
 use crate::routes::table::{self, Access, ROUTES};
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::Router;
 use std::sync::Arc;
 use utoipa::openapi::header::Header;

@@ -1,6 +1,8 @@
 //! The assembled application follows the route table: on a sealed server every declared route
 //! is gated or served as declared, and requests that no route has are limited per source IP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -30,7 +32,7 @@ async fn sealed_app(dir: &tempfile::TempDir, config: &str, initialized: bool) ->
         .await
         .unwrap();
     let config = sovra_server::Config::parse(config).unwrap();
-    sovra_server::serve::app(Arc::new(kms), auth, config, None).0
+    sovra_server::router::app(Arc::new(kms), auth, config, None).0
 }
 
 /// Status and JSON error message of one request, from `peer` when given.

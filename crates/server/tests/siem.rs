@@ -3,6 +3,8 @@
 //! lines file. Events are written to a real SQLite store through the group-commit writer;
 //! recording never waits for a sink, and every event arrives at least once, in order.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use sovra_core::Store;
 use sovra_core::audit::{AuditEvent, AuditWriter, ExportLine};
 use sovra_core::test_support::audit_event;

@@ -6,6 +6,8 @@
 //!   triggers off; it opens an up-to-date database without DDL rights, and is told to have the
 //!   owner migrate when the schema is behind.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[macro_use]
 mod common;
 

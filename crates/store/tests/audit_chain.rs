@@ -3,6 +3,8 @@
 //! someone who first switched off the append-only triggers) is detected. Runs on SQLite and
 //! PostgreSQL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[macro_use]
 mod common;
 

@@ -1,6 +1,8 @@
 //! `sovra_core::Kms` driven over real stores (SQLite and PostgreSQL): seal, key lifecycle,
 //! cryptographic operations, ownership, and the key hierarchy as it is actually stored.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[macro_use]
 mod common;
 

@@ -2,6 +2,8 @@
 //! Nagle's algorithm on), a statement longer than one TCP segment, such as a batch of audit
 //! rows, waits about 40 ms for the server's delayed ACK.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[allow(unused_macros)]
 mod common;
 

@@ -1,5 +1,7 @@
 //! The store traits' contract, run against SQLite and PostgreSQL alike.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[macro_use]
 mod common;
 

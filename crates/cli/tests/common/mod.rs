@@ -7,20 +7,20 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub fn sovra_bin() -> PathBuf {
+pub(crate) fn sovra_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sovra"))
 }
 
 /// A unique temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
+pub(crate) struct TempDir(pub PathBuf);
 
 impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
+    pub(crate) fn new(tag: &str) -> TempDir {
         let p = std::env::temp_dir().join(format!("sovra-e2e-{tag}-{}", uuid_like()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -31,14 +31,14 @@ impl Drop for TempDir {
     }
 }
 
-pub fn uuid_like() -> String {
+pub(crate) fn uuid_like() -> String {
     let mut b = [0u8; 8];
     aws_lc_rs::rand::fill(&mut b).unwrap();
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// A running server. Killed on drop.
-pub struct Server {
+pub(crate) struct Server {
     pub child: Child,
     pub data_dir: PathBuf,
     pub addr: String,
@@ -60,7 +60,7 @@ fn log_file(path: &Path) -> Stdio {
 }
 
 /// Extra config for `--dev --config`: always listens on an ephemeral loopback port.
-pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
+pub(crate) fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let p = dir.join(format!("sovra-{}.toml", uuid_like()));
     std::fs::write(&p, format!("listen = \"127.0.0.1:0\"\n{extra}")).unwrap();
     p
@@ -69,11 +69,15 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
 impl Server {
     /// `sovra server --dev --data-dir DIR --config (listen on port 0 + extra)`; waits for
     /// dev.env and readiness.
-    pub fn start_dev(data_dir: &Path, extra_config: &str) -> Server {
+    pub(crate) fn start_dev(data_dir: &Path, extra_config: &str) -> Server {
         Self::start_dev_env(data_dir, extra_config, &[])
     }
 
-    pub fn start_dev_env(data_dir: &Path, extra_config: &str, env: &[(&str, &str)]) -> Server {
+    pub(crate) fn start_dev_env(
+        data_dir: &Path,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let _ = std::fs::remove_file(data_dir.join("dev.env"));
         let cfg = write_config(data_dir, extra_config);
@@ -139,12 +143,12 @@ impl Server {
 
     /// `sovra server --config FILE` (not dev): the config must set listen, tls and
     /// database_url. `addr` is where it listens.
-    pub fn start_config(config: &Path, addr: &str, cacert: &Path, log_dir: &Path) -> Server {
+    pub(crate) fn start_config(config: &Path, addr: &str, cacert: &Path, log_dir: &Path) -> Server {
         Self::start_config_env(config, addr, cacert, log_dir, &[])
     }
 
     /// [`Server::start_config`] with extra environment variables (`SOVRA_LOG`, ...).
-    pub fn start_config_env(
+    pub(crate) fn start_config_env(
         config: &Path,
         addr: &str,
         cacert: &Path,
@@ -180,22 +184,22 @@ impl Server {
         s
     }
 
-    pub fn log_text(&self) -> String {
+    pub(crate) fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// A typed client with the given token (default: the dev token).
-    pub fn client_with(&self, token: Option<String>) -> sovra_client::Client {
+    pub(crate) fn client_with(&self, token: Option<String>) -> sovra_client::Client {
         let ca = std::fs::read(&self.cacert).unwrap();
         sovra_client::Client::new(&self.addr, token, Some(&ca)).unwrap()
     }
 
-    pub fn client(&self) -> sovra_client::Client {
+    pub(crate) fn client(&self) -> sovra_client::Client {
         self.client_with(self.token.clone())
     }
 
     /// A raw HTTPS client trusting the server's certificate.
-    pub fn http(&self) -> reqwest::Client {
+    pub(crate) fn http(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.cacert).unwrap()).unwrap();
         reqwest::Client::builder()
             .tls_certs_only([ca])
@@ -203,16 +207,21 @@ impl Server {
             .unwrap()
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{}", self.addr, path)
     }
 
     /// Runs the CLI against this server with the dev token; stdin bytes optional.
-    pub fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    pub(crate) fn cli(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
         self.cli_token(args, stdin, self.token.as_deref())
     }
 
-    pub fn cli_token(&self, args: &[&str], stdin: Option<&[u8]>, token: Option<&str>) -> Output {
+    pub(crate) fn cli_token(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+        token: Option<&str>,
+    ) -> Output {
         use std::io::Write;
         let mut cmd = Command::new(sovra_bin());
         cmd.args(args)
@@ -241,7 +250,7 @@ impl Server {
     }
 
     /// SIGTERM and wait (graceful shutdown); returns whether it exited cleanly.
-    pub fn stop(mut self) -> bool {
+    pub(crate) fn stop(mut self) -> bool {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -266,13 +275,13 @@ impl Drop for Server {
 }
 
 /// Admin URL of the test PostgreSQL (CI provides one at 127.0.0.1:5432).
-pub fn pg_admin_url() -> String {
+pub(crate) fn pg_admin_url() -> String {
     std::env::var("SOVRA_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
 /// Creates a fresh PostgreSQL database and returns its URL.
-pub fn fresh_pg_database() -> String {
+pub(crate) fn fresh_pg_database() -> String {
     let name = format!("sovra_e2e_{}", uuid_like());
     let admin = pg_admin_url();
     let out = Command::new("psql")
@@ -296,11 +305,11 @@ pub fn fresh_pg_database() -> String {
 
 // ---- CLI helpers shared by the end-to-end tests ----
 
-pub fn text(b: &[u8]) -> String {
+pub(crate) fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-pub fn ok(s: &Server, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
+pub(crate) fn ok(s: &Server, args: &[&str], stdin: Option<&[u8]>) -> std::process::Output {
     let out = s.cli(args, stdin);
     assert!(
         out.status.success(),
@@ -310,7 +319,7 @@ pub fn ok(s: &Server, args: &[&str], stdin: Option<&[u8]>) -> std::process::Outp
     out
 }
 
-pub fn ok_json(s: &Server, args: &[&str]) -> serde_json::Value {
+pub(crate) fn ok_json(s: &Server, args: &[&str]) -> serde_json::Value {
     let mut all = args.to_vec();
     all.extend(["--output", "json"]);
     let out = ok(s, &all, None);
@@ -320,7 +329,7 @@ pub fn ok_json(s: &Server, args: &[&str]) -> serde_json::Value {
 
 // ---- non-dev servers: ports and certificates ----
 
-pub fn run_ok(cmd: &mut Command) -> Output {
+pub(crate) fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().expect("spawn");
     assert!(
         out.status.success(),
@@ -330,7 +339,7 @@ pub fn run_ok(cmd: &mut Command) -> Output {
     out
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
 }
@@ -340,7 +349,7 @@ pub fn free_port() -> u16 {
 /// `openssl req -x509` marks the certificate `CA:TRUE` by default, and rustls (webpki) refuses
 /// a CA certificate as a server's end-entity certificate (`CaUsedAsEndEntity`), so unless
 /// `as_ca` the certificate is explicitly `CA:FALSE`.
-pub fn make_cert(dir: &Path, tag: &str, as_ca: bool) -> (PathBuf, PathBuf) {
+pub(crate) fn make_cert(dir: &Path, tag: &str, as_ca: bool) -> (PathBuf, PathBuf) {
     let cert = dir.join(format!("{tag}-cert.pem"));
     let key = dir.join(format!("{tag}-key.pem"));
     let mut cmd = Command::new("openssl");
@@ -371,7 +380,7 @@ pub fn make_cert(dir: &Path, tag: &str, as_ca: bool) -> (PathBuf, PathBuf) {
 
 /// An HTTP answer as the tests read it: the body as text and, when it is JSON, parsed
 /// (`Value::Null` otherwise).
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: u16,
     pub headers: reqwest::header::HeaderMap,
     pub text: String,
@@ -379,7 +388,7 @@ pub struct Resp {
 }
 
 impl Resp {
-    pub async fn read(resp: reqwest::Response) -> Result<Resp, reqwest::Error> {
+    pub(crate) async fn read(resp: reqwest::Response) -> Result<Resp, reqwest::Error> {
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let text = resp.text().await?;
@@ -393,11 +402,11 @@ impl Resp {
     }
 
     /// A header's value, when it is there and readable.
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
-    pub fn request_id(&self) -> Option<&str> {
+    pub(crate) fn request_id(&self) -> Option<&str> {
         self.header("x-request-id")
     }
 }
@@ -411,7 +420,7 @@ impl std::fmt::Debug for Resp {
 }
 
 /// One HTTPS request to `s` with `http`; `body` is sent as JSON text (it may be malformed).
-pub async fn send(
+pub(crate) async fn send(
     s: &Server,
     http: &reqwest::Client,
     method: reqwest::Method,
@@ -436,7 +445,7 @@ pub async fn send(
 /// A JSON API error: status, one of `codes`, a message, and the request id (also in
 /// `x-request-id`).
 #[track_caller]
-pub fn assert_error_any(r: &Resp, status: u16, codes: &[&str]) {
+pub(crate) fn assert_error_any(r: &Resp, status: u16, codes: &[&str]) {
     assert_eq!(r.status, status, "{r:?}");
     assert!(
         r.header("content-type")
@@ -456,12 +465,12 @@ pub fn assert_error_any(r: &Resp, status: u16, codes: &[&str]) {
 }
 
 #[track_caller]
-pub fn assert_error(r: &Resp, status: u16, code: &str) {
+pub(crate) fn assert_error(r: &Resp, status: u16, code: &str) {
     assert_error_any(r, status, &[code]);
 }
 
 /// The 16 bytes of a hyphenated UUID.
-pub fn uuid_bytes(id: &str) -> Vec<u8> {
+pub(crate) fn uuid_bytes(id: &str) -> Vec<u8> {
     let hex = id.replace('-', "");
     (0..16)
         .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
@@ -469,19 +478,19 @@ pub fn uuid_bytes(id: &str) -> Vec<u8> {
 }
 
 /// The ciphertext (base64) with the key id in its envelope header (bytes 4..20) replaced.
-pub fn with_key_id(ciphertext_b64: &str, key_id: &str) -> String {
+pub(crate) fn with_key_id(ciphertext_b64: &str, key_id: &str) -> String {
     let mut ct = sovra_client::unb64(ciphertext_b64).unwrap();
     ct[4..20].copy_from_slice(&uuid_bytes(key_id));
     sovra_client::b64(&ct)
 }
 
 /// A path as a CLI argument.
-pub fn p(path: &Path) -> &str {
+pub(crate) fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
 
 /// `sovra key create` of `key_type`; checks the type it answers and returns the key id.
-pub fn create(s: &Server, name: &str, key_type: &str) -> String {
+pub(crate) fn create(s: &Server, name: &str, key_type: &str) -> String {
     let k = ok_json(s, &["key", "create", "--name", name, "--type", key_type]);
     assert_eq!(k["type"], key_type);
     k["id"].as_str().unwrap().to_string()

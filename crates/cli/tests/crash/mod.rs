@@ -17,30 +17,30 @@ use tokio::task::JoinSet;
 
 /// Config shared by the crash tests: no rate limits (the load is the point), frequent
 /// checkpoints.
-pub const BASE_CFG: &str =
+pub(crate) const BASE_CFG: &str =
     "[rate_limits]\nenabled = false\n[audit]\ncheckpoint_interval_seconds = 1\n";
 
 /// splitmix64: small, seedable and printable, so a failing run can be replayed.
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
-    pub fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
         z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
         z ^ (z >> 31)
     }
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next() % n
     }
 }
 
 /// `SOVRA_CRASH_SEED` replays a run; otherwise a random seed, printed.
-pub fn seed(test: &str) -> u64 {
+pub(crate) fn seed(test: &str) -> u64 {
     let seed = std::env::var("SOVRA_CRASH_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -54,7 +54,7 @@ pub fn seed(test: &str) -> u64 {
 }
 
 /// One HTTP answer with what the checks need.
-pub struct Answer {
+pub(crate) struct Answer {
     pub status: u16,
     pub body: Value,
     pub raw: String,
@@ -72,17 +72,17 @@ impl Answer {
 /// A raw client with the dev token: answers keep their `x-request-id`, and a transport
 /// failure (the server was killed) is an `Err`, not a panic.
 #[derive(Clone)]
-pub struct Api {
+pub(crate) struct Api {
     http: reqwest::Client,
     addr: String,
     token: String,
 }
 
 /// Longer than any request may take (request timeout plus the audit write), so a hang shows.
-pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const CLIENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Api {
-    pub fn new(s: &Server) -> Api {
+    pub(crate) fn new(s: &Server) -> Api {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&s.cacert).unwrap()).unwrap();
         let http = reqwest::Client::builder()
             .tls_certs_only([ca])
@@ -96,7 +96,7 @@ impl Api {
         }
     }
 
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -132,13 +132,13 @@ impl Api {
         })
     }
 
-    pub async fn post(&self, path: &str, body: &Value) -> Result<Answer, String> {
+    pub(crate) async fn post(&self, path: &str, body: &Value) -> Result<Answer, String> {
         self.call(Method::POST, path, Some(body)).await
     }
 }
 
 #[derive(Clone, Debug)]
-pub struct AckedKey {
+pub(crate) struct AckedKey {
     pub key_type: String,
     /// The highest version an answer acknowledged.
     pub version: u32,
@@ -146,7 +146,7 @@ pub struct AckedKey {
 
 /// A ciphertext an encrypt or data-key answer returned, with what it must decrypt to.
 #[derive(Clone)]
-pub struct Sealed {
+pub(crate) struct Sealed {
     pub key_id: String,
     pub ciphertext: String,
     pub plaintext: String,
@@ -156,7 +156,7 @@ pub struct Sealed {
 
 /// Everything the service acknowledged (2xx), and what went wrong.
 #[derive(Clone, Default)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     pub keys: BTreeMap<String, AckedKey>,
     pub key_ids: Vec<String>,
     pub sealed: Vec<Sealed>,
@@ -170,12 +170,12 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn acks(&self) -> usize {
+    pub(crate) fn acks(&self) -> usize {
         self.requests.len()
     }
 }
 
-pub type SharedLedger = Arc<Mutex<Ledger>>;
+pub(crate) type SharedLedger = Arc<Mutex<Ledger>>;
 
 /// Codes a request may answer with while the database is away or the disk is full.
 const UNAVAILABLE_CODES: &[&str] = &["storage_unavailable", "audit_unavailable"];
@@ -204,7 +204,7 @@ fn judge(op: &str, a: &Answer, outage_ok: bool) -> Verdict {
 
 /// Running load: several workers sending key creations, rotations, encrypts and data-key
 /// requests until halted.
-pub struct Load {
+pub(crate) struct Load {
     stop: Arc<AtomicBool>,
     tasks: JoinSet<bool>,
 }
@@ -213,7 +213,7 @@ impl Load {
     /// `outage_ok`: 503 `storage_unavailable`/`audit_unavailable` with Retry-After is expected
     /// (database away, disk full) and a transport failure is a bug; otherwise only a kill may
     /// cut a request.
-    pub fn start(
+    pub(crate) fn start(
         api: &Api,
         ledger: &SharedLedger,
         workers: usize,
@@ -236,12 +236,12 @@ impl Load {
     }
 
     /// Tells the workers to stop (before a kill, so that a cut request is expected).
-    pub fn halt(&self) {
+    pub(crate) fn halt(&self) {
         self.stop.store(true, Ordering::SeqCst);
     }
 
     /// Halts and waits; returns how many workers had a request cut by a kill.
-    pub async fn finish(mut self) -> usize {
+    pub(crate) async fn finish(mut self) -> usize {
         self.halt();
         let mut cut = 0;
         while let Some(r) = self.tasks.join_next().await {
@@ -405,7 +405,7 @@ fn record(ledger: &SharedLedger, op: &str, a: &Answer, outage_ok: bool) {
 /// Every acknowledged key exists with at least its acknowledged version; every listed key
 /// (acknowledged or cut by a kill) is whole: it encrypts under its latest version; every
 /// acknowledged ciphertext and data key decrypts to its plaintext.
-pub async fn check_ledger(api: &Api, ledger: &Ledger, when: &str) {
+pub(crate) async fn check_ledger(api: &Api, ledger: &Ledger, when: &str) {
     let list = api
         .call(Method::GET, "/api/v1/keys", None)
         .await
@@ -484,7 +484,7 @@ pub async fn check_ledger(api: &Api, ledger: &Ledger, when: &str) {
 /// Exports the audit log with the CLI, verifies it with `sovra audit verify` and the audit
 /// public key, and checks it: sequence 1..n without gap or repeat, signed to the end, and an
 /// event with outcome success for every acknowledged request.
-pub fn check_audit(s: &Server, dir: &Path, ledger: &Ledger) {
+pub(crate) fn check_audit(s: &Server, dir: &Path, ledger: &Ledger) {
     let pem = common::ok(s, &["audit", "public-key"], None).stdout;
     let tag = common::uuid_like();
     let pem_file = dir.join(format!("audit-{tag}.pem"));
@@ -562,13 +562,13 @@ pub fn check_audit(s: &Server, dir: &Path, ledger: &Ledger) {
 }
 
 /// Starts a dev server without holding up the async workers' threads.
-pub fn restart(dir: &Path, cfg: &str) -> Server {
+pub(crate) fn restart(dir: &Path, cfg: &str) -> Server {
     tokio::task::block_in_place(|| Server::start_dev(dir, cfg))
 }
 
 /// A PostgreSQL cluster of the test's own (so it can be stopped without touching the shared
 /// one), on a free loopback port, trust auth. Stopped on drop.
-pub struct PrivatePg {
+pub(crate) struct PrivatePg {
     data: PathBuf,
     bin: PathBuf,
     log: PathBuf,
@@ -601,7 +601,7 @@ fn as_postgres(bin: &Path, tool: &str, args: &[&str]) -> std::process::Output {
 }
 
 impl PrivatePg {
-    pub fn start() -> PrivatePg {
+    pub(crate) fn start() -> PrivatePg {
         let dir = TempDir::new("pg");
         let st = Command::new("chown")
             .arg("postgres:postgres")
@@ -645,7 +645,7 @@ impl PrivatePg {
         pg
     }
 
-    pub fn start_again(&self) {
+    pub(crate) fn start_again(&self) {
         let opts = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -676,7 +676,7 @@ impl PrivatePg {
     }
 
     /// Stops at once, like a crash: no checkpoint, recovery from the WAL at the next start.
-    pub fn stop_immediate(&self) -> bool {
+    pub(crate) fn stop_immediate(&self) -> bool {
         as_postgres(
             &self.bin,
             "pg_ctl",
@@ -693,7 +693,7 @@ impl PrivatePg {
         .success()
     }
 
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 }
@@ -705,12 +705,12 @@ impl Drop for PrivatePg {
 }
 
 /// A small tmpfs mounted for the test (root only); unmounted on drop.
-pub struct Tmpfs {
+pub(crate) struct Tmpfs {
     pub path: PathBuf,
 }
 
 impl Tmpfs {
-    pub fn mount(path: &Path, size_mb: u32) -> Tmpfs {
+    pub(crate) fn mount(path: &Path, size_mb: u32) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
         let out = Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size_mb}m"), "tmpfs"])
@@ -742,7 +742,7 @@ impl Drop for Tmpfs {
 }
 
 /// Fills the filesystem of `dir` until a write fails with ENOSPC; returns the filler file.
-pub fn fill_disk(dir: &Path) -> PathBuf {
+pub(crate) fn fill_disk(dir: &Path) -> PathBuf {
     use std::io::Write;
     let path = dir.join("filler");
     let mut f = std::fs::File::create(&path).unwrap();

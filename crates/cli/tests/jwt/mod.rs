@@ -14,19 +14,19 @@ use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use std::path::Path;
 
-pub const ISSUER: &str = "https://idp.acme.test";
-pub const AUDIENCE: &str = "sovra";
+pub(crate) const ISSUER: &str = "https://idp.acme.test";
+pub(crate) const AUDIENCE: &str = "sovra";
 
-pub fn b64url(bytes: &[u8]) -> String {
+pub(crate) fn b64url(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
 /// A signing key of the test identity provider and its public JWK.
-pub struct Signer {
+pub(crate) struct Signer {
     pub kid: String,
     pub alg: Algorithm,
     key: EncodingKey,
@@ -56,7 +56,7 @@ fn alg_name(alg: Algorithm) -> String {
 }
 
 impl Signer {
-    pub fn es256(kid: &str) -> Signer {
+    pub(crate) fn es256(kid: &str) -> Signer {
         let pkcs8 =
             EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
                 .unwrap();
@@ -80,7 +80,7 @@ impl Signer {
         }
     }
 
-    pub fn ed25519(kid: &str) -> Signer {
+    pub(crate) fn ed25519(kid: &str) -> Signer {
         let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
         let kp = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
         let public = kp.public_key().as_ref().to_vec();
@@ -97,7 +97,7 @@ impl Signer {
     }
 
     /// An RSA-2048 key for RS256/384/512 or PS256/384/512.
-    pub fn rsa(kid: &str, alg: Algorithm) -> Signer {
+    pub(crate) fn rsa(kid: &str, alg: Algorithm) -> Signer {
         let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let pkcs8: Pkcs8V1Der = kp.as_der().unwrap();
         let key = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
@@ -120,29 +120,29 @@ impl Signer {
     }
 
     /// The JWK without its `alg` member (a JWKS that does not pin algorithms).
-    pub fn jwk_without_alg(&self) -> Value {
+    pub(crate) fn jwk_without_alg(&self) -> Value {
         let mut j = self.jwk.clone();
         j.as_object_mut().unwrap().remove("alg");
         j
     }
 
-    pub fn public_pem(&self) -> String {
+    pub(crate) fn public_pem(&self) -> String {
         pem("PUBLIC KEY", &self.public_der)
     }
 
     /// The standard header for this key: `{"alg", "typ": "JWT", "kid"}`.
-    pub fn header(&self) -> Value {
+    pub(crate) fn header(&self) -> Value {
         json!({"alg": alg_name(self.alg), "typ": "JWT", "kid": self.kid})
     }
 
     /// A token signed by this key with its standard header.
-    pub fn token(&self, claims: &Value) -> String {
+    pub(crate) fn token(&self, claims: &Value) -> String {
         self.token_with_header(&self.header(), claims)
     }
 
     /// A token with any header, signed by this key with its own algorithm (whatever the header
     /// claims).
-    pub fn token_with_header(&self, header: &Value, claims: &Value) -> String {
+    pub(crate) fn token_with_header(&self, header: &Value, claims: &Value) -> String {
         let msg = signing_input(header, claims);
         let sig = jsonwebtoken::crypto::sign(msg.as_bytes(), &self.key, self.alg).unwrap();
         format!("{msg}.{sig}")
@@ -150,7 +150,7 @@ impl Signer {
 }
 
 /// `base64url(header) "." base64url(claims)`.
-pub fn signing_input(header: &Value, claims: &Value) -> String {
+pub(crate) fn signing_input(header: &Value, claims: &Value) -> String {
     format!(
         "{}.{}",
         b64url(header.to_string().as_bytes()),
@@ -159,12 +159,12 @@ pub fn signing_input(header: &Value, claims: &Value) -> String {
 }
 
 /// An unsigned token (`alg: none` style): header and claims with an empty signature.
-pub fn unsigned(header: &Value, claims: &Value) -> String {
+pub(crate) fn unsigned(header: &Value, claims: &Value) -> String {
     format!("{}.", signing_input(header, claims))
 }
 
 /// A token MACed with HS256 under `secret`.
-pub fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
+pub(crate) fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
     let msg = signing_input(header, claims);
     let sig = jsonwebtoken::crypto::sign(
         msg.as_bytes(),
@@ -176,7 +176,7 @@ pub fn hs256(header: &Value, claims: &Value, secret: &[u8]) -> String {
 }
 
 /// Standard valid claims for `sub` in `org`, valid for five minutes.
-pub fn claims(sub: &str, org: &str) -> Value {
+pub(crate) fn claims(sub: &str, org: &str) -> Value {
     let t = now();
     json!({
         "iss": ISSUER, "aud": AUDIENCE, "sub": sub, "org": org,
@@ -185,18 +185,18 @@ pub fn claims(sub: &str, org: &str) -> Value {
 }
 
 /// Claims with the given roles.
-pub fn claims_with_roles(sub: &str, org: &str, roles: &[&str]) -> Value {
+pub(crate) fn claims_with_roles(sub: &str, org: &str, roles: &[&str]) -> Value {
     let mut c = claims(sub, org);
     c["roles"] = json!(roles);
     c
 }
 
 /// A JWKS document from the given JWKs.
-pub fn jwks(keys: &[Value]) -> String {
+pub(crate) fn jwks(keys: &[Value]) -> String {
     json!({ "keys": keys }).to_string()
 }
 
-pub fn write_jwks(path: &Path, keys: &[Value]) {
+pub(crate) fn write_jwks(path: &Path, keys: &[Value]) {
     // Write then rename so that a reload never sees a half-written file.
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, jwks(keys)).unwrap();
@@ -204,7 +204,7 @@ pub fn write_jwks(path: &Path, keys: &[Value]) {
 }
 
 /// A `[[auth.jwt]]` table for the server config.
-pub fn issuer_toml(issuer: &str, audience: &str, jwks_path: &Path, extra: &str) -> String {
+pub(crate) fn issuer_toml(issuer: &str, audience: &str, jwks_path: &Path, extra: &str) -> String {
     format!(
         "[[auth.jwt]]\nissuer = \"{issuer}\"\naudience = \"{audience}\"\njwks = \"{}\"\n{extra}\n",
         jwks_path.display()

@@ -361,14 +361,14 @@ fn read_journal(
 
 /// An empty frame for [`AuditJournal::append_frame`]: room for the frame header, the payload to
 /// be written behind it.
-pub fn new_frame() -> Vec<u8> {
+pub(crate) fn new_frame() -> Vec<u8> {
     let mut frame = Vec::with_capacity(16 << 10);
     frame.resize(FRAME_HEADER, 0);
     frame
 }
 
 /// Where a frame's payload starts in a buffer from [`new_frame`].
-pub const FRAME_PAYLOAD_START: usize = FRAME_HEADER;
+pub(crate) const FRAME_PAYLOAD_START: usize = FRAME_HEADER;
 
 fn header(generation: u64) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);

@@ -2,7 +2,7 @@
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, Auth};
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;

@@ -2,7 +2,7 @@
 
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth, b64, key_id, to_b64};
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};

@@ -2,7 +2,7 @@
 
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth, key_id};
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -1,6 +1,6 @@
 //! Health, readiness, metrics and the OpenAPI document.
 
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};

@@ -2,7 +2,7 @@
 
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth, b64, to_b64};
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};

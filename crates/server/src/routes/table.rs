@@ -10,7 +10,7 @@
 
 use super::{audit, crypto, keys, meta, sys};
 use crate::ratelimit::Class;
-use crate::serve::AppState;
+use crate::state::AppState;
 use axum::extract::{MatchedPath, Request};
 use axum::http::{Extensions, Method};
 use axum::middleware::Next;

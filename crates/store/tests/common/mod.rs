@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub const DEFAULT_PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+pub(crate) const DEFAULT_PG_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
 /// Runs one async test body against a fresh store of each backend:
 /// `both!(name, |db| async move { ... })` defines the tests `name::sqlite` and
@@ -46,14 +46,14 @@ macro_rules! both {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
+pub(crate) enum Backend {
     Sqlite,
     Postgres,
 }
 
 /// The raw connection pool of a test store, for queries below the `Store` trait.
 #[derive(Clone)]
-pub enum Raw {
+pub(crate) enum Raw {
     Sqlite(sqlx::SqlitePool),
     Postgres(sqlx::PgPool),
 }
@@ -66,7 +66,7 @@ enum Cleanup {
 
 /// A fresh store plus its raw pool. Cloning shares the same database.
 #[derive(Clone)]
-pub struct TestDb {
+pub(crate) struct TestDb {
     pub backend: Backend,
     /// The database URL, for reopening the same database.
     pub url: String,
@@ -78,13 +78,13 @@ pub struct TestDb {
 
 /// One stored value of one column, as bytes (text as UTF-8, integers as their decimal text).
 #[derive(Debug, Clone)]
-pub struct Cell {
+pub(crate) struct Cell {
     pub table: String,
     pub column: String,
     pub bytes: Vec<u8>,
 }
 
-pub fn pg_admin_url() -> String {
+pub(crate) fn pg_admin_url() -> String {
     std::env::var("SOVRA_TEST_PG_URL").unwrap_or_else(|_| DEFAULT_PG_ADMIN_URL.to_string())
 }
 
@@ -123,7 +123,7 @@ async fn pg_admin_connection(admin_url: &str) -> sqlx::PgConnection {
 
 impl TestDb {
     /// A fresh, migrated, empty store of `backend`.
-    pub async fn fresh(backend: Backend) -> TestDb {
+    pub(crate) async fn fresh(backend: Backend) -> TestDb {
         let (url, raw, store, cleanup) = open_fresh(backend).await;
         TestDb {
             backend,
@@ -135,7 +135,7 @@ impl TestDb {
     }
 
     /// Another fresh store of the same backend, removed together with this one.
-    pub async fn another(&self) -> TestDb {
+    pub(crate) async fn another(&self) -> TestDb {
         let (url, raw, store, cleanup) = open_fresh(self.backend).await;
         self.cleanups.lock().unwrap().push((raw.clone(), cleanup));
         TestDb {
@@ -183,14 +183,14 @@ impl TestDb {
     // ---- raw-table helpers (SQL is test-controlled; ids are inlined as literals) -----------
 
     /// Executes a statement; returns the number of rows affected.
-    pub async fn exec(&self, sql: &str) -> u64 {
+    pub(crate) async fn exec(&self, sql: &str) -> u64 {
         self.try_exec(sql)
             .await
             .unwrap_or_else(|e| panic!("raw statement failed: {e}"))
     }
 
     /// Executes a statement that may be refused; returns the rows affected or the error.
-    pub async fn try_exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
+    pub(crate) async fn try_exec(&self, sql: &str) -> Result<u64, sqlx::Error> {
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match &self.raw {
             Raw::Sqlite(p) => sqlx::query(sql).execute(p).await.map(|r| r.rows_affected()),
@@ -199,7 +199,7 @@ impl TestDb {
     }
 
     /// Runs a query whose first column is an integer (or NULL, returned as None).
-    pub async fn opt_i64s(&self, sql: &str) -> Vec<Option<i64>> {
+    pub(crate) async fn opt_i64s(&self, sql: &str) -> Vec<Option<i64>> {
         use sqlx::Row;
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match &self.raw {
@@ -216,7 +216,7 @@ impl TestDb {
     }
 
     /// Runs a query whose first column is a non-NULL integer.
-    pub async fn i64s(&self, sql: &str) -> Vec<i64> {
+    pub(crate) async fn i64s(&self, sql: &str) -> Vec<i64> {
         self.opt_i64s(sql)
             .await
             .into_iter()
@@ -225,7 +225,7 @@ impl TestDb {
     }
 
     /// Runs a query whose first column is a non-NULL blob.
-    pub async fn blobs(&self, sql: &str) -> Vec<Vec<u8>> {
+    pub(crate) async fn blobs(&self, sql: &str) -> Vec<Vec<u8>> {
         use sqlx::Row;
         let sql = sqlx::AssertSqlSafe(sql.to_string());
         match &self.raw {
@@ -242,7 +242,7 @@ impl TestDb {
     }
 
     /// Names of the user tables (migration bookkeeping included).
-    pub async fn tables(&self) -> Vec<String> {
+    pub(crate) async fn tables(&self) -> Vec<String> {
         use sqlx::Row;
         let mut names: Vec<String> = match &self.raw {
             Raw::Sqlite(p) => sqlx::query(
@@ -265,7 +265,7 @@ impl TestDb {
     }
 
     /// Every non-NULL value of every column of every row of every table, as bytes.
-    pub async fn dump_all(&self) -> Vec<Cell> {
+    pub(crate) async fn dump_all(&self) -> Vec<Cell> {
         use sqlx::Row;
         let mut out = Vec::new();
         for table in self.tables().await {
@@ -373,7 +373,7 @@ async fn open_fresh(backend: Backend) -> (String, Raw, Arc<dyn Store>, Cleanup) 
 
 /// Runs `body` against a fresh store of `backend`, then removes the database(s), also when
 /// the body panics (the panic is then re-raised).
-pub async fn run<F, Fut>(backend: Backend, body: F)
+pub(crate) async fn run<F, Fut>(backend: Backend, body: F)
 where
     F: FnOnce(TestDb) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -391,11 +391,11 @@ where
 }
 
 /// Whether `needle` occurs anywhere in `hay`.
-pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+pub(crate) fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
