@@ -6,21 +6,13 @@
 
 mod common;
 
-use common::{Server, TempDir};
+use common::{DevNodes, Server};
 use sovra_core::audit::{ExportLine, verify_export};
 use std::collections::HashSet;
 
 /// The audit public key (SPKI DER) from a node.
 async fn audit_public_key(s: &Server) -> Vec<u8> {
-    let pem = s
-        .http()
-        .get(s.url("/api/v1/audit/public-key"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let pem = s.get_ok("/api/v1/audit/public-key").await.text;
     use base64::Engine;
     let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     base64::engine::general_purpose::STANDARD
@@ -42,18 +34,12 @@ async fn export(s: &Server) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_nodes_on_one_postgres_keep_one_audit_chain() {
-    let url = common::fresh_pg_database();
-    let cfg = format!("database_url = \"{url}\"\n[audit]\ncheckpoint_interval_seconds = 1\n");
-    let dir1 = TempDir::new("nodes-a");
-    let dir2 = TempDir::new("nodes-b");
-    let node1 = Server::start_dev(dir1.path(), &cfg);
-    // The second node shares the first's dev seal key, token and certificate, as nodes of one
-    // deployment share their unseal material.
-    for f in ["dev-seal.key", "dev-token", "tls-cert.pem", "tls-key.pem"] {
-        std::fs::copy(dir1.path().join(f), dir2.path().join(f)).unwrap();
-    }
-    let node2 = Server::start_dev(dir2.path(), &cfg);
-    assert_ne!(node1.addr, node2.addr);
+    let DevNodes {
+        a: node1,
+        b: node2,
+        config,
+        dirs,
+    } = DevNodes::start("nodes", "[audit]\ncheckpoint_interval_seconds = 1\n");
 
     let key = node1
         .client()
@@ -88,7 +74,7 @@ async fn two_nodes_on_one_postgres_keep_one_audit_chain() {
     // Both nodes stop (each signs its final checkpoint), then a fresh node exports.
     assert!(node2.stop(), "node 2 shuts down cleanly");
     assert!(node1.stop(), "node 1 shuts down cleanly");
-    let node1 = Server::start_dev(dir1.path(), &cfg);
+    let node1 = Server::start_dev(dirs.0.path(), &config);
     let text = export(&node1).await;
     let spki = audit_public_key(&node1).await;
     let report = verify_export(&text, &spki).unwrap_or_else(|e| panic!("chain broken: {e}"));

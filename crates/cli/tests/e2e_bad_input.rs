@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Resp, Server, TempDir, assert_error, assert_error_any, with_key_id};
+use common::{DevApi, Resp, assert_error, assert_error_any, assert_message_has, with_key_id};
 use reqwest::Method;
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE};
 use serde_json::{Value, json};
@@ -30,26 +30,18 @@ enum Body<'a> {
 }
 
 struct Env {
-    server: Server,
-    _dir: TempDir,
-    http: reqwest::Client,
-    token: String,
+    api: DevApi,
 }
 
 impl Env {
     fn start(tag: &str) -> Env {
-        let dir = TempDir::new(tag);
-        let server = Server::start_dev(dir.path(), "");
         Env {
-            http: server.http(),
-            token: server.token.clone().unwrap(),
-            server,
-            _dir: dir,
+            api: DevApi::start(tag),
         }
     }
 
     async fn send(&self, method: Method, path: &str, body: Body<'_>) -> Resp {
-        self.send_as(Some(&self.token), method, path, body).await
+        self.send_as(self.api.t(), method, path, body).await
     }
 
     async fn send_as(
@@ -60,8 +52,9 @@ impl Env {
         body: Body<'_>,
     ) -> Resp {
         let mut req = self
+            .api
             .http
-            .request(method, format!("{}{path}", self.server.addr));
+            .request(method, format!("{}{path}", self.api.server.addr));
         if let Some(t) = token {
             req = req.header(AUTHORIZATION, format!("Bearer {t}"));
         }
@@ -146,7 +139,7 @@ impl Env {
 
     /// The server never logged the secret.
     fn finish(self) {
-        let log = self.server.log_text();
+        let log = self.api.server.log_text();
         assert!(!log.is_empty());
         assert_no_secret(&log, "server log");
     }
@@ -277,12 +270,7 @@ async fn malformed_bodies_get_clear_errors_and_change_nothing() {
         unknown["unexpected"] = json!(1);
         let r = env.send(m(), path, Body::Json(&unknown)).await;
         assert_error(&r, 400, "invalid_input");
-        assert!(
-            r.json["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("unexpected")
-        );
+        assert_message_has(&r, "unexpected");
         let dup = valid.to_string();
         let dup = format!("{},{}", &dup[..dup.len() - 1], &dup[1..]);
         let r = env.send(m(), path, raw(&dup)).await;
@@ -521,13 +509,7 @@ async fn key_types_names_and_settings_are_validated() {
             .post("/api/v1/keys", &json!({"name": "t", "type": t}))
             .await;
         assert_error(&r, 400, "invalid_input");
-        assert!(
-            r.json["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("key type"),
-            "{r:?}"
-        );
+        assert_message_has(&r, "key type");
     }
     let long = "x".repeat(129);
     for name in [
@@ -570,10 +552,7 @@ async fn key_types_names_and_settings_are_validated() {
     for days in [json!(6), json!(31), json!(0), json!(365), json!(u32::MAX)] {
         let r = env.post(&path, &json!({"pending_days": days})).await;
         assert_error(&r, 400, "invalid_input");
-        assert!(
-            r.json["error"]["message"].as_str().unwrap().contains("7"),
-            "{r:?}"
-        );
+        assert_message_has(&r, "7");
     }
     for days in [
         json!(-1),
@@ -861,10 +840,7 @@ async fn operations_need_a_key_of_the_right_kind() {
             .post(&sign(&ec), &json!({"digest": b64(&vec![7u8; len])}))
             .await;
         assert_error(&r, 400, "invalid_input");
-        assert!(
-            r.json["error"]["message"].as_str().unwrap().contains("32"),
-            "{r:?}"
-        );
+        assert_message_has(&r, "32");
     }
     let r = env
         .post(&sign(&ec), &json!({"digest": b64(&[7u8; 32])}))
@@ -1064,13 +1040,7 @@ async fn batches_are_bounded_and_fail_per_item() {
             .post(&enc_batch, &json!({"items": vec![item.clone(); n]}))
             .await;
         assert_error(&r, 400, "invalid_input");
-        assert!(
-            r.json["error"]["message"]
-                .as_str()
-                .unwrap()
-                .contains("1000"),
-            "{r:?}"
-        );
+        assert_message_has(&r, "1000");
         let r = env
             .post(
                 "/api/v1/decrypt/batch",
@@ -1203,7 +1173,7 @@ async fn unknown_ids_routes_and_methods_are_json_errors() {
         }
     }
     // Unknown routes, with and without credentials.
-    for token in [Some(env.token.as_str()), None] {
+    for token in [env.api.t(), None] {
         for (method, path) in [
             (Method::GET, "/api/v1/nope"),
             (Method::GET, "/api/v2/keys"),

@@ -8,7 +8,10 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir, create, ok, ok_json, p, text};
+use common::{
+    Server, TempDir, assert_fails_saying, assert_wrong_contexts_refused, create, ok, ok_json, p,
+    text, with_context,
+};
 
 fn ok_text(s: &Server, args: &[&str]) -> String {
     text(&ok(s, args, None).stdout)
@@ -353,67 +356,37 @@ fn encryption_context_must_match() {
     let key = create(&s, "ctx", "aes-256-gcm");
     let ct = ok(
         &s,
-        &[
-            "encrypt",
-            "--key",
-            &key,
-            "--context",
-            "app=billing",
-            "--context",
-            "tenant=7",
-        ],
+        &with_context(&["encrypt", "--key", &key], &["app=billing", "tenant=7"]),
         Some(b"context bound"),
     )
     .stdout;
     // The same context, in another order, decrypts.
     let out = ok(
         &s,
-        &[
-            "decrypt",
-            "--context",
-            "tenant=7",
-            "--context",
-            "app=billing",
-        ],
+        &with_context(&["decrypt"], &["tenant=7", "app=billing"]),
         Some(&ct),
     );
     assert_eq!(out.stdout, b"context bound");
-    for wrong in [
-        vec![],
-        vec!["--context", "app=billing"],
-        vec!["--context", "app=billing", "--context", "tenant=8"],
-        vec![
-            "--context",
-            "app=billing",
-            "--context",
-            "tenant=7",
-            "--context",
-            "x=y",
+    assert_wrong_contexts_refused(
+        &s,
+        &ct,
+        &[
+            &[],
+            &["app=billing"],
+            &["app=billing", "tenant=8"],
+            &["app=billing", "tenant=7", "x=y"],
+            &["app=billing", "Tenant=7"],
         ],
-        vec!["--context", "app=billing", "--context", "Tenant=7"],
-    ] {
-        let mut args = vec!["decrypt"];
-        args.extend(&wrong);
-        let out = s.cli(&args, Some(&ct));
-        assert!(!out.status.success(), "{wrong:?} must not decrypt");
-        assert!(out.stdout.is_empty(), "no plaintext on failure");
-        let err = text(&out.stderr);
-        assert!(
-            err.contains("decryption failed: the ciphertext or its context does not authenticate")
-                && err.contains("HTTP 400"),
-            "{err}"
-        );
-    }
+        &[
+            "decryption failed: the ciphertext or its context does not authenticate",
+            "HTTP 400",
+        ],
+    );
     let out = s.cli(
         &["encrypt", "--key", &key, "--context", "novalue"],
         Some(b"x"),
     );
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("expected key=value"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_saying(&out, "expected key=value");
 }
 
 #[test]
@@ -841,10 +814,5 @@ fn missing_or_wrong_token_is_a_clear_401() {
         .env("SOVRA_TOKEN", s.token.as_deref().unwrap())
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("must be an https:// URL"),
-        "{}",
-        text(&out.stderr)
-    );
+    assert_fails_saying(&out, "must be an https:// URL");
 }

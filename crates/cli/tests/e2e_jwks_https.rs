@@ -6,7 +6,7 @@
 mod common;
 mod jwt;
 
-use common::{TempDir, make_cert, sovra_bin, write_config};
+use common::{TempDir, assert_fails_saying, make_cert, sovra_bin, write_config};
 use jwt::{AUDIENCE, ISSUER, Signer, claims};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -108,7 +108,5 @@ fn an_untrusted_jwks_certificate_stops_startup_with_a_clear_error() {
         .arg(&cfg)
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("cannot load JWKS https://127.0.0.1"), "{err}");
+    assert_fails_saying(&out, "cannot load JWKS https://127.0.0.1");
 }

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Server, TempDir};
+use common::DevNodes;
 use sovra_client::{Client, ClientError};
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -17,30 +17,6 @@ use std::time::{Duration, Instant};
 
 /// How long a change may take to reach the other node.
 const PROPAGATION: Duration = Duration::from_secs(1);
-
-struct Nodes {
-    _dirs: (TempDir, TempDir),
-    a: Server,
-    b: Server,
-}
-
-fn start_nodes(tag: &str) -> Nodes {
-    let url = common::fresh_pg_database();
-    let cfg = format!("database_url = \"{url}\"\n");
-    let dir_a = TempDir::new(&format!("{tag}-a"));
-    let dir_b = TempDir::new(&format!("{tag}-b"));
-    let a = Server::start_dev(dir_a.path(), &cfg);
-    // Nodes of one deployment share their unseal material, token and certificate.
-    for f in ["dev-seal.key", "dev-token", "tls-cert.pem", "tls-key.pem"] {
-        std::fs::copy(dir_a.path().join(f), dir_b.path().join(f)).unwrap();
-    }
-    let b = Server::start_dev(dir_b.path(), &cfg);
-    Nodes {
-        _dirs: (dir_a, dir_b),
-        a,
-        b,
-    }
-}
 
 fn code(e: &ClientError) -> &str {
     match e {
@@ -72,7 +48,7 @@ where
 /// Background encrypt load on both nodes with another key (the hot cache path), counting
 /// answers, until stopped.
 fn load(
-    nodes: &Nodes,
+    nodes: &DevNodes,
     key: String,
 ) -> (
     Arc<AtomicBool>,
@@ -107,7 +83,7 @@ fn load(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_change_through_one_node_reaches_the_other_within_a_second() {
-    let nodes = start_nodes("nodes-cache");
+    let nodes = DevNodes::start("nodes-cache", "");
     let (a, b): (Client, Client) = (nodes.a.client(), nodes.b.client());
     let busy = a.create_key("busy", "aes-256-gcm", None).await.unwrap();
     let key = a
@@ -196,7 +172,7 @@ async fn a_change_through_one_node_reaches_the_other_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_rotations_through_both_nodes_number_versions_uniquely() {
-    let nodes = start_nodes("nodes-rotate");
+    let nodes = DevNodes::start("nodes-rotate", "");
     let key = nodes
         .a
         .client()

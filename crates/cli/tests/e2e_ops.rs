@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir, send, text, uuid_bytes};
+use common::{DevApi, Server, TempDir, send, text, uuid_bytes};
 use reqwest::Method;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -46,13 +46,10 @@ fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_prometheus_metrics() {
-    let dir = TempDir::new("ops-metrics");
-    let s = Server::start_dev(dir.path(), "");
-    let http = s.http();
-    let token = s.token.clone().unwrap();
-    let t = Some(token.as_str());
+    let api = DevApi::start("ops-metrics");
+    let (s, http, t) = (&api.server, &api.http, api.t());
 
-    let r = send(&s, &http, Method::GET, "/health", None, None).await;
+    let r = send(s, http, Method::GET, "/health", None, None).await;
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
@@ -62,13 +59,13 @@ async fn health_and_prometheus_metrics() {
         r.header("content-type").unwrap_or_default()
     );
     assert_eq!(r.json, json!({"status": "ok"}));
-    let r = send(&s, &http, Method::GET, "/ready", None, None).await;
+    let r = send(s, http, Method::GET, "/ready", None, None).await;
     assert_eq!((r.status, r.json), (200, json!({"status": "ready"})));
 
     // Some traffic: 201, 3 x 200, 404, 401.
     let r = send(
-        &s,
-        &http,
+        s,
+        http,
         Method::POST,
         "/api/v1/keys",
         t,
@@ -79,8 +76,8 @@ async fn health_and_prometheus_metrics() {
     let id = r.json["id"].as_str().unwrap().to_string();
     for _ in 0..3 {
         let r = send(
-            &s,
-            &http,
+            s,
+            http,
             Method::POST,
             &format!("/api/v1/keys/{id}/encrypt"),
             t,
@@ -91,17 +88,17 @@ async fn health_and_prometheus_metrics() {
     }
     let missing = "/api/v1/keys/3a7e1f8e-8d3c-4c8e-9a37-2f0d3b9c1e55";
     assert_eq!(
-        send(&s, &http, Method::GET, missing, t, None).await.status,
+        send(s, http, Method::GET, missing, t, None).await.status,
         404
     );
     assert_eq!(
-        send(&s, &http, Method::GET, "/api/v1/keys", None, None)
+        send(s, http, Method::GET, "/api/v1/keys", None, None)
             .await
             .status,
         401
     );
 
-    let r = send(&s, &http, Method::GET, "/metrics", None, None).await;
+    let r = send(s, http, Method::GET, "/metrics", None, None).await;
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
@@ -160,9 +157,9 @@ async fn health_and_prometheus_metrics() {
     assert!(m.lines().any(|l| l == "sovra_sealed 0"), "{m}");
 
     // The previous /metrics request is counted too, and the gauge follows the seal.
-    let r = send(&s, &http, Method::POST, "/api/v1/sys/seal", t, None).await;
+    let r = send(s, http, Method::POST, "/api/v1/sys/seal", t, None).await;
     assert_eq!(r.status, 200);
-    let m = send(&s, &http, Method::GET, "/metrics", None, None)
+    let m = send(s, http, Method::GET, "/metrics", None, None)
         .await
         .text;
     assert!(m.lines().any(|l| l == "sovra_sealed 1"), "{m}");
@@ -175,7 +172,7 @@ async fn health_and_prometheus_metrics() {
         Some(1.0),
         "{m}"
     );
-    let r = send(&s, &http, Method::GET, "/health", None, None).await;
+    let r = send(s, http, Method::GET, "/health", None, None).await;
     assert_eq!(r.status, 200, "liveness does not depend on the seal");
 }
 
@@ -184,31 +181,19 @@ async fn health_and_prometheus_metrics() {
 /// in `sovra_http_requests_total`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sealed_rejections_are_counted_in_metrics() {
-    let dir = TempDir::new("ops-metrics-sealed");
-    let s = Server::start_dev(dir.path(), "");
-    let http = s.http();
-    let token = s.token.clone().unwrap();
+    let api = DevApi::start("ops-metrics-sealed");
+    let (s, http, t) = (&api.server, &api.http, api.t());
     assert_eq!(
-        send(&s, &http, Method::GET, "/nope", None, None)
-            .await
-            .status,
+        send(s, http, Method::GET, "/nope", None, None).await.status,
         404
     );
-    let r = send(
-        &s,
-        &http,
-        Method::POST,
-        "/api/v1/sys/seal",
-        Some(&token),
-        None,
-    )
-    .await;
+    let r = send(s, http, Method::POST, "/api/v1/sys/seal", t, None).await;
     assert_eq!(r.status, 200);
     for _ in 0..2 {
-        let r = send(&s, &http, Method::GET, "/api/v1/keys", Some(&token), None).await;
+        let r = send(s, http, Method::GET, "/api/v1/keys", t, None).await;
         assert_eq!(r.status, 503);
     }
-    let m = send(&s, &http, Method::GET, "/metrics", None, None)
+    let m = send(s, http, Method::GET, "/metrics", None, None)
         .await
         .text;
     let total_503: f64 = m
@@ -367,12 +352,10 @@ fn valid_body(method: &str, path: &str, ct_b64: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_document_lists_every_route_and_its_error_codes() {
-    let dir = TempDir::new("ops-openapi");
-    let s = Server::start_dev(dir.path(), "");
-    let http = s.http();
-    let token = s.token.clone().unwrap();
+    let api = DevApi::start("ops-openapi");
+    let (s, http, t) = (&api.server, &api.http, api.t());
 
-    let r = send(&s, &http, Method::GET, "/api/v1/openapi.json", None, None).await;
+    let r = send(s, http, Method::GET, "/api/v1/openapi.json", None, None).await;
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type")
@@ -453,7 +436,7 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
         let body = valid_body(m, p, &ct_b64);
         let secured = op(m, p)["security"].is_array();
         let mut seen = BTreeSet::new();
-        let r = send(&s, &http, method.clone(), &url, None, body.as_deref()).await;
+        let r = send(s, http, method.clone(), &url, None, body.as_deref()).await;
         if secured {
             assert_eq!(r.status, 401, "{m} {p} without a token: {}", r.text);
         }
@@ -463,50 +446,26 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
             observed.insert((m.to_string(), p.to_string()), seen);
             continue;
         }
-        let r = send(
-            &s,
-            &http,
-            method.clone(),
-            &url,
-            Some(&token),
-            body.as_deref(),
-        )
-        .await;
+        let r = send(s, http, method.clone(), &url, t, body.as_deref()).await;
         if p.contains("{id}") || *p == "/api/v1/decrypt" {
             assert_eq!(r.status, 404, "{m} {p} with an unknown key: {}", r.text);
         }
         seen.insert(r.status);
         if body.is_some() {
-            let r = send(
-                &s,
-                &http,
-                method.clone(),
-                &url,
-                Some(&token),
-                Some("{not json"),
-            )
-            .await;
+            let r = send(s, http, method.clone(), &url, t, Some("{not json")).await;
             assert_eq!(r.status, 400, "{m} {p} malformed JSON: {}", r.text);
             assert_eq!(r.json["error"]["code"], "malformed_json");
             seen.insert(r.status);
         }
         observed.insert((m.to_string(), p.to_string()), seen);
     }
-    let r = send(
-        &s,
-        &http,
-        Method::POST,
-        "/api/v1/sys/seal",
-        Some(&token),
-        None,
-    )
-    .await;
+    let r = send(s, http, Method::POST, "/api/v1/sys/seal", t, None).await;
     assert_eq!(r.status, 200);
     for (m, p, _) in OPERATIONS {
         let method = Method::from_bytes(m.to_uppercase().as_bytes()).unwrap();
         let url = p.replace("{id}", unknown);
         let body = valid_body(m, p, &ct_b64);
-        let r = send(&s, &http, method, &url, Some(&token), body.as_deref()).await;
+        let r = send(s, http, method, &url, t, body.as_deref()).await;
         if *p == "/ready" {
             assert_eq!(r.status, 503, "not ready while sealed");
             continue;
@@ -541,11 +500,9 @@ async fn openapi_document_lists_every_route_and_its_error_codes() {
 /// type); the document should say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn openapi_documents_413_and_415_for_json_bodies() {
-    let dir = TempDir::new("ops-openapi-413");
-    let s = Server::start_dev(dir.path(), "");
-    let http = s.http();
-    let token = s.token.clone().unwrap();
-    let doc = send(&s, &http, Method::GET, "/api/v1/openapi.json", None, None)
+    let api = DevApi::start("ops-openapi-413");
+    let (s, http, t) = (&api.server, &api.http, api.t());
+    let doc = send(s, http, Method::GET, "/api/v1/openapi.json", None, None)
         .await
         .json;
     let unknown = "5b0c3f8e-1d2a-4e6b-9c7d-8e9f0a1b2c3d";
@@ -559,11 +516,11 @@ async fn openapi_documents_413_and_415_for_json_bodies() {
         let url = s.url(&p.replace("{id}", unknown));
         let documented = doc["paths"][p][m]["responses"].as_object().unwrap();
         let r = send(
-            &s,
-            &http,
+            s,
+            http,
             method.clone(),
             &p.replace("{id}", unknown),
-            Some(&token),
+            t,
             Some(&big),
         )
         .await;
@@ -571,7 +528,7 @@ async fn openapi_documents_413_and_415_for_json_bodies() {
         assert_eq!(r.json["error"]["code"], "body_too_large");
         let r = http
             .request(method, url)
-            .bearer_auth(&token)
+            .bearer_auth(&api.token)
             .body("{}")
             .send()
             .await
@@ -600,15 +557,12 @@ type Probe<'a> = (
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_response_has_a_request_id_matching_the_error_body() {
-    let dir = TempDir::new("ops-reqid");
-    let s = Server::start_dev(dir.path(), "");
-    let http = s.http();
-    let token = s.token.clone().unwrap();
-    let t = Some(token.as_str());
+    let api = DevApi::start("ops-reqid");
+    let (s, http, t) = (&api.server, &api.http, api.t());
     let big = format!("{{\"plaintext\":\"{}\"}}", "A".repeat(2 * 1024 * 1024));
     let r = send(
-        &s,
-        &http,
+        s,
+        http,
         Method::POST,
         "/api/v1/keys",
         t,
@@ -722,7 +676,7 @@ async fn every_response_has_a_request_id_matching_the_error_body() {
     ];
     let mut ids = HashSet::new();
     for (method, path, token, body, status, code) in cases {
-        let r = send(&s, &http, method.clone(), &path, token, body).await;
+        let r = send(s, http, method.clone(), &path, token, body).await;
         assert_eq!(r.status, status, "{method} {path}: {}", r.text);
         let rid = r
             .request_id()

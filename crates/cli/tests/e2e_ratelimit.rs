@@ -7,7 +7,7 @@
 mod common;
 mod jwt;
 
-use common::{Server, TempDir, sovra_bin};
+use common::{DevApi, Resp, TempDir, assert_message_has, send, sovra_bin};
 use jwt::{AUDIENCE, ISSUER, Signer, claims};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -48,40 +48,30 @@ per_second = 0.01
 burst = 5
 ";
 
-struct Resp {
-    status: u16,
-    retry_after: Option<u64>,
-    json: Value,
-}
-
-impl std::fmt::Debug for Resp {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {} {}", self.status, self.json)
-    }
+/// The `Retry-After` of an answer, which when present must be whole seconds.
+fn retry_after(r: &Resp) -> Option<u64> {
+    r.headers.get("retry-after").map(|v| {
+        v.to_str()
+            .unwrap()
+            .parse()
+            .expect("Retry-After in whole seconds")
+    })
 }
 
 struct Env {
-    _dir: TempDir,
-    server: Server,
-    http: reqwest::Client,
+    api: DevApi,
     signer: Signer,
 }
 
 impl Env {
     fn start(tag: &str, limits: &str) -> Env {
-        let dir = TempDir::new(tag);
         let signer = Signer::es256("rl-1");
-        let jwks = dir.path().join("jwks.json");
-        jwt::write_jwks(&jwks, std::slice::from_ref(&signer.jwk));
-        let cfg = format!("{}{limits}", jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
-        let server = Server::start_dev(dir.path(), &cfg);
-        let http = server.http();
-        Env {
-            _dir: dir,
-            server,
-            http,
-            signer,
-        }
+        let api = DevApi::start_with(tag, |dir| {
+            let jwks = dir.join("jwks.json");
+            jwt::write_jwks(&jwks, std::slice::from_ref(&signer.jwk));
+            format!("{}{limits}", jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""))
+        });
+        Env { api, signer }
     }
 
     fn token(&self, user: &str) -> String {
@@ -89,27 +79,19 @@ impl Env {
     }
 
     async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Value) -> Resp {
-        let mut req = self.http.request(method.clone(), self.server.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if method != Method::GET {
-            req = req.json(&body);
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let retry_after = resp.headers().get("retry-after").map(|v| {
-            v.to_str()
-                .unwrap()
-                .parse()
-                .expect("Retry-After in whole seconds")
-        });
-        let text = resp.text().await.unwrap();
-        Resp {
-            status,
-            retry_after,
-            json: serde_json::from_str(&text).unwrap_or(Value::Null),
-        }
+        let body = (method != Method::GET).then(|| body.to_string());
+        let r = send(
+            &self.api.server,
+            &self.api.http,
+            method,
+            path,
+            token,
+            body.as_deref(),
+        )
+        .await;
+        // Every answer's Retry-After, when it has one, is whole seconds.
+        retry_after(&r);
+        r
     }
 
     async fn create_key(&self, token: &str, name: &str, key_type: &str) -> String {
@@ -153,14 +135,7 @@ impl Env {
     }
 
     async fn metrics(&self) -> String {
-        self.http
-            .get(self.server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.api.server.get_ok("/metrics").await.text
     }
 }
 
@@ -173,7 +148,7 @@ fn assert_rate_limited(r: &Resp) -> u64 {
         !r.json["error"]["request_id"].as_str().unwrap().is_empty(),
         "{r:?}"
     );
-    let secs = r.retry_after.expect("Retry-After");
+    let secs = retry_after(r).expect("Retry-After");
     assert!(secs >= 1, "{r:?}");
     secs
 }
@@ -199,13 +174,7 @@ async fn a_noisy_user_is_limited_without_touching_other_users_or_its_other_class
     let (ok, refused) = Env::exhaust(50, || env.encrypt(&alice, &ka)).await;
     assert!(ok >= 5, "{ok} encrypts before the first 429");
     let wait = assert_rate_limited(&refused);
-    assert!(
-        refused.json["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("crypto"),
-        "{refused:?}"
-    );
+    assert_message_has(&refused, "crypto");
 
     // At the same moment Bob's crypto requests are served: his bucket is his own.
     let r = env.encrypt(&bob, &kb).await;
@@ -265,8 +234,7 @@ async fn rsa_private_key_operations_have_their_own_stricter_bucket() {
     // Generation took one of two tokens; the crypto bucket (5) still has some.
     assert_eq!(ok, 1, "RSA signatures before the first 429");
     assert_rate_limited(&refused);
-    let msg = refused.json["error"]["message"].as_str().unwrap();
-    assert!(msg.contains("RSA"), "{refused:?}");
+    assert_message_has(&refused, "RSA");
 
     // Carol's cheap crypto still works: an Ed25519 signature and an AES encryption.
     let r = sign(ed.clone()).await;

@@ -8,7 +8,8 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{Server, TempDir, free_port, make_cert, run_ok};
+use common::{Resp, Server, TempDir, free_port, make_cert, run_ok, send};
+use reqwest::Method;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -163,24 +164,8 @@ fn assert_progress(s: &Server, sealed: bool, progress: u64) {
     assert_eq!(st["progress"], progress, "{st}");
 }
 
-async fn get(
-    s: &Server,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, reqwest::header::HeaderMap, Value) {
-    let mut req = s.http().get(s.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    let code = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp.bytes().await.unwrap();
-    (
-        code,
-        headers,
-        serde_json::from_slice(&body).unwrap_or(Value::Null),
-    )
+async fn get(s: &Server, path: &str, token: Option<&str>) -> Resp {
+    send(s, &s.http(), Method::GET, path, token, None).await
 }
 
 fn share_id(share: &str) -> u8 {
@@ -228,10 +213,10 @@ async fn shamir_init_unseal_seal_and_restart() {
     assert_eq!(st["sealed"], true, "{st}");
     let t = cli_ok(&s, &["operator", "status"], None);
     assert!(t.contains("initialized: false"), "{t}");
-    let (code, _, body) = get(&s, "/api/v1/keys", Some(&user)).await;
-    assert_eq!(code, 503, "{body}");
-    assert_eq!(body["error"]["code"], "not_initialized", "{body}");
-    assert_eq!(get(&s, "/ready", None).await.0, 503);
+    let r = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json["error"]["code"], "not_initialized", "{r:?}");
+    assert_eq!(get(&s, "/ready", None).await.status, 503);
 
     // Init prints 5 distinct shares, once.
     let shares = init(&s);
@@ -250,14 +235,14 @@ async fn shamir_init_unseal_seal_and_restart() {
     assert_eq!(st["progress"], 0);
 
     // Sealed: liveness yes, readiness no, the API answers 503 `sealed`.
-    let (code, _, body) = get(&s, "/health", None).await;
-    assert_eq!((code, body["status"].as_str()), (200, Some("ok")));
-    let (code, _, body) = get(&s, "/ready", None).await;
-    assert_eq!((code, body["status"].as_str()), (503, Some("sealed")));
-    let (code, headers, body) = get(&s, "/api/v1/keys", Some(&user)).await;
-    assert_eq!(code, 503, "{body}");
-    assert_eq!(body["error"]["code"], "sealed", "{body}");
-    assert!(headers.contains_key("retry-after"));
+    let r = get(&s, "/health", None).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("ok")));
+    let r = get(&s, "/ready", None).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (503, Some("sealed")));
+    let r = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(r.status, 503, "{r:?}");
+    assert_eq!(r.json["error"]["code"], "sealed", "{r:?}");
+    assert!(r.headers.contains_key("retry-after"));
     let err = cli_err(&s, &["key", "list"], Some(&user));
     assert!(err.contains("sealed") && err.contains("HTTP 503"), "{err}");
 
@@ -284,7 +269,7 @@ async fn shamir_init_unseal_seal_and_restart() {
     let err = cli_err(&s, &["operator", "unseal", &short], None);
     assert!(err.contains("wrong length"), "{err}");
     assert_progress(&s, true, 2);
-    assert_eq!(get(&s, "/ready", None).await.0, 503);
+    assert_eq!(get(&s, "/ready", None).await.status, 503);
 
     // The third distinct share (from stdin this time) unseals.
     let out = s.cli_token(
@@ -295,8 +280,8 @@ async fn shamir_init_unseal_seal_and_restart() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let st: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(st["sealed"], false, "{st}");
-    let (code, _, body) = get(&s, "/ready", None).await;
-    assert_eq!((code, body["status"].as_str()), (200, Some("ready")));
+    let r = get(&s, "/ready", None).await;
+    assert_eq!((r.status, r.json["status"].as_str()), (200, Some("ready")));
     assert!(cli_ok(&s, &["operator", "status"], None).contains("sealed:      false"));
 
     // Use it: a JWT user creates a key and encrypts.
@@ -353,14 +338,14 @@ async fn shamir_init_unseal_seal_and_restart() {
         err.contains("HTTP 403") && err.contains("permission denied"),
         "{err}"
     );
-    assert_eq!(get(&s, "/ready", None).await.0, 200, "still unsealed");
+    assert_eq!(get(&s, "/ready", None).await.status, 200, "still unsealed");
     let st = cli_json(&s, &["operator", "seal"], Some(&admin));
     assert_eq!(st["sealed"], true, "{st}");
     assert_eq!(st["progress"], 0, "{st}");
-    assert_eq!(get(&s, "/ready", None).await.0, 503);
-    let (code, _, body) = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(get(&s, "/ready", None).await.status, 503);
+    let r = get(&s, "/api/v1/keys", Some(&user)).await;
     assert_eq!(
-        (code, body["error"]["code"].as_str()),
+        (r.status, r.json["error"]["code"].as_str()),
         (503, Some("sealed"))
     );
     let err = cli_err(&s, &dec_args, Some(&user));
@@ -385,9 +370,9 @@ async fn shamir_init_unseal_seal_and_restart() {
     assert_eq!(st["initialized"], true, "{st}");
     assert_eq!(st["sealed"], true, "{st}");
     assert_eq!(st["progress"], 0, "{st}");
-    let (code, _, body) = get(&s, "/api/v1/keys", Some(&user)).await;
+    let r = get(&s, "/api/v1/keys", Some(&user)).await;
     assert_eq!(
-        (code, body["error"]["code"].as_str()),
+        (r.status, r.json["error"]["code"].as_str()),
         (503, Some("sealed"))
     );
     let err = cli_err(&s, &dec_args, Some(&user));
@@ -443,7 +428,7 @@ async fn shares_from_another_server_do_not_reconstruct() {
         "{err}"
     );
     assert_progress(&a, true, 0);
-    assert_eq!(get(&a, "/ready", None).await.0, 503);
+    assert_eq!(get(&a, "/ready", None).await.status, 503);
     // B is untouched by A's failure.
     assert_progress(&b, true, 0);
 
@@ -453,8 +438,8 @@ async fn shares_from_another_server_do_not_reconstruct() {
     assert_progress(&a, true, 2);
     cli_ok(&a, &["operator", "unseal", &a_shares[4]], None);
     assert_progress(&a, false, 0);
-    assert_eq!(get(&a, "/ready", None).await.0, 200);
-    assert_eq!(get(&b, "/ready", None).await.0, 503);
+    assert_eq!(get(&a, "/ready", None).await.status, 200);
+    assert_eq!(get(&b, "/ready", None).await.status, 503);
 }
 
 /// With the certificate the plain `openssl req -x509` command makes (CA:TRUE), the CLI cannot

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Server, TempDir, text};
+use common::{DevApi, Resp, Server};
 use reqwest::Method;
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -17,13 +17,7 @@ const METHODS: [&str; 5] = ["get", "post", "put", "patch", "delete"];
 /// A well-formed key id that names no key.
 const UNKNOWN: &str = "5b0c3f8e-1d2a-4e6b-9c7d-8e9f0a1b2c3d";
 
-struct Probe {
-    status: u16,
-    request_id: Option<String>,
-    allow: Option<String>,
-    body: Vec<u8>,
-}
-
+/// One request; `body` is (content type, text). A key id in `path` is [`UNKNOWN`].
 async fn probe(
     s: &Server,
     http: &reqwest::Client,
@@ -31,7 +25,7 @@ async fn probe(
     path: &str,
     token: Option<&str>,
     body: Option<(&str, &str)>,
-) -> Probe {
+) -> Resp {
     let method = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
     let mut req = http.request(method, s.url(&path.replace("{id}", UNKNOWN)));
     if let Some(t) = token {
@@ -40,18 +34,13 @@ async fn probe(
     if let Some((content_type, b)) = body {
         req = req.header("content-type", content_type).body(b.to_string());
     }
-    let r = req.send().await.expect("request");
-    let header = |n: &str| r.headers().get(n).map(|v| v.to_str().unwrap().to_string());
-    Probe {
-        status: r.status().as_u16(),
-        request_id: header("x-request-id"),
-        allow: header("allow"),
-        body: r.bytes().await.unwrap().to_vec(),
-    }
+    Resp::read(req.send().await.expect("request"))
+        .await
+        .expect("response body")
 }
 
 /// Problems with one answer: undocumented status, or an error body off the shared schema.
-fn check_answer(what: &str, op: &Value, p: &Probe, problems: &mut Vec<String>) {
+fn check_answer(what: &str, op: &Value, p: &Resp, problems: &mut Vec<String>) {
     let code = p.status.to_string();
     if op["responses"][&code].is_null() {
         problems.push(format!("{what}: answered {code}, not documented"));
@@ -63,43 +52,28 @@ fn check_answer(what: &str, op: &Value, p: &Probe, problems: &mut Vec<String>) {
     {
         return;
     }
-    let body: Value = match serde_json::from_slice(&p.body) {
-        Ok(v) => v,
-        Err(_) => {
-            problems.push(format!(
-                "{what}: {code} body is not JSON: {}",
-                text(&p.body)
-            ));
-            return;
-        }
-    };
+    let body = &p.json;
+    if body.is_null() {
+        problems.push(format!("{what}: {code} body is not JSON: {}", p.text));
+        return;
+    }
     let e = &body["error"];
     let fields_are_strings = ["code", "message", "request_id"]
         .iter()
         .all(|f| e[f].is_string());
     if !fields_are_strings || body.as_object().map(|o| o.len()) != Some(1) {
         problems.push(format!("{what}: {code} body is not an ErrorBody: {body}"));
-    } else if p.request_id.as_deref() != e["request_id"].as_str() {
+    } else if p.request_id() != e["request_id"].as_str() {
         problems.push(format!("{what}: request_id differs from x-request-id"));
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_served_route_documents_its_errors() {
-    let dir = TempDir::new("openapi-doc");
-    let s = Server::start_dev(dir.path(), "");
-    let http = s.http();
-    let token = s.token.clone().unwrap();
-    let t = Some(token.as_str());
+    let api = DevApi::start("openapi-doc");
+    let (s, http, t) = (&api.server, &api.http, api.t());
 
-    let doc: Value = http
-        .get(s.url("/api/v1/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = s.get_ok("/api/v1/openapi.json").await.json;
     let schemas = &doc["components"]["schemas"];
     let detail = &schemas["ErrorDetail"];
     for f in ["code", "message", "request_id"] {
@@ -131,14 +105,14 @@ async fn every_served_route_documents_its_errors() {
         for m in METHODS {
             let op = &item[m];
             let what = format!("{m} {path}");
-            let p = probe(&s, &http, m, path, None, None).await;
+            let p = probe(s, http, m, path, None, None).await;
             if op.is_null() {
                 // Served means documented: any other method is refused, naming the others.
                 if p.status != 405 {
                     problems.push(format!("{what}: undocumented, answered {}", p.status));
                 }
                 let allow: BTreeSet<String> = p
-                    .allow
+                    .header("allow")
                     .unwrap_or_default()
                     .split(',')
                     .map(|a| a.trim().to_string())
@@ -193,7 +167,7 @@ async fn every_served_route_documents_its_errors() {
 
             // Answers the extractors give with a token: unknown key, bad JSON, no JSON type.
             if path.contains("{id}") && !json_body {
-                let p = probe(&s, &http, m, path, t, None).await;
+                let p = probe(s, http, m, path, t, None).await;
                 if p.status != 404 {
                     problems.push(format!("{what}: unknown key answered {}", p.status));
                 }
@@ -205,7 +179,7 @@ async fn every_served_route_documents_its_errors() {
                     ("wrong field type", ("application/json", "[1]")),
                     ("text body", ("text/plain", "{}")),
                 ] {
-                    let p = probe(&s, &http, m, path, t, Some(body)).await;
+                    let p = probe(s, http, m, path, t, Some(body)).await;
                     if !(400..500).contains(&p.status) {
                         problems.push(format!("{what}: {label} answered {}", p.status));
                     }
@@ -217,8 +191,8 @@ async fn every_served_route_documents_its_errors() {
 
     // serde reads a struct from a JSON array too; the document says object, so must the server.
     let created = probe(
-        &s,
-        &http,
+        s,
+        http,
         "post",
         "/api/v1/keys",
         t,
@@ -228,29 +202,26 @@ async fn every_served_route_documents_its_errors() {
         )),
     )
     .await;
-    assert_eq!(created.status, 201, "{}", text(&created.body));
-    let id = serde_json::from_slice::<Value>(&created.body).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.json["id"].as_str().unwrap().to_string();
     let p = probe(
-        &s,
-        &http,
+        s,
+        http,
         "patch",
         &format!("/api/v1/keys/{id}"),
         t,
         Some(("application/json", "[null, null]")),
     )
     .await;
-    assert_eq!(p.status, 400, "PATCH with a JSON array: {}", text(&p.body));
+    assert_eq!(p.status, 400, "PATCH with a JSON array: {}", p.text);
 
     // Sealed, every operation outside the seal gate's list answers 503: documented, as an
     // ErrorBody. The probe itself seals with the dev token.
-    let seal = probe(&s, &http, "post", "/api/v1/sys/seal", t, None).await;
-    assert_eq!(seal.status, 200, "{}", text(&seal.body));
+    let seal = probe(s, http, "post", "/api/v1/sys/seal", t, None).await;
+    assert_eq!(seal.status, 200, "{seal:?}");
     let mut gated = 0;
     for (m, path, op) in &operations {
-        let p = probe(&s, &http, m, path, t, None).await;
+        let p = probe(s, http, m, path, t, None).await;
         if p.status == 503 {
             gated += 1;
         }

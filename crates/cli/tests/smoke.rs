@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{Server, TempDir};
+use common::{Server, TempDir, assert_fails_saying};
 
 #[tokio::test]
 async fn dev_server_roundtrip_survives_restart() {
@@ -36,8 +36,6 @@ fn dev_mode_is_refused_in_production() {
         .env("SOVRA_ENV", "production")
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("SOVRA_ENV=production"), "{err}");
+    assert_fails_saying(&out, "SOVRA_ENV=production");
     assert!(!dir.path().join("sovra.db").exists(), "nothing is created");
 }

@@ -597,17 +597,11 @@ both!(versions_below_kek_per_org, |db| async move {
 
     let mut expected = vec![version(a.id, 1, 1), version(b.id, 1, 1)];
     expected.sort_by_key(|v| (v.key_id.to_string(), v.version));
-    let below2 = db.store.versions_below_kek("acme", 2, 100).await.unwrap();
+    let below2 = db.versions_below_kek("acme", 2).await;
     assert_eq!(below2, expected, "acme versions under KEK < 2 only");
-    assert!(
-        db.store
-            .versions_below_kek("acme", 1, 100)
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(db.versions_below_kek("acme", 1).await.is_empty());
 
-    let below3 = db.store.versions_below_kek("acme", 3, 100).await.unwrap();
+    let below3 = db.versions_below_kek("acme", 3).await;
     assert_eq!(below3.len(), 3);
     assert!(
         below3.iter().all(|v| v.key_id != g.id),
@@ -619,7 +613,7 @@ both!(versions_below_kek_per_org, |db| async move {
     assert_eq!(limited.len(), 1, "limit is respected");
 
     assert_eq!(
-        db.store.versions_below_kek("globex", 2, 100).await.unwrap(),
+        db.versions_below_kek("globex", 2).await,
         vec![version(g.id, 1, 1)]
     );
 
@@ -633,7 +627,7 @@ both!(versions_below_kek_per_org, |db| async move {
             .unwrap()
     );
     assert_eq!(
-        db.store.versions_below_kek("acme", 2, 100).await.unwrap(),
+        db.versions_below_kek("acme", 2).await,
         vec![version(a.id, 1, 1)]
     );
 });

@@ -327,6 +327,44 @@ pub(crate) fn ok_json(s: &Server, args: &[&str]) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&out.stdout)))
 }
 
+/// A command that failed and said `needle` on stderr.
+#[track_caller]
+pub(crate) fn assert_fails_saying(out: &Output, needle: &str) {
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "it succeeded: {err}");
+    assert!(err.contains(needle), "no {needle:?} in: {err}");
+}
+
+/// `args` followed by one `--context` argument for each `key=value` of `context`.
+pub(crate) fn with_context<'a>(args: &[&'a str], context: &[&'a str]) -> Vec<&'a str> {
+    let mut all = args.to_vec();
+    all.extend(context.iter().flat_map(|kv| ["--context", kv]));
+    all
+}
+
+/// `sovra decrypt` of `ciphertext` under each of the `wrong` contexts fails, prints no
+/// plaintext and says every one of `says`.
+#[track_caller]
+pub(crate) fn assert_wrong_contexts_refused(
+    s: &Server,
+    ciphertext: &[u8],
+    wrong: &[&[&str]],
+    says: &[&str],
+) {
+    for context in wrong {
+        let out = s.cli(&with_context(&["decrypt"], context), Some(ciphertext));
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "{context:?} must not decrypt");
+        assert!(
+            out.stdout.is_empty(),
+            "{context:?}: no plaintext on failure"
+        );
+        for needle in says {
+            assert!(err.contains(needle), "{context:?}: {err}");
+        }
+    }
+}
+
 // ---- non-dev servers: ports and certificates ----
 
 pub(crate) fn run_ok(cmd: &mut Command) -> Output {
@@ -442,6 +480,81 @@ pub(crate) async fn send(
         .expect("response body")
 }
 
+impl Server {
+    /// An unauthenticated `GET path` over HTTPS that must answer 200.
+    pub(crate) async fn get_ok(&self, path: &str) -> Resp {
+        let r = send(self, &self.http(), reqwest::Method::GET, path, None, None).await;
+        assert_eq!(r.status, 200, "GET {path}: {r:?}");
+        r
+    }
+}
+
+/// A dev server in a temporary directory of its own, with a raw HTTPS client trusting it and
+/// its dev token: what the tests of the HTTP API start with. The server stops before its
+/// directory is removed.
+pub(crate) struct DevApi {
+    pub server: Server,
+    pub http: reqwest::Client,
+    pub token: String,
+    _dir: TempDir,
+}
+
+impl DevApi {
+    /// `sovra server --dev` with no extra config.
+    pub(crate) fn start(tag: &str) -> DevApi {
+        Self::start_with(tag, |_| String::new())
+    }
+
+    /// `sovra server --dev` with the extra config that `config` writes for the data directory
+    /// (it may put files there first: a JWKS, a sink's path).
+    pub(crate) fn start_with(tag: &str, config: impl FnOnce(&Path) -> String) -> DevApi {
+        let dir = TempDir::new(tag);
+        let server = Server::start_dev(dir.path(), &config(dir.path()));
+        DevApi {
+            http: server.http(),
+            token: server.token.clone().unwrap(),
+            server,
+            _dir: dir,
+        }
+    }
+
+    /// The dev token as [`send`] takes it.
+    pub(crate) fn t(&self) -> Option<&str> {
+        Some(&self.token)
+    }
+}
+
+/// Two dev servers on one fresh PostgreSQL database, as two nodes of one deployment: the
+/// second shares the first's unseal material, token and certificate.
+pub(crate) struct DevNodes {
+    pub a: Server,
+    pub b: Server,
+    /// The config both run with (`database_url` and the extra config), to restart one.
+    pub config: String,
+    /// The data directories of `a` and `b`.
+    pub dirs: (TempDir, TempDir),
+}
+
+impl DevNodes {
+    pub(crate) fn start(tag: &str, extra_config: &str) -> DevNodes {
+        let config = format!("database_url = \"{}\"\n{extra_config}", fresh_pg_database());
+        let dir_a = TempDir::new(&format!("{tag}-a"));
+        let dir_b = TempDir::new(&format!("{tag}-b"));
+        let a = Server::start_dev(dir_a.path(), &config);
+        for f in ["dev-seal.key", "dev-token", "tls-cert.pem", "tls-key.pem"] {
+            std::fs::copy(dir_a.path().join(f), dir_b.path().join(f)).unwrap();
+        }
+        let b = Server::start_dev(dir_b.path(), &config);
+        assert_ne!(a.addr, b.addr);
+        DevNodes {
+            a,
+            b,
+            config,
+            dirs: (dir_a, dir_b),
+        }
+    }
+}
+
 /// A JSON API error: status, one of `codes`, a message, and the request id (also in
 /// `x-request-id`).
 #[track_caller]
@@ -467,6 +580,18 @@ pub(crate) fn assert_error_any(r: &Resp, status: u16, codes: &[&str]) {
 #[track_caller]
 pub(crate) fn assert_error(r: &Resp, status: u16, code: &str) {
     assert_error_any(r, status, &[code]);
+}
+
+/// An error answer whose message says `needle`.
+#[track_caller]
+pub(crate) fn assert_message_has(r: &Resp, needle: &str) {
+    let message = r.json["error"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error message: {r:?}"));
+    assert!(
+        message.contains(needle),
+        "no {needle:?} in the message: {r:?}"
+    );
 }
 
 /// The 16 bytes of a hyphenated UUID.

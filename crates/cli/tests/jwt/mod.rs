@@ -9,9 +9,10 @@ use aws_lc_rs::signature::{
     ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair as _,
 };
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
+use sovra_crypto::sign::pem_encode;
 use std::path::Path;
 
 pub(crate) const ISSUER: &str = "https://idp.acme.test";
@@ -34,17 +35,6 @@ pub(crate) struct Signer {
     pub jwk: Value,
     /// SubjectPublicKeyInfo DER of the public key.
     pub public_der: Vec<u8>,
-}
-
-fn pem(label: &str, der: &[u8]) -> String {
-    let b64 = STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap());
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
 }
 
 fn alg_name(alg: Algorithm) -> String {
@@ -100,7 +90,8 @@ impl Signer {
     pub(crate) fn rsa(kid: &str, alg: Algorithm) -> Signer {
         let kp = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
         let pkcs8: Pkcs8V1Der = kp.as_der().unwrap();
-        let key = EncodingKey::from_rsa_pem(pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes()).unwrap();
+        let key = EncodingKey::from_rsa_pem(pem_encode("PRIVATE KEY", pkcs8.as_ref()).as_bytes())
+            .unwrap();
         let public = kp.public_key();
         let public_der = AsDer::<PublicKeyX509Der>::as_der(public)
             .unwrap()
@@ -127,7 +118,7 @@ impl Signer {
     }
 
     pub(crate) fn public_pem(&self) -> String {
-        pem("PUBLIC KEY", &self.public_der)
+        pem_encode("PUBLIC KEY", &self.public_der)
     }
 
     /// The standard header for this key: `{"alg", "typ": "JWT", "kid"}`.

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 use sovra_core::Store;
+use sovra_core::model::KeyVersionRecord;
 use sovra_store::{PostgresStore, SqliteStore};
 use std::future::Future;
 use std::path::PathBuf;
@@ -178,6 +179,19 @@ impl TestDb {
                 }
             }
         }
+    }
+
+    /// The org's key versions still wrapped under a KEK below `kek_version` (up to 100), as the
+    /// store lists them.
+    pub(crate) async fn versions_below_kek(
+        &self,
+        org: &str,
+        kek_version: u32,
+    ) -> Vec<KeyVersionRecord> {
+        self.store
+            .versions_below_kek(org, kek_version, 100)
+            .await
+            .unwrap()
     }
 
     // ---- raw-table helpers (SQL is test-controlled; ids are inlined as literals) -----------
