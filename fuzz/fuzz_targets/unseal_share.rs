@@ -41,7 +41,13 @@ fn fixture() -> &'static Fixture {
                 .expect("store");
             let seal = Seal::load(store.as_ref()).await.expect("load");
             let (_key, shares) = seal
-                .initialize(store.as_ref(), SealKind::Shamir, SHARES, THRESHOLD)
+                .initialize(
+                    store.as_ref(),
+                    SealKind::Shamir,
+                    SHARES,
+                    THRESHOLD,
+                    sovra_core::clock::Clock::now(&sovra_core::clock::SystemClock),
+                )
                 .await
                 .expect("initialize");
             (store, shares)
