@@ -141,18 +141,18 @@ fn bearer_token(req: &Request) -> Result<&str, ApiError> {
 }
 
 /// The authentication layer: routes the table declares authenticated get their caller
-/// verified here, before any handler runs; a request without a valid credential is answered
-/// 401. The result goes into the request's extensions (read by the `Auth` extractor and the
-/// per-identity rate limit) and into the response's (read by the audit layer).
+/// verified here, before any handler runs, and charged to the caller's rate limit for the
+/// route's class; a request without a valid credential is answered 401, one over its limit
+/// 429. The result goes into the request's extensions (read by the `Auth` extractor) and into
+/// the response's (read by the audit layer, so a refused request names its caller too).
 pub async fn authenticate(
     State(st): State<Arc<AppState>>,
     mut req: Request,
     next: Next,
 ) -> Response {
-    let spec = table::spec(req.method(), req.extensions());
-    if !matches!(spec.access, Access::Authenticated(_)) {
+    let Access::Authenticated(class) = table::spec(req.method(), req.extensions()).access else {
         return next.run(req).await;
-    }
+    };
     let authenticated = match bearer_token(&req) {
         Ok(token) => st.auth.authenticate(Credential::Bearer(token)).await,
         Err(e) => return e.into_response(),
@@ -161,8 +161,13 @@ pub async fn authenticate(
         Ok(a) => a,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    req.extensions_mut().insert(authenticated.clone());
-    let mut resp = next.run(req).await;
+    let mut resp = match crate::ratelimit::charge_identity(&st, class, &authenticated.principal) {
+        Ok(()) => {
+            req.extensions_mut().insert(authenticated.clone());
+            next.run(req).await
+        }
+        Err(limited) => limited.into_response(),
+    };
     resp.extensions_mut().insert(authenticated);
     resp
 }

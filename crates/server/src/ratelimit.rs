@@ -29,7 +29,6 @@ use governor::clock::{Clock, DefaultClock};
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
 use serde::Deserialize;
-use sovra_core::identity::Authenticated;
 use sovra_core::kms::HeavyOpAdmission;
 use sovra_core::{CoreError, Principal};
 use std::hash::Hash;
@@ -414,18 +413,13 @@ impl HeavyOpAdmission for RateLimits {
     }
 }
 
-/// The per-identity limits, a layer inside authentication: each authenticated request is
-/// charged to its identity's bucket of the route's class before the handler runs.
-pub async fn per_identity(State(st): State<Arc<AppState>>, req: Request, next: Next) -> Response {
-    let class = table::spec(req.method(), req.extensions()).access.class();
-    if let (Some(class), Some(caller)) = (class, req.extensions().get::<Arc<Authenticated>>())
-        && let Err(l) = st
-            .rate_limits
-            .check(class, caller.principal.identity().as_str(), 1)
-    {
-        return ApiError::from(l).into_response();
-    }
-    next.run(req).await
+/// The per-identity limit: an authenticated request is charged to its identity's bucket of
+/// the route's class before the handler runs (called by the authentication layer, the one
+/// place that knows both the route and the caller).
+pub fn charge_identity(st: &AppState, class: Class, caller: &Principal) -> Result<(), ApiError> {
+    st.rate_limits
+        .check(class, caller.identity().as_str(), 1)
+        .map_err(ApiError::from)
 }
 
 /// The per-source-IP limits, a layer around the routes: unauthenticated routes are charged on

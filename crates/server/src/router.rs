@@ -62,10 +62,6 @@ pub fn app(
     let router = routes
         .fallback(middleware::not_found)
         .method_not_allowed_fallback(middleware::method_not_allowed)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            crate::ratelimit::per_identity,
-        ))
         // Authentication, then the caller's rate limit, for the routes the table declares
         // authenticated; inside the seal gate, so a sealed server verifies no token.
         .layer(axum::middleware::from_fn_with_state(
