@@ -50,7 +50,7 @@ pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Resul
     match (action, resource) {
         (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org() => Ok(()),
         (Action::KeyRead | Action::KeyManage | Action::KeyUse, Resource::Key(k)) => {
-            if *p.org() == k.org_id.as_str() && *p.identity() == k.owner {
+            if p.org().as_str() == k.org_id && *p.identity() == k.owner {
                 Ok(())
             } else {
                 Err(CoreError::NotFound)

@@ -42,18 +42,6 @@ impl fmt::Display for OrgId {
     }
 }
 
-impl PartialEq<str> for OrgId {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
-    }
-}
-
-impl PartialEq<&str> for OrgId {
-    fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
-    }
-}
-
 /// The identity a principal acts as, and the owner of the keys it creates. Today it is the
 /// subject namespaced by where it authenticated (`ISSUER#SUB`, `dev-token#SUB`), the form key
 /// owners are stored in; stored identity records will give it an id of their own, and these
@@ -88,12 +76,6 @@ impl IdentityId {
 impl fmt::Display for IdentityId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
-    }
-}
-
-impl PartialEq<str> for IdentityId {
-    fn eq(&self, other: &str) -> bool {
-        self.0 == other
     }
 }
 

@@ -367,7 +367,7 @@ impl Authenticator {
             .and_then(|v| v.as_str())
             .and_then(|o| OrgId::parse(o).ok())
             .ok_or_else(|| invalid("missing or invalid organization claim"))?;
-        if !policy.allowed_orgs.is_empty() && !policy.allowed_orgs.iter().any(|o| org == o.as_str())
+        if !policy.allowed_orgs.is_empty() && !policy.allowed_orgs.iter().any(|o| org.as_str() == o)
         {
             return Err(invalid("organization not allowed for this issuer"));
         }
