@@ -68,6 +68,24 @@ fn sqlite_file(url: &str) -> Option<std::path::PathBuf> {
         .then(|| std::path::PathBuf::from(path))
 }
 
+/// Creates a missing SQLite database file readable by its owner only (0600): SQLite would
+/// create it by the umask, commonly world-readable, and gives its `-wal` and `-shm` files the
+/// database file's mode. An existing file is left as it is.
+fn create_private_file(file: &std::path::Path) -> Result<(), StoreError> {
+    let mut open = std::fs::OpenOptions::new();
+    open.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut open, 0o600);
+    match open.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create the database file {}: {e}",
+            file.display()
+        ))),
+    }
+}
+
 fn bad_url() -> StoreError {
     StoreError::Unavailable("database_url must start with sqlite: or postgres://".into())
 }
@@ -137,6 +155,9 @@ async fn sqlite_pool(url: &str, max: u32) -> Result<sqlx::SqlitePool, StoreError
     use sqlx::sqlite::{
         SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
     };
+    if let Some(file) = sqlite_file(url) {
+        create_private_file(&file)?;
+    }
     let opts = SqliteConnectOptions::from_str(url)
         .map_err(|e| StoreError::Unavailable(format!("bad sqlite url: {e}")))?
         .create_if_missing(true)

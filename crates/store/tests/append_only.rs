@@ -12,7 +12,8 @@
 mod common;
 
 use common::{Backend, TestDb};
-use sovra_core::model::{KekRecord, OrgRecord};
+use sovra_core::audit::{AuditEvent, Checkpoint};
+use sovra_core::model::{AuditKeyRecord, KekRecord, OrgRecord};
 use sovra_core::test_support::audit_event;
 
 /// The grant script exactly as shipped, so the documented setup is the tested one.
@@ -45,31 +46,63 @@ async fn apply_service_role(db: &TestDb) {
         .unwrap_or_else(|e| panic!("deploy/postgres/service-role.sql failed: {e}"));
 }
 
+/// Everything the append-only guard protects, as stored: events, checkpoints, audit keys.
+async fn audit_snapshot(db: &TestDb) -> (Vec<AuditEvent>, Vec<Checkpoint>, Option<AuditKeyRecord>) {
+    (
+        db.store.audit_events(1, 100).await.unwrap(),
+        db.store.audit_checkpoints(0, u64::MAX).await.unwrap(),
+        db.store.get_audit_keys().await.unwrap(),
+    )
+}
+
+/// Five events, a checkpoint at 5 and the audit keys row, so that every guarded table has rows.
+async fn seed_audit_rows(db: &TestDb) {
+    db.store
+        .append_audit((0..5).map(audit_event).collect())
+        .await
+        .unwrap();
+    db.exec(
+        "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) VALUES (5, 'h', 1, 's')",
+    )
+    .await;
+    let blob = if db.backend == Backend::Postgres {
+        "'\\x00'::bytea"
+    } else {
+        "x'00'"
+    };
+    db.exec(&format!(
+        "INSERT INTO audit_keys (id, wrapped_signing_key, wrapped_hmac_key, public_key, created_at) \
+         VALUES (1, {blob}, {blob}, {blob}, 1)"
+    ))
+    .await;
+}
+
+/// Runs each statement as the database owner, triggers untouched, and asserts it is refused by
+/// the append-only guard and that nothing guarded changed.
+async fn assert_all_refused(db: &TestDb, attempts: &[String]) {
+    let before = audit_snapshot(db).await;
+    assert_eq!(before.0.len(), 5);
+    assert_eq!(before.1.len(), 1);
+    assert!(before.2.is_some());
+    for sql in attempts {
+        let err = db
+            .try_exec(sql)
+            .await
+            .expect_err(&format!("`{sql}` was allowed on the audit log"));
+        assert!(is_append_only_refusal(&err), "`{sql}`: {err}");
+        assert_eq!(
+            audit_snapshot(db).await,
+            before,
+            "`{sql}` was refused but changed the audit rows"
+        );
+    }
+}
+
 both!(
     audit_rows_cannot_be_updated_deleted_or_truncated,
     |db| async move {
-        db.store
-            .append_audit((0..5).map(audit_event).collect())
-            .await
-            .unwrap();
-        let before = db.store.audit_events(1, 100).await.unwrap();
-        assert_eq!(before.len(), 5);
-        // A checkpoint and the audit keys row, so that row triggers have rows to guard.
-        db.exec(
-            "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) VALUES (5, 'h', 1, 's')",
-        )
-        .await;
-        let blob = if db.backend == Backend::Postgres {
-            "'\\x00'::bytea"
-        } else {
-            "x'00'"
-        };
-        db.exec(&format!(
-            "INSERT INTO audit_keys (id, wrapped_signing_key, wrapped_hmac_key, public_key, created_at) \
-             VALUES (1, {blob}, {blob}, {blob}, 1)"
-        ))
-        .await;
-
+        seed_audit_rows(&db).await;
+        let before = audit_snapshot(&db).await.0;
         let mut attempts = vec![
             "UPDATE audit_checkpoints SET head = 'forged'",
             "DELETE FROM audit_checkpoints",
@@ -83,25 +116,102 @@ both!(
         if db.backend == Backend::Postgres {
             attempts.push("TRUNCATE audit_events");
             attempts.push("TRUNCATE audit_checkpoints");
+            attempts.push("TRUNCATE audit_keys");
+        } else {
+            // UPDATE OR REPLACE onto another row's key deletes that row without a DELETE trigger.
+            attempts.push("UPDATE OR REPLACE audit_events SET seq = 4 WHERE seq = 5");
         }
-        // As the owner of the database, triggers untouched.
-        for sql in attempts {
-            let err = db
-                .try_exec(sql)
-                .await
-                .expect_err(&format!("`{sql}` was allowed on the audit log"));
-            assert!(is_append_only_refusal(&err), "`{sql}`: {err}");
-        }
-        assert_eq!(
-            db.store.audit_events(1, 100).await.unwrap(),
-            before,
-            "refused statements left the audit rows unchanged"
-        );
+        let attempts: Vec<String> = attempts.into_iter().map(String::from).collect();
+        assert_all_refused(&db, &attempts).await;
 
         // Appending still works and continues the chain.
         let more = db.store.append_audit(vec![audit_event(5)]).await.unwrap();
         assert_eq!(more[0].seq, 6);
         assert_eq!(more[0].prev_hash, before[4].hash);
+    }
+);
+
+// An INSERT that lands on an existing row rewrites it: SQLite's REPLACE (which deletes the old
+// row without firing DELETE triggers), upserts on both stores, and PostgreSQL's MERGE.
+both!(
+    audit_rows_cannot_be_rewritten_by_insert_replace_upsert_or_merge,
+    |db| async move {
+        seed_audit_rows(&db).await;
+        const EVENT_COLUMNS: &str = "(seq, time_ms, org_id, actor, auth_method, action, resource, \
+             outcome, request_id, source, prev_hash, hash)";
+        let forged_event = "VALUES (3, 1, 'acme', 'idp#mallory', 'jwt', 'key.use', 'key/3', \
+             'success', 'req-3', '127.0.0.1:1', 'p', 'h')";
+        let blob = if db.backend == Backend::Postgres {
+            "'\\x01'::bytea"
+        } else {
+            "x'01'"
+        };
+        let forged_keys = format!("VALUES (1, {blob}, {blob}, {blob}, 2)");
+        const KEY_COLUMNS: &str =
+            "(id, wrapped_signing_key, wrapped_hmac_key, public_key, created_at)";
+        let mut attempts = vec![
+            format!(
+                "INSERT INTO audit_events {EVENT_COLUMNS} {forged_event} \
+                 ON CONFLICT (seq) DO UPDATE SET actor = excluded.actor"
+            ),
+            "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) VALUES (5, 'forged', 2, 'x') \
+             ON CONFLICT (seq) DO UPDATE SET head = excluded.head, signature = excluded.signature"
+                .to_string(),
+            format!(
+                "INSERT INTO audit_keys {KEY_COLUMNS} {forged_keys} \
+                 ON CONFLICT (id) DO UPDATE SET public_key = excluded.public_key"
+            ),
+        ];
+        if db.backend == Backend::Sqlite {
+            for verb in ["INSERT OR REPLACE", "REPLACE"] {
+                attempts.push(format!(
+                    "{verb} INTO audit_events {EVENT_COLUMNS} {forged_event}"
+                ));
+                attempts.push(format!(
+                    "{verb} INTO audit_checkpoints (seq, head, time_ms, signature) VALUES (5, 'forged', 2, 'x')"
+                ));
+                attempts.push(format!(
+                    "{verb} INTO audit_keys {KEY_COLUMNS} {forged_keys}"
+                ));
+            }
+        } else {
+            for (table, key) in [
+                ("audit_events", "seq = 3"),
+                ("audit_checkpoints", "seq = 5"),
+                ("audit_keys", "id = 1"),
+            ] {
+                let (column, value) = match table {
+                    "audit_keys" => ("created_at", "2"),
+                    "audit_checkpoints" => ("head", "'forged'"),
+                    _ => ("actor", "'idp#mallory'"),
+                };
+                for action in [
+                    format!("UPDATE SET {column} = {value}"),
+                    "DELETE".to_string(),
+                ] {
+                    attempts.push(format!(
+                        "MERGE INTO {table} t USING (SELECT 1) s ON t.{key} WHEN MATCHED THEN {action}"
+                    ));
+                }
+            }
+        }
+        assert_all_refused(&db, &attempts).await;
+
+        // The store's own idempotent write still works: a checkpoint another node already
+        // signed is skipped, not refused.
+        let cp = db.store.audit_checkpoints(5, 5).await.unwrap().remove(0);
+        db.store.add_audit_checkpoint(&cp).await.unwrap();
+        let next = Checkpoint {
+            seq: 6,
+            ..cp.clone()
+        };
+        db.store.append_audit(vec![audit_event(5)]).await.unwrap();
+        db.store.add_audit_checkpoint(&next).await.unwrap();
+        db.store.add_audit_checkpoint(&next).await.unwrap();
+        assert_eq!(
+            db.store.audit_checkpoints(0, u64::MAX).await.unwrap(),
+            vec![cp, next]
+        );
     }
 );
 

@@ -186,7 +186,11 @@ macro_rules! audit_store {
 
             async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
                 sqlx::query(
-                    "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) VALUES ($1, $2, $3, $4) \
+                    // A sequence another node already signed is skipped before the INSERT, as
+                    // SQLite's append-only trigger refuses an INSERT onto an existing row; the
+                    // ON CONFLICT covers two PostgreSQL nodes racing past the check.
+                    "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) SELECT $1, $2, $3, $4 \
+                     WHERE NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE seq = $1) \
                      ON CONFLICT (seq) DO NOTHING",
                 )
                 .bind(cp.seq as i64)

@@ -10,9 +10,15 @@ mod seal;
 use sovra_core::StoreError;
 use uuid::Uuid;
 
+/// What SQLite's append-only triggers say when an INSERT lands on an existing audit row
+/// (migration 0005): to the store, the same conflict as a duplicate key.
+const SQLITE_EXISTING_AUDIT_ROW: &str = "INSERT over an existing row of audit_";
+
 pub(crate) fn map_err(e: sqlx::Error) -> StoreError {
     match e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => {
+        sqlx::Error::Database(db)
+            if db.is_unique_violation() || db.message().contains(SQLITE_EXISTING_AUDIT_ROW) =>
+        {
             StoreError::Conflict(db.message().to_string())
         }
         sqlx::Error::ColumnDecode { .. }
