@@ -417,6 +417,45 @@ fn bad_credentials(env: &Env) -> Vec<(&'static str, HeaderValue)> {
     c["org"] = json!(["acme"]);
     cases.push(("org as an array", es.token(&c)));
 
+    // Lifetimes past the default maximum of one hour (threat row 12: short-lived tokens).
+    let mut c = good();
+    c["iat"] = json!(now());
+    c["exp"] = json!(now() + 3601);
+    cases.push(("lifetime one second past the maximum", es.token(&c)));
+    let mut c = good();
+    c["iat"] = json!(now() - 7200);
+    c["nbf"] = json!(now() - 7200);
+    c["exp"] = json!(now() + 60);
+    cases.push(("issued two hours before it expires", es.token(&c)));
+    let mut c = good();
+    c.as_object_mut().unwrap().remove("iat");
+    c["exp"] = json!(now() + 3600 + 31 + 5);
+    cases.push(("no iat, expiring past the maximum", es.token(&c)));
+    let mut c = good();
+    c["iat"] = json!(now() + 20);
+    c["exp"] = json!(now() + 86_400);
+    cases.push((
+        "iat in the future to hide a day-long lifetime",
+        es.token(&c),
+    ));
+    // A critical header extension Sovra does not understand (RFC 7515 section 4.1.11).
+    for crit in [
+        json!(["exp"]),
+        json!(["b64"]),
+        json!(["urn:example:x"]),
+        json!([]),
+    ] {
+        let mut h = es.header();
+        h["crit"] = crit.clone();
+        if crit[0] == "b64" {
+            h["b64"] = json!(false);
+        }
+        if crit[0] == "urn:example:x" {
+            h["urn:example:x"] = json!(1);
+        }
+        cases.push(("a crit header", es.token_with_header(&h, &good())));
+    }
+
     // Unsigned tokens.
     for alg in ["none", "None", "NONE", "nOnE"] {
         cases.push((
@@ -1223,6 +1262,167 @@ async fn sleep_until(t: Instant) {
 }
 
 // ---- what an issuer may assert -------------------------------------------------------------
+
+/// The lifetime cap is configurable per issuer and exact: `exp` − `iat` at the cap is accepted,
+/// one second more is refused, before and after a token is cached.
+#[tokio::test]
+async fn token_lifetime_is_capped_per_issuer() {
+    let dir = TempDir::new("auth-lifetime");
+    let k = Signer::es256("life");
+    let path: PathBuf = dir.path().join("jwks.json");
+    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
+    let s = Server::start_dev(
+        dir.path(),
+        &jwt::issuer_toml(ISSUER, AUDIENCE, &path, "max_token_lifetime_seconds = 600"),
+    );
+    let api = &Api::new(&s);
+    let token = |lifetime: i64| {
+        let mut c = claims("alice", "acme");
+        let t = now();
+        c["iat"] = json!(t);
+        c["exp"] = json!(t + lifetime);
+        k.token(&c)
+    };
+    let at_cap = token(600);
+    for _ in 0..2 {
+        let r = api.call(&at_cap, Method::GET, "/api/v1/keys", None).await;
+        assert_eq!(r.status, 200, "a token of exactly the cap: {r:?}");
+    }
+    let past_cap = token(601);
+    for _ in 0..2 {
+        let r = api.call(&past_cap, Method::GET, "/api/v1/keys", None).await;
+        assert_unauthenticated(&r);
+        assert!(r.text.contains("lifetime"), "{r:?}");
+    }
+}
+
+/// An issuer's `algorithms` narrows what its tokens may use: a correctly signed RS256 token
+/// from a key in its JWKS is refused when only ES256 is configured.
+#[tokio::test]
+async fn an_issuer_accepts_only_its_configured_algorithms() {
+    let dir = TempDir::new("auth-algs");
+    let es = Signer::es256("es");
+    let rs = Signer::rsa("rs", Algorithm::RS256);
+    let path: PathBuf = dir.path().join("jwks.json");
+    jwt::write_jwks(&path, &[es.jwk.clone(), rs.jwk.clone()]);
+    let s = Server::start_dev(
+        dir.path(),
+        &jwt::issuer_toml(ISSUER, AUDIENCE, &path, "algorithms = [\"ES256\"]"),
+    );
+    let api = &Api::new(&s);
+    let r = api
+        .call(
+            &es.token(&claims("alice", "acme")),
+            Method::GET,
+            "/api/v1/keys",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let r = api
+        .call(
+            &rs.token(&claims("alice", "acme")),
+            Method::GET,
+            "/api/v1/keys",
+            None,
+        )
+        .await;
+    assert_unauthenticated(&r);
+    assert!(r.text.contains("algorithm not accepted"), "{r:?}");
+}
+
+/// A symmetric or unknown algorithm in an issuer's `algorithms` stops the server at startup.
+#[test]
+fn symmetric_or_unknown_issuer_algorithms_are_refused_at_startup() {
+    for algs in ["[\"HS256\"]", "[\"none\"]", "[]", "[\"ES257\"]"] {
+        let dir = TempDir::new("auth-algs-config");
+        let path: PathBuf = dir.path().join("jwks.json");
+        jwt::write_jwks(&path, &[Signer::es256("es").jwk]);
+        let cfg = jwt::issuer_toml(ISSUER, AUDIENCE, &path, &format!("algorithms = {algs}"));
+        let out = Server::run_dev_expecting_failure(dir.path(), &cfg);
+        assert!(out.contains("algorithm"), "{algs}: {out}");
+    }
+}
+
+/// Fail closed (threat row S-3): when an issuer's JWKS cannot be fetched for longer than
+/// `jwks_max_age_seconds`, its tokens are refused, one already verified and cached too, and
+/// `/ready` names the issuer; once a fetch succeeds again both recover.
+#[tokio::test]
+async fn an_issuer_whose_keys_cannot_be_refreshed_is_refused_and_not_ready() {
+    let dir = TempDir::new("auth-jwks-age");
+    let k = Signer::es256("age");
+    let path: PathBuf = dir.path().join("jwks.json");
+    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
+    let s = Server::start_dev(
+        dir.path(),
+        &jwt::issuer_toml(
+            ISSUER,
+            AUDIENCE,
+            &path,
+            "jwks_refresh_seconds = 1\njwks_max_age_seconds = 3",
+        ),
+    );
+    let api = &Api::new(&s);
+    let http = s.http();
+    let ready = || {
+        let req = http.get(s.url("/ready"));
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let cached = k.token(&claims("alice", "acme"));
+    assert_eq!(
+        api.call(&cached, Method::GET, "/api/v1/keys", None)
+            .await
+            .status,
+        200
+    );
+    assert_eq!(ready().await.0, 200);
+
+    // The IdP's JWKS becomes unreadable: the last good keys serve until they are too old.
+    std::fs::write(&path, "{ not a JWKS").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = api.call(&cached, Method::GET, "/api/v1/keys", None).await;
+        if r.status == 401 {
+            assert!(r.text.contains("could not be refreshed"), "{r:?}");
+            break;
+        }
+        assert_eq!(r.status, 200, "{r:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the stale keys were trusted for 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let fresh = k.token(&claims("bob", "acme"));
+    assert_unauthenticated(&api.call(&fresh, Method::GET, "/api/v1/keys", None).await);
+    let (status, body) = ready().await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "issuer_keys_expired", "{body}");
+    assert!(body["detail"].as_str().unwrap().contains(ISSUER), "{body}");
+
+    // The IdP is back: the next refresh restores both.
+    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api
+        .call(&fresh, Method::GET, "/api/v1/keys", None)
+        .await
+        .status
+        != 200
+    {
+        assert!(Instant::now() < deadline, "the recovered JWKS was not used");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(ready().await.0, 200);
+    assert_eq!(
+        api.call(&cached, Method::GET, "/api/v1/keys", None)
+            .await
+            .status,
+        200
+    );
+}
 
 /// An issuer speaks only for its `allowed_orgs`, and its `operator` role counts only with
 /// `allow_operator = true` (sealing is server-wide; an org's IdP must not be able to seal).

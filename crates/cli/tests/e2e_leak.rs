@@ -15,7 +15,9 @@ mod jwt;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{Server, TempDir, free_port, fresh_pg_database, make_cert, sovra_bin, uuid_like};
+use common::{
+    Server, TempDir, free_port, fresh_pg_database, make_cert, psql, sovra_bin, uuid_like,
+};
 use jwt::{AUDIENCE, ISSUER, Signer, claims, claims_with_roles};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -114,19 +116,6 @@ impl Session {
         assert!(v["error"]["code"].is_string(), "{path}: JSON error: {v}");
         status
     }
-}
-
-fn psql(url: &str, sql: &str) {
-    let out = Command::new("psql")
-        .arg(url)
-        .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{DevApi, Server, TempDir, send, text, uuid_bytes};
+use common::{DevApi, Server, TempDir, psql, send, text, uuid_bytes};
 use reqwest::Method;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -743,13 +743,74 @@ fn only_tls_1_3_is_spoken() {
 
 // ---- PostgreSQL -------------------------------------------------------------------------------
 
-fn psql(url: &str, sql: &str) -> String {
-    let out = Command::new("psql")
-        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
-        .output()
-        .expect("psql must be installed");
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    text(&out.stdout).trim().to_string()
+/// Readiness reads the database: a node whose database refuses connections is not ready (and
+/// says why), and it is ready again once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_reports_an_unreachable_database() {
+    let dir = TempDir::new("ops-ready-db");
+    let url = common::fresh_pg_database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let admin = common::pg_admin_url();
+    let s = Server::start_dev(dir.path(), &format!("database_url = \"{url}\""));
+    let http = s.http();
+    let ready = || {
+        let req = http.get(s.url("/ready"));
+        async move {
+            let r = req.send().await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    assert_eq!(ready().await, (200, json!({"status": "ready"})));
+
+    psql(
+        &admin,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"),
+    );
+    psql(
+        &admin,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
+        ),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = ready().await;
+        if status == 503 {
+            assert_eq!(body, json!({"status": "database_unavailable"}));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready without a database: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Liveness is not readiness: the process is alive.
+    assert_eq!(
+        http.get(s.url("/health")).send().await.unwrap().status(),
+        200
+    );
+
+    psql(
+        &admin,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ready().await.0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not ready after the database came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(s);
+    psql(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

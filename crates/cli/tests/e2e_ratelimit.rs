@@ -7,12 +7,11 @@
 mod common;
 mod jwt;
 
-use common::{DevApi, Resp, TempDir, assert_message_has, send, sovra_bin};
+use common::{DevApi, Resp, Server, TempDir, assert_message_has, send};
 use jwt::{AUDIENCE, ISSUER, Signer, claims};
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Small buckets refilling at one request per second, so a test can spend one quickly and
 /// wait for a refill.
@@ -369,30 +368,7 @@ fn a_config_with_zero_or_invalid_limits_is_refused() {
         ),
     ] {
         let dir = TempDir::new("rl-config");
-        let cfg = common::write_config(dir.path(), limits);
-        let mut child = Command::new(sovra_bin())
-            .args(["server", "--dev", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .arg("--config")
-            .arg(&cfg)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(s) = child.try_wait().unwrap() {
-                break s;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the server started with {limits:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut err = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-        assert!(!status.success(), "{limits:?}");
+        let err = Server::run_dev_expecting_failure(dir.path(), limits);
         assert!(err.contains(setting), "{limits:?}: {err}");
     }
 }

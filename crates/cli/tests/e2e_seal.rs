@@ -92,8 +92,8 @@ impl Node {
         let (cert, key) = make_cert(&dir, tag, ca_cert);
         let port = free_port();
         let mut cfg = format!(
-            "listen = \"127.0.0.1:{port}\"\ndatabase_url = \"sqlite://{}\"\n\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            dir.join("s.db").display(),
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.join("data").display(),
             cert.display(),
             key.display()
         );
@@ -168,6 +168,35 @@ async fn get(s: &Server, path: &str, token: Option<&str>) -> Resp {
     send(s, &s.http(), Method::GET, path, token, None).await
 }
 
+/// Outside dev mode the server creates its data directory for its user only (0700) and the
+/// SQLite database and its WAL files 0600, whatever the umask (the tests run with 022).
+fn assert_private_data_dir(data: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+    assert_eq!(mode(data), 0o700, "{}", data.display());
+    let mut files = 0;
+    for entry in std::fs::read_dir(data).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("sovra.db")
+        {
+            assert_eq!(mode(&path), 0o600, "{}", path.display());
+            files += 1;
+        }
+    }
+    // The database, its WAL and shared-memory files and the audit journal.
+    assert!(files >= 3, "{files} database files in {}", data.display());
+}
+
 fn share_id(share: &str) -> u8 {
     STANDARD.decode(share).unwrap()[0]
 }
@@ -220,6 +249,7 @@ async fn shamir_init_unseal_seal_and_restart() {
 
     // Init prints 5 distinct shares, once.
     let shares = init(&s);
+    assert_private_data_dir(&node.dir.join("data"));
     let err = cli_err(
         &s,
         &["operator", "init", "--shares", "5", "--threshold", "3"],

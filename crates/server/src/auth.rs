@@ -109,6 +109,14 @@ pub async fn authenticator(
                 allowed_orgs: config.allowed_orgs.clone(),
                 allow_operator: config.allow_operator,
                 refresh: Duration::from_secs(config.jwks_refresh_seconds),
+                algorithms: sovra_core::identity::parse_algorithms(&config.algorithms).map_err(
+                    |message| JwksError::Load {
+                        source_name: config.jwks.clone(),
+                        message,
+                    },
+                )?,
+                max_token_lifetime: Duration::from_secs(config.max_token_lifetime_seconds),
+                max_key_set_age: Duration::from_secs(config.jwks_max_age_seconds),
             },
             keys: Box::new(keys),
         });

@@ -97,6 +97,17 @@ pub struct JwtIssuerConfig {
     /// How often the JWKS is fetched again.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,
+    /// How long the last fetched JWKS is trusted while fetching it fails; past it, this
+    /// issuer's tokens are refused and `/ready` reports the issuer (fail closed).
+    #[serde(default = "default_jwks_max_age")]
+    pub jwks_max_age_seconds: u64,
+    /// The longest token lifetime accepted (`exp` − `iat`, and `exp` − now).
+    #[serde(default = "default_max_token_lifetime")]
+    pub max_token_lifetime_seconds: u64,
+    /// The signature algorithms accepted from this issuer (default: every asymmetric one
+    /// Sovra supports).
+    #[serde(default = "default_jwt_algorithms")]
+    pub algorithms: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -149,7 +160,18 @@ fn default_roles_claim() -> String {
     "roles".into()
 }
 fn default_jwks_refresh() -> u64 {
-    300
+    sovra_core::identity::DEFAULT_JWKS_REFRESH_SECONDS
+}
+fn default_jwks_max_age() -> u64 {
+    sovra_core::identity::DEFAULT_MAX_KEY_SET_AGE_SECONDS
+}
+fn default_max_token_lifetime() -> u64 {
+    sovra_core::identity::DEFAULT_MAX_TOKEN_LIFETIME_SECONDS
+}
+fn default_jwt_algorithms() -> Vec<String> {
+    sovra_core::identity::ALLOWED_ALGS
+        .map(|a| format!("{a:?}"))
+        .to_vec()
 }
 fn default_body_bytes() -> usize {
     1024 * 1024
@@ -217,6 +239,21 @@ impl Config {
             if j.issuer.is_empty() || j.issuer.contains('#') || j.issuer == "dev-token" {
                 return Err(format!(
                     "issuer {:?} must be non-empty and must not contain '#'",
+                    j.issuer
+                ));
+            }
+            sovra_core::identity::parse_algorithms(&j.algorithms)
+                .map_err(|e| format!("algorithms for issuer {}: {e}", j.issuer))?;
+            if j.max_token_lifetime_seconds == 0 || j.jwks_refresh_seconds == 0 {
+                return Err(format!(
+                    "max_token_lifetime_seconds and jwks_refresh_seconds of issuer {} must be at least 1",
+                    j.issuer
+                ));
+            }
+            // The keys must survive at least one refresh that fails.
+            if j.jwks_max_age_seconds <= j.jwks_refresh_seconds {
+                return Err(format!(
+                    "jwks_max_age_seconds of issuer {} must be longer than its jwks_refresh_seconds",
                     j.issuer
                 ));
             }

@@ -47,27 +47,13 @@ fn io(what: &str, p: &Path, e: std::io::Error) -> DevError {
     DevError::Io(format!("{what} {}: {e}", p.display()))
 }
 
-/// Writes a file readable by its owner only.
 fn write_private(path: &Path, contents: &[u8]) -> Result<(), DevError> {
-    use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).map_err(|e| io("cannot write", path, e))?;
-    f.write_all(contents)
-        .map_err(|e| io("cannot write", path, e))?;
-    f.sync_all().map_err(|e| io("cannot sync", path, e))
+    crate::private_files::write(path, contents).map_err(|e| io("cannot write", path, e))
 }
 
 pub fn prepare(data_dir: &Path) -> Result<DevSetup, DevError> {
     refuse_in_production()?;
-    std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
-    }
+    crate::private_files::create_dir(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
     let token_path = data_dir.join(TOKEN_FILE);
     let token = match std::fs::read_to_string(&token_path) {
         Ok(t) if t.trim().starts_with("sovra-dev-") => SecretBytes::from_slice(t.trim().as_bytes()),

@@ -10,6 +10,7 @@ pub mod extract;
 pub mod hardening;
 pub mod middleware;
 pub mod openapi;
+pub mod private_files;
 pub mod ratelimit;
 pub mod router;
 pub mod routes;

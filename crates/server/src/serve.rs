@@ -101,17 +101,17 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
             "tls.cert_file and tls.key_file are required outside dev mode".into(),
         ));
     }
+    if !opts.dev {
+        crate::private_files::create_dir(&data_dir).map_err(|e| {
+            ServeError::Config(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+    }
     let database_url = match &config.database_url {
         Some(u) => u.clone(),
-        None => {
-            std::fs::create_dir_all(&data_dir).map_err(|e| {
-                ServeError::Config(format!(
-                    "cannot create data dir {}: {e}",
-                    data_dir.display()
-                ))
-            })?;
-            format!("sqlite://{}", data_dir.join("sovra.db").display())
-        }
+        None => format!("sqlite://{}", data_dir.join("sovra.db").display()),
     };
     let store = sovra_store::open(&database_url).await?;
     let kms_config = KmsConfig {
@@ -204,7 +204,13 @@ fn spawn_background(state: Arc<AppState>) {
     });
     let s = state.clone();
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        // Often enough for the shortest refresh interval, at most every 30 s.
+        let every = s
+            .auth
+            .shortest_refresh()
+            .unwrap_or(Duration::from_secs(30))
+            .clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
             s.auth.refresh_stale().await;

@@ -67,6 +67,36 @@ pub(crate) fn write_config(dir: &Path, extra: &str) -> PathBuf {
 }
 
 impl Server {
+    /// Starts `sovra server --dev` with `extra_config` expecting it to refuse to start (a
+    /// configuration error); returns its stderr. Panics if it is still running after 60 s.
+    pub(crate) fn run_dev_expecting_failure(dir: &Path, extra_config: &str) -> String {
+        let cfg = write_config(dir, extra_config);
+        let mut child = Command::new(sovra_bin())
+            .args(["server", "--dev", "--data-dir"])
+            .arg(dir.join("data"))
+            .arg("--config")
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sovra");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the server started with {extra_config:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        assert!(!status.success(), "{extra_config:?}: {err}");
+        err
+    }
+
     /// `sovra server --dev --data-dir DIR --config (listen on port 0 + extra)`; waits for
     /// dev.env and readiness.
     pub(crate) fn start_dev(data_dir: &Path, extra_config: &str) -> Server {
@@ -278,6 +308,17 @@ impl Drop for Server {
 pub(crate) fn pg_admin_url() -> String {
     std::env::var("SOVRA_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// Runs one SQL statement with psql (stops at the first error) and returns its unaligned,
+/// tuples-only output.
+pub(crate) fn psql(url: &str, sql: &str) -> String {
+    let out = Command::new("psql")
+        .args([url, "-v", "ON_ERROR_STOP=1", "-tAc", sql])
+        .output()
+        .expect("psql must be installed");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
 }
 
 /// Creates a fresh PostgreSQL database and returns its URL.

@@ -1,13 +1,15 @@
 //! Authentication: a [`Credential`] in, an [`Authenticated`] principal out, or a refusal.
 //! Bearer tokens are the dev token (only in `sovra server --dev`) or JWTs from configured
-//! issuers: asymmetric algorithms only; `exp`, `iss` and `aud` required; 30 seconds of clock
-//! skew. Where an issuer's keys come from (a file, an https URL) is the caller's concern,
+//! issuers: asymmetric algorithms only (each issuer may narrow them); `exp`, `iss` and `aud`
+//! required; no lifetime beyond the issuer's maximum; no `crit` header (no JWS extension is
+//! understood, RFC 7515 §4.1.11); 30 seconds of clock skew. An issuer whose keys could not be
+//! fetched for longer than its bound authenticates nothing (fail closed). Where an issuer's keys come from (a file, an https URL) is the caller's concern,
 //! behind [`KeySetSource`]. Nothing here writes to the audit log or charges a rate limit: the
 //! result carries what those layers need.
 
 use super::principal::{AuthMethod, Principal, Role};
 use crate::cache::BoundedCache;
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 use crate::ids::OrgId;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -21,6 +23,8 @@ pub const CLOCK_SKEW_SECONDS: u64 = 30;
 pub const MAX_TOKEN_LEN: usize = 16 * 1024;
 /// An unknown `kid` triggers at most one JWKS reload per this interval.
 const MIN_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Why a token of an issuer whose keys are too old is refused.
+const KEYS_TOO_OLD: &str = "the issuer's keys could not be refreshed";
 /// Most bytes of a subject.
 const MAX_SUBJECT_LEN: usize = 256;
 
@@ -91,7 +95,21 @@ pub struct IssuerPolicy {
     pub allow_operator: bool,
     /// How often the key set is fetched again.
     pub refresh: Duration,
+    /// The algorithms accepted from this issuer: a subset of [`ALLOWED_ALGS`].
+    pub algorithms: Vec<Algorithm>,
+    /// The longest token lifetime accepted: `exp` − `iat`, and `exp` − now (less the clock
+    /// skew), may not exceed it.
+    pub max_token_lifetime: Duration,
+    /// How long the last successfully fetched key set stays usable while fetching fails; past
+    /// it, this issuer's tokens are refused, cached ones included, until a fetch succeeds.
+    pub max_key_set_age: Duration,
 }
+
+pub const DEFAULT_JWKS_REFRESH_SECONDS: u64 = 300;
+/// One hour: a stolen token is useful for at most that long (threat row 12).
+pub const DEFAULT_MAX_TOKEN_LIFETIME_SECONDS: u64 = 3600;
+/// One hour without a successful JWKS fetch, twelve refresh intervals at the default.
+pub const DEFAULT_MAX_KEY_SET_AGE_SECONDS: u64 = 3600;
 
 /// Where an issuer's JWKS document comes from.
 #[async_trait::async_trait]
@@ -120,13 +138,24 @@ pub struct TrustedIssuer {
 struct Issuer {
     policy: IssuerPolicy,
     source: Box<dyn KeySetSource>,
-    jwks: RwLock<(JwkSet, Instant)>,
+    jwks: RwLock<KeySet>,
+}
+
+/// An issuer's current keys: when a fetch was last tried (paces reloads) and when one last
+/// succeeded (bounds how long the keys are trusted without a successful fetch).
+struct KeySet {
+    keys: JwkSet,
+    attempted: Instant,
+    fetched: Timestamp,
 }
 
 /// A verified token's result and the window in which the token is valid (seconds since the
 /// epoch, clock skew included): a cache hit outside it is treated as a miss.
 struct VerifiedToken {
     authenticated: Arc<Authenticated>,
+    /// Which of the authenticator's issuers signed it, so that a hit is refused while that
+    /// issuer's keys are too old.
+    issuer: usize,
     valid_from: u64,
     expires_at: u64,
 }
@@ -151,41 +180,77 @@ impl Issuer {
         parse_jwks(&text).map_err(err)
     }
 
-    fn stale(&self) -> bool {
-        let (_, at) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
-        at.elapsed() >= self.policy.refresh
+    fn due_for_refresh(&self) -> bool {
+        let state = self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        state.attempted.elapsed() >= self.policy.refresh
+    }
+
+    /// Whether the last successful fetch is older than the policy allows.
+    fn keys_too_old(&self, now: Timestamp) -> bool {
+        let state = self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        let age_ms = now.as_millis().saturating_sub(state.fetched.as_millis());
+        age_ms >= 0 && age_ms as u128 > self.policy.max_key_set_age.as_millis()
     }
 
     /// Reloads the JWKS; on failure keeps the last good set (and logs). A forced reload (an
     /// unknown kid) claims the reload slot before fetching, so a burst of forged tokens causes
     /// at most one fetch per interval. Returns whether the set of keys changed.
-    async fn reload(&self, force: bool) -> bool {
+    async fn reload(&self, force: bool, clock: &dyn Clock) -> bool {
         if force {
             let mut guard = self.jwks.write().unwrap_or_else(|e| e.into_inner());
-            if guard.1.elapsed() < MIN_RELOAD_INTERVAL {
+            if guard.attempted.elapsed() < MIN_RELOAD_INTERVAL {
                 return false;
             }
-            guard.1 = Instant::now();
+            guard.attempted = Instant::now();
         }
         match Self::fetch(self.source.as_ref()).await {
-            Ok(set) => {
+            Ok(keys) => {
                 let mut guard = self.jwks.write().unwrap_or_else(|e| e.into_inner());
-                let changed = guard.0 != set;
-                *guard = (set, Instant::now());
+                let changed = guard.keys != keys;
+                *guard = KeySet {
+                    keys,
+                    attempted: Instant::now(),
+                    fetched: clock.now(),
+                };
                 changed
             }
             Err(e) => {
-                tracing::warn!(issuer = %self.policy.issuer, error = %e, "JWKS reload failed; keeping the previous keys");
-                self.jwks.write().unwrap_or_else(|e| e.into_inner()).1 = Instant::now();
+                tracing::warn!(issuer = %self.policy.issuer, error = %e, "JWKS reload failed; keeping the previous keys until they are too old");
+                self.jwks
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .attempted = Instant::now();
                 false
             }
         }
     }
 
     fn find_key(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
-        let (set, _) = &*self.jwks.read().unwrap_or_else(|e| e.into_inner());
-        select_key(set, kid, alg)
+        let state = self.jwks.read().unwrap_or_else(|e| e.into_inner());
+        select_key(&state.keys, kid, alg)
     }
+}
+
+/// The algorithms a configuration names (`"ES256"`, ...), each one of [`ALLOWED_ALGS`]; an
+/// empty list, an unknown name or a symmetric algorithm is an error.
+pub fn parse_algorithms(names: &[String]) -> Result<Vec<Algorithm>, String> {
+    if names.is_empty() {
+        return Err("at least one algorithm is needed".into());
+    }
+    names
+        .iter()
+        .map(|name| {
+            name.parse::<Algorithm>()
+                .ok()
+                .filter(|alg| ALLOWED_ALGS.contains(alg))
+                .ok_or_else(|| {
+                    format!(
+                        "algorithm {name:?} is not accepted; choose among {}",
+                        ALLOWED_ALGS.map(|a| format!("{a:?}")).join(", ")
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Parses an issuer's JWKS document as fetched (file or https body).
@@ -231,7 +296,11 @@ impl Authenticator {
             out.push(Issuer {
                 policy,
                 source: keys,
-                jwks: RwLock::new((set, Instant::now())),
+                jwks: RwLock::new(KeySet {
+                    keys: set,
+                    attempted: Instant::now(),
+                    fetched: clock.now(),
+                }),
             });
         }
         let dev = match dev_token {
@@ -265,10 +334,27 @@ impl Authenticator {
     /// Reloads every JWKS whose refresh interval has passed (run periodically).
     pub async fn refresh_stale(&self) {
         for i in &self.issuers {
-            if i.stale() && i.reload(false).await {
+            if i.due_for_refresh() && i.reload(false, self.clock.as_ref()).await {
                 self.verified.clear();
             }
         }
+    }
+
+    /// The issuers whose keys are older than their policy allows: their tokens are refused
+    /// until a fetch succeeds (readiness reports them).
+    pub fn issuers_with_expired_keys(&self) -> Vec<&str> {
+        let now = self.clock.now();
+        self.issuers
+            .iter()
+            .filter(|i| i.keys_too_old(now))
+            .map(|i| i.policy.issuer.as_str())
+            .collect()
+    }
+
+    /// The shortest refresh interval of the issuers: how often [`Self::refresh_stale`] needs
+    /// to run.
+    pub fn shortest_refresh(&self) -> Option<Duration> {
+        self.issuers.iter().map(|i| i.policy.refresh).min()
     }
 
     pub async fn authenticate(
@@ -292,8 +378,12 @@ impl Authenticator {
         }
         let digest = sovra_crypto::sha256(token.as_bytes());
         if let Some(hit) = self.verified.get(&digest) {
-            let now = self.clock.now().as_secs();
-            if hit.valid_from <= now && now < hit.expires_at {
+            let now = self.clock.now();
+            let secs = now.as_secs();
+            if hit.valid_from <= secs && secs < hit.expires_at {
+                if self.issuers[hit.issuer].keys_too_old(now) {
+                    return Err(AuthError::Rejected(KEYS_TOO_OLD));
+                }
                 return Ok(hit.authenticated.clone());
             }
         }
@@ -309,6 +399,10 @@ impl Authenticator {
         if !ALLOWED_ALGS.contains(&header.alg) {
             return Err(invalid("algorithm not accepted"));
         }
+        // A critical extension must be understood to be honoured; none is.
+        if header.crit.is_some() {
+            return Err(invalid("critical header extension not understood"));
+        }
         // The issuer is read unverified only to choose which keys to verify with; the
         // verification below then requires that same issuer.
         let unverified: serde_json::Map<String, serde_json::Value> =
@@ -318,15 +412,19 @@ impl Authenticator {
             .get("iss")
             .and_then(|v| v.as_str())
             .ok_or_else(|| invalid("missing iss"))?;
-        let issuer = self
+        let (issuer_index, issuer) = self
             .issuers
             .iter()
-            .find(|i| i.policy.issuer == iss)
+            .enumerate()
+            .find(|(_, i)| i.policy.issuer == iss)
             .ok_or_else(|| invalid("unknown issuer"))?;
+        if !issuer.policy.algorithms.contains(&header.alg) {
+            return Err(invalid("algorithm not accepted for this issuer"));
+        }
         let key = match issuer.find_key(header.kid.as_deref(), header.alg) {
             Some(k) => k,
             None => {
-                if issuer.reload(true).await {
+                if issuer.reload(true, self.clock.as_ref()).await {
                     self.verified.clear();
                 }
                 issuer
@@ -334,6 +432,9 @@ impl Authenticator {
                     .ok_or_else(|| invalid("unknown signing key"))?
             }
         };
+        if issuer.keys_too_old(self.clock.now()) {
+            return Err(invalid(KEYS_TOO_OLD));
+        }
         let policy = &issuer.policy;
         let mut v = Validation::new(header.alg);
         v.algorithms = vec![header.alg];
@@ -388,6 +489,14 @@ impl Authenticator {
         }
         // Validation required `exp` and checked `nbf` with the same leeway used here.
         let claim_secs = |name: &str| claims.get(name).and_then(|v| v.as_f64()).map(|f| f as u64);
+        let exp = claim_secs("exp").ok_or_else(|| invalid("missing exp"))?;
+        let max_lifetime = policy.max_token_lifetime.as_secs();
+        let now = self.clock.now().as_secs();
+        if claim_secs("iat").is_some_and(|iat| exp.saturating_sub(iat) > max_lifetime)
+            || exp.saturating_sub(now) > max_lifetime.saturating_add(CLOCK_SKEW_SECONDS)
+        {
+            return Err(invalid("lifetime exceeds this issuer's maximum"));
+        }
         let principal = Principal::new(
             org,
             subject,
@@ -401,10 +510,9 @@ impl Authenticator {
                 principal,
                 token_hash: Default::default(),
             }),
+            issuer: issuer_index,
             valid_from: claim_secs("nbf").map_or(0, |nbf| nbf.saturating_sub(CLOCK_SKEW_SECONDS)),
-            expires_at: claim_secs("exp")
-                .ok_or_else(|| invalid("missing exp"))?
-                .saturating_add(CLOCK_SKEW_SECONDS),
+            expires_at: exp.saturating_add(CLOCK_SKEW_SECONDS),
         })
     }
 }
