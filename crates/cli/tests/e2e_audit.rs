@@ -1099,6 +1099,35 @@ async fn cli_lists_exports_hashes_and_prints_the_public_key() {
     assert_eq!(events.len(), 1, "{page:#}");
     let enc = &events[0];
     assert_eq!(enc["resource"], json!(format!("key/{id}")));
+    // Every spelling of the UUID the path accepts is audited under the canonical id.
+    let uuid = id.to_string();
+    let spellings = [
+        uuid.to_uppercase(),
+        uuid.replace('-', ""),
+        format!("%7B{uuid}%7D"),
+        format!("urn:uuid:{uuid}"),
+    ];
+    for spelling in &spellings {
+        let r = send(
+            &s,
+            &s.http(),
+            Method::GET,
+            &format!("/api/v1/keys/{spelling}"),
+            Some(dev_token(&s)),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "{spelling}: {r:?}");
+    }
+    let page = ok_json(
+        &s,
+        &["audit", "list", "--action", "key.read", "--limit", "4"],
+    );
+    let reads = page["events"].as_array().unwrap();
+    assert_eq!(reads.len(), spellings.len(), "{page:#}");
+    for e in reads {
+        assert_eq!(e["resource"], json!(format!("key/{id}")), "{e:#}");
+    }
     let table = text(&ok(&s, &["audit", "list", "--outcome", "success"], None).stdout);
     assert!(table.lines().next().unwrap().contains("action"), "{table}");
     assert!(

@@ -136,7 +136,12 @@ pub fn to_b64(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
-/// Parses a key id from the path; an unparseable id is simply a key that does not exist.
+/// Parses a key id from the path; an unparseable id is simply a key that does not exist. The
+/// request's audit event names the key by its canonical id, whichever of the UUID's spellings
+/// (upper case, braces, `urn:uuid:`, no hyphens) the path used, so that a search for the key
+/// finds every event.
 pub fn key_id(raw: &str) -> Result<sovra_core::KeyId, ApiError> {
-    sovra_core::KeyId::parse(raw).ok_or_else(|| sovra_core::CoreError::NotFound.into())
+    let id = sovra_core::KeyId::parse(raw).ok_or(sovra_core::CoreError::NotFound)?;
+    crate::audit::note_resource(format!("key/{id}"));
+    Ok(id)
 }
