@@ -1261,6 +1261,79 @@ async fn sleep_until(t: Instant) {
     }
 }
 
+/// Another owner's key takes the path of a missing id: both read the database before they are
+/// refused, so neither answers faster (threat row 17: another user's key id reveals nothing).
+/// Shown deterministically by taking the database away: the owner's cached key still works,
+/// while another user's id and a missing id both fail alike for want of the database, where a
+/// cached refusal would have answered 404 at once.
+#[tokio::test]
+async fn another_users_key_costs_a_database_read_like_a_missing_one() {
+    let dir = TempDir::new("auth-foreign-path");
+    let k = Signer::es256("foreign");
+    let path: PathBuf = dir.path().join("jwks.json");
+    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
+    let url = common::fresh_pg_database();
+    let db = url.rsplit('/').next().unwrap().to_string();
+    let admin = common::pg_admin_url();
+    // Without durable audit events, so that requests need the database only to find keys.
+    let s = Server::start_dev(
+        dir.path(),
+        &format!(
+            "database_url = \"{url}\"\n[audit]\nenabled = false\n{}",
+            jwt::issuer_toml(ISSUER, AUDIENCE, &path, "")
+        ),
+    );
+    let api = &Api::new(&s);
+    let alice = k.token(&claims("alice", "acme"));
+    let bob = k.token(&claims("bob", "acme"));
+    let r = api.create_key(&alice, "alices", "aes-256-gcm").await;
+    assert_eq!(r.status, 201, "{r:?}");
+    let key = r.json["id"].as_str().unwrap().to_string();
+    let missing = random_uuid();
+    assert_eq!(api.encrypt(&alice, &key, b"x").await.status, 200);
+    for id in [&key, &missing] {
+        let r = api.encrypt(&bob, id, b"x").await;
+        assert_error(&r, 404, "not_found");
+    }
+
+    common::psql(
+        &admin,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"),
+    );
+    common::psql(
+        &admin,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
+        ),
+    );
+    let owner = api.encrypt(&alice, &key, b"x").await;
+    assert_eq!(
+        owner.status, 200,
+        "the owner's key is served from the cache: {owner:?}"
+    );
+    let foreign = api.encrypt(&bob, &key, b"x").await;
+    let absent = api.encrypt(&bob, &missing, b"x").await;
+    assert_eq!(
+        absent.status, 503,
+        "a missing id reads the database: {absent:?}"
+    );
+    assert_eq!(
+        (foreign.status, &foreign.json["error"]["code"]),
+        (absent.status, &absent.json["error"]["code"]),
+        "another user's key must take the missing id's path: {foreign:?}"
+    );
+
+    common::psql(
+        &admin,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"),
+    );
+    drop(s);
+    common::psql(
+        &admin,
+        &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+    );
+}
+
 // ---- what an issuer may assert -------------------------------------------------------------
 
 /// The lifetime cap is configurable per issuer and exact: `exp` − `iat` at the cap is accepted,

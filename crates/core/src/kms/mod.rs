@@ -184,20 +184,22 @@ impl Kms {
         action: Action,
     ) -> Result<KeyRecord, CoreError> {
         self.seal.root()?;
-        let key = match self.key_meta.get(p.org().as_str(), id.as_uuid()) {
-            Some(k) => k,
-            None => {
-                let generation = self.key_meta.generation();
-                let fetched = std::time::Instant::now();
-                let k = self
-                    .store
-                    .get_key(p.org().as_str(), id.as_uuid())
-                    .await?
-                    .ok_or(CoreError::NotFound)?;
-                self.key_meta.insert(generation, &k, fetched);
-                k
-            }
-        };
+        if let Some(k) = self.key_meta.get(p.org().as_str(), id.as_uuid())
+            && authorize(p, action, Resource::Key(&k)).is_ok()
+        {
+            return Ok(k);
+        }
+        // A key the caller may not use takes the path of a missing id, which is never cached:
+        // one database read, then the refusal. Answered from the cache, another owner's key
+        // would be measurably faster than a missing one and reveal which ids exist.
+        let generation = self.key_meta.generation();
+        let fetched = std::time::Instant::now();
+        let key = self
+            .store
+            .get_key(p.org().as_str(), id.as_uuid())
+            .await?
+            .ok_or(CoreError::NotFound)?;
+        self.key_meta.insert(generation, &key, fetched);
         authorize(p, action, Resource::Key(&key))?;
         Ok(key)
     }
