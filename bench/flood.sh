@@ -4,7 +4,9 @@
 # the flood, and what became of client 1's signatures. The two clients are two identities of
 # a test identity provider. Three runs, each against a fresh release dev server: default rate
 # limits with a hostile flooder (sends again at once after a 429), default rate limits with a
-# flooder that waits Retry-After, and rate limits disabled.
+# flooder that waits Retry-After, and rate limits disabled. A fourth run floods RSA-4096 key
+# creations from client 1 while client 2 signs with RSA-3072 (default limits): another
+# identity's heavy work during a generation flood.
 # Usage: bench/flood.sh [seconds-per-phase] [client-2-connections] [client-1-connections]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,8 +20,9 @@ dir=$(mktemp -d)
 trap 'stop; rm -rf "$dir"' EXIT
 "$target/release/sovra-bench" --write-idp "$dir/idp"
 echo "machine: $(nproc) cores, $(uname -m); server and both clients on the same machine"
-for run in hostile honouring disabled; do
+for run in hostile honouring disabled keygen; do
     limits=default; flags=; label="Rate limits on, client 1 ignores Retry-After:"
+    [ "$run" = keygen ] && { flags=--flood-keygen; label="Rate limits on, key-generation flood:"; }
     [ "$run" = honouring ] && { flags=--honour-retry-after; label="Rate limits on, client 1 waits Retry-After:"; }
     [ "$run" = disabled ] && { limits=disabled; label="Rate limits disabled:"; }
     start_server "$run" "$(

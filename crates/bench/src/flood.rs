@@ -1,6 +1,7 @@
 //! The RSA flood scenario: client 1 floods RSA-4096 signatures over many connections while
 //! client 2 encrypts with AES; client 2's throughput and latency are measured alone and under
-//! the flood. With `--idp` the two clients are two identities of a test identity provider
+//! the flood. With `keygen`, client 1 floods RSA-4096 key creations instead and client 2 signs
+//! with an RSA-3072 key (heavy work of another identity during a generation flood). With `--idp` the two clients are two identities of a test identity provider
 //! (so per-identity rate limits apply to the flooder only); without it both use the dev token.
 
 use crate::{Req, Stats, load, send};
@@ -87,6 +88,8 @@ pub(crate) struct FloodArgs<'a> {
     /// Whether client 1 waits Retry-After after a 429 (a well-behaved heavy client) instead
     /// of sending again at once (a hostile one).
     pub(crate) honour_retry_after: bool,
+    /// Client 1 creates RSA-4096 keys and client 2 signs with RSA-3072.
+    pub(crate) keygen: bool,
 }
 
 pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
@@ -104,12 +107,13 @@ pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
     };
     let addr = a.addr;
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    let aes = send(
+    let victim_type = if a.keygen { "rsa-3072" } else { "aes-256-gcm" };
+    let victim_key = send(
         &a.victim[0],
         &victim_token,
         &Req::Post(
             format!("{addr}/api/v1/keys"),
-            json!({"name": format!("flood-aes-{suffix}"), "type": "aes-256-gcm"}),
+            json!({"name": format!("flood-victim-{suffix}"), "type": victim_type}),
         ),
     )
     .await?;
@@ -122,31 +126,54 @@ pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
         ),
     )
     .await?;
-    let aes_id = aes["id"].as_str().context("aes key id")?;
+    let victim_id = victim_key["id"].as_str().context("victim key id")?;
     let rsa_id = rsa["id"].as_str().context("rsa key id")?;
-    let encrypt = Req::Post(
-        format!("{addr}/api/v1/keys/{aes_id}/encrypt"),
-        json!({"plaintext": STANDARD.encode(vec![0x5au8; a.size])}),
-    );
+    let (victim_op, victim_what) = if a.keygen {
+        (
+            Req::Post(
+                format!("{addr}/api/v1/keys/{victim_id}/sign"),
+                json!({"message": STANDARD.encode(vec![0x5au8; a.size])}),
+            ),
+            format!("RSA-3072 sign of {} B", a.size),
+        )
+    } else {
+        (
+            Req::Post(
+                format!("{addr}/api/v1/keys/{victim_id}/encrypt"),
+                json!({"plaintext": STANDARD.encode(vec![0x5au8; a.size])}),
+            ),
+            format!("AES-256-GCM encrypt of {} B", a.size),
+        )
+    };
 
-    let alone = load(a.victim, &victim_token, encrypt.clone(), a.seconds).await?;
+    let alone = load(a.victim, &victim_token, victim_op.clone(), a.seconds).await?;
 
     let stop = Arc::new(AtomicBool::new(false));
-    let sign_url = format!("{addr}/api/v1/keys/{rsa_id}/sign");
+    let (flood_url, flood_what) = if a.keygen {
+        (format!("{addr}/api/v1/keys"), "RSA-4096 key creation")
+    } else {
+        (format!("{addr}/api/v1/keys/{rsa_id}/sign"), "RSA-4096 sign")
+    };
+    let keygen = a.keygen;
     let flood_started = Instant::now();
     let mut flood = Vec::new();
     for c in a.flooders {
         let (c, stop, url, token, honour) = (
             c.clone(),
             stop.clone(),
-            sign_url.clone(),
+            flood_url.clone(),
             flooder_token.clone(),
             a.honour_retry_after,
         );
         flood.push(tokio::spawn(async move {
             let mut n = FloodCount::default();
-            let body = json!({"message": STANDARD.encode(b"flood")});
+            let sign_body = json!({"message": STANDARD.encode(b"flood")});
             while !stop.load(Ordering::Relaxed) {
+                let body = if keygen {
+                    json!({"name": uuid::Uuid::new_v4().to_string(), "type": "rsa-4096"})
+                } else {
+                    sign_body.clone()
+                };
                 match c.post(&url).bearer_auth(&token).json(&body).send().await {
                     Ok(r) => {
                         let status = r.status().as_u16();
@@ -157,7 +184,7 @@ pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
                             .unwrap_or(1);
                         let _ = r.bytes().await;
                         match status {
-                            200 => n.ok += 1,
+                            200 | 201 => n.ok += 1,
                             429 => {
                                 n.limited += 1;
                                 if honour {
@@ -178,7 +205,7 @@ pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
     }
     // Let the flood reach its steady state before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let flooded = load(a.victim, &victim_token, encrypt, a.seconds).await;
+    let flooded = load(a.victim, &victim_token, victim_op, a.seconds).await;
     stop.store(true, Ordering::Relaxed);
     let mut count = FloodCount::default();
     for t in flood {
@@ -188,10 +215,9 @@ pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
     let flooded = flooded?;
 
     println!(
-        "{} client 2: AES-256-GCM encrypt of {} B over {} connections; client 1: RSA-4096 sign \
+        "{} client 2: {victim_what} over {} connections; client 1: {flood_what} \
          over {} connections, {}; {who}; {} s per phase\n",
         a.label,
-        a.size,
         a.victim.len(),
         a.flooders.len(),
         if a.honour_retry_after {
@@ -201,10 +227,13 @@ pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
         },
         a.seconds
     );
-    println!("| client 2 (AES encrypt) | ops/s | p50 ms | p99 ms | operations |");
+    println!("| client 2 ({victim_what}) | ops/s | p50 ms | p99 ms | operations |");
     println!("|---|---:|---:|---:|---:|");
     println!("{}", alone.row("alone"));
-    println!("{}", flooded.row("while client 1 floods RSA-4096 signs"));
+    println!(
+        "{}",
+        flooded.row(&format!("while client 1 floods {flood_what}s"))
+    );
     println!("\n{}", summary(&alone, &flooded));
     let refused: Vec<String> = count
         .refused
@@ -212,7 +241,7 @@ pub(crate) async fn run(a: FloodArgs<'_>) -> Result<()> {
         .map(|(s, n)| format!("{n} × HTTP {s}"))
         .collect();
     println!(
-        "client 1 over {flood_secs:.1} s: {} signatures ({:.0}/s), {} × 429 rate limited, \
+        "client 1 over {flood_secs:.1} s: {} done ({:.0}/s), {} × 429 rate limited, \
          {} refused otherwise{}, {} transport errors.",
         count.ok,
         count.ok as f64 / flood_secs,

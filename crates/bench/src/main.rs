@@ -54,6 +54,11 @@ struct Args {
     /// In the flood, client 1 waits Retry-After after a 429 instead of sending at once.
     #[arg(long)]
     honour_retry_after: bool,
+    /// In the flood, client 1 creates RSA-4096 keys instead of signing, and client 2 signs
+    /// with an RSA-3072 key instead of encrypting: heavy work of another identity under a
+    /// key-generation flood.
+    #[arg(long)]
+    flood_keygen: bool,
     /// Run the hot-path scenarios with JWTs of the `--idp` identity provider.
     #[arg(long, requires = "idp")]
     hot_path: bool,
@@ -328,6 +333,7 @@ async fn main() -> Result<()> {
             size: args.size,
             label: &args.label,
             honour_retry_after: args.honour_retry_after,
+            keygen: args.flood_keygen,
         })
         .await;
     }

@@ -41,7 +41,7 @@ per_second = 0.01
 burst = 5
 [rate_limits.rsa]
 per_second = 0.01
-burst = 2
+burst = 241
 [rate_limits.unauthenticated]
 per_second = 0.01
 burst = 5
@@ -212,7 +212,7 @@ async fn rsa_private_key_operations_have_their_own_stricter_bucket() {
     let env = Env::start("rl-rsa", SLOW);
     let carol = env.token("carol");
     let dave = env.token("dave");
-    // Key generation spends one RSA token (rsa burst 2).
+    // Generating an RSA-3072 key costs 240 of the 241 RSA tokens, a signature 1.
     let rsa = env.create_key(&carol, "r", "rsa-3072").await;
     let aes = env.create_key(&carol, "s", "aes-256-gcm").await;
     let ed = env.create_key(&carol, "e", "ed25519").await;
@@ -230,7 +230,7 @@ async fn rsa_private_key_operations_have_their_own_stricter_bucket() {
         }
     };
     let (ok, refused) = Env::exhaust(20, || sign(rsa.clone())).await;
-    // Generation took one of two tokens; the crypto bucket (5) still has some.
+    // Generation left one token; the crypto bucket (5) still has some.
     assert_eq!(ok, 1, "RSA signatures before the first 429");
     assert_rate_limited(&refused);
     assert_message_has(&refused, "RSA");
@@ -260,6 +260,99 @@ async fn rsa_private_key_operations_have_their_own_stricter_bucket() {
 
     let m = env.metrics().await;
     assert!(counter(&m, "rsa") >= 1.0, "{m}");
+}
+
+/// Forty concurrent RSA-4096 key creations from one identity: at most its bound
+/// (`heavy_ops_per_identity`, 2) is accepted, and the generation's cost (580 of the 1,000-token
+/// RSA burst) admits only one; every other one is refused with 429 instead of queueing, and
+/// another identity's RSA signature during the flood is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rsa_flood_from_one_identity_is_refused_not_queued() {
+    let env = Env::start("rl-rsa-flood", "");
+    let mallory = env.token("mallory");
+    let dave = env.token("dave");
+    let daves = env.create_key(&dave, "d", "rsa-3072").await;
+    let create = |i: usize| {
+        let env = &env;
+        let mallory = mallory.clone();
+        async move {
+            env.call(
+                Method::POST,
+                "/api/v1/keys",
+                Some(&mallory),
+                json!({"name": format!("flood-{i}"), "type": "rsa-4096"}),
+            )
+            .await
+        }
+    };
+    let sign = async {
+        env.call(
+            Method::POST,
+            &format!("/api/v1/keys/{daves}/sign"),
+            Some(&dave),
+            json!({"message": "aGk="}),
+        )
+        .await
+    };
+    let (flood, signed) = tokio::join!(futures_util::future::join_all((0..40).map(create)), sign);
+    assert_eq!(
+        signed.status, 200,
+        "another identity's RSA work: {signed:?}"
+    );
+    let created = flood.iter().filter(|r| r.status == 201).count();
+    assert!(
+        (1..=2).contains(&created),
+        "{created} RSA-4096 keys created by the flood"
+    );
+    for r in flood.iter().filter(|r| r.status != 201) {
+        assert_rate_limited(r);
+    }
+    let mut names: Vec<_> = env
+        .call(Method::GET, "/api/v1/keys", Some(&mallory), json!({}))
+        .await
+        .json["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        created,
+        "refused creations stored nothing: {names:?}"
+    );
+}
+
+/// The server-wide queue for heavy work is bounded: with one slot and room for two waiting,
+/// eight identities generating RSA-4096 keys at once get 503 `busy` (with Retry-After) for
+/// what does not fit, never an unbounded wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_wide_heavy_queue_is_bounded() {
+    let env = Env::start(
+        "rl-heavy-queue",
+        "[limits]\nheavy_ops_concurrency = 1\nheavy_ops_queue = 2\n",
+    );
+    let tokens: Vec<String> = (0..8).map(|i| env.token(&format!("user{i}"))).collect();
+    let answers = futures_util::future::join_all(tokens.iter().map(|t| {
+        env.call(
+            Method::POST,
+            "/api/v1/keys",
+            Some(t),
+            json!({"name": "big", "type": "rsa-4096"}),
+        )
+    }))
+    .await;
+    let busy: Vec<_> = answers.iter().filter(|r| r.status == 503).collect();
+    assert!(!busy.is_empty(), "no 503 among {answers:?}");
+    for r in &busy {
+        assert_eq!(r.json["error"]["code"], "busy", "{r:?}");
+        assert!(retry_after(r).is_some(), "{r:?}");
+    }
+    assert!(
+        answers.iter().all(|r| r.status == 201 || r.status == 503),
+        "{answers:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

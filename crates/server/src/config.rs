@@ -122,6 +122,12 @@ pub struct Limits {
     /// Concurrent RSA generations and private-key operations.
     #[serde(default = "default_heavy")]
     pub heavy_ops_concurrency: usize,
+    /// CPU-heavy operations one identity may have running or queued; past it, 429.
+    #[serde(default = "default_heavy_per_identity")]
+    pub heavy_ops_per_identity: usize,
+    /// CPU-heavy operations that may wait for a slot, server-wide; past it, 503.
+    #[serde(default = "default_heavy_queue")]
+    pub heavy_ops_queue: usize,
     /// Unwrapped key versions cached in memory.
     #[serde(default = "default_key_cache")]
     pub key_cache_capacity: usize,
@@ -142,6 +148,8 @@ impl Default for Limits {
             max_body_bytes: default_body_bytes(),
             max_batch_items: default_batch_items(),
             heavy_ops_concurrency: default_heavy(),
+            heavy_ops_per_identity: default_heavy_per_identity(),
+            heavy_ops_queue: default_heavy_queue(),
             key_cache_capacity: default_key_cache(),
             header_read_timeout_seconds: default_header_timeout(),
             request_timeout_seconds: default_request_timeout(),
@@ -181,6 +189,12 @@ fn default_batch_items() -> usize {
 }
 fn default_heavy() -> usize {
     2
+}
+fn default_heavy_per_identity() -> usize {
+    2
+}
+fn default_heavy_queue() -> usize {
+    64
 }
 fn default_key_cache() -> usize {
     10_000
@@ -279,6 +293,13 @@ impl Config {
                 1,
                 1024,
             ),
+            (
+                "heavy_ops_per_identity",
+                cfg.limits.heavy_ops_per_identity,
+                1,
+                1024,
+            ),
+            ("heavy_ops_queue", cfg.limits.heavy_ops_queue, 1, 100_000),
             ("max_connections", cfg.limits.max_connections, 1, 1_000_000),
             (
                 "key_cache_capacity",

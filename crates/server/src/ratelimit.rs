@@ -116,10 +116,12 @@ fn default_key_admin() -> ClassLimit {
         burst: 500,
     }
 }
+/// In RSA-3072 private-key operations (a signature 1, an RSA-4096 one 3, generating an RSA
+/// key 240 or 580: `sovra_core::kms::heavy_cost`). The burst holds one RSA-4096 generation.
 fn default_rsa() -> ClassLimit {
     ClassLimit {
         per_second: 100.0,
-        burst: 200,
+        burst: 1000,
     }
 }
 fn default_sys() -> ClassLimit {
@@ -405,8 +407,8 @@ fn refused(class: Class, wait: Duration) -> Limited {
 }
 
 impl HeavyOpAdmission for RateLimits {
-    fn admit(&self, p: &Principal) -> Result<(), CoreError> {
-        self.check(Class::Rsa, p.identity().as_str(), 1)
+    fn admit(&self, p: &Principal, cost: u32) -> Result<(), CoreError> {
+        self.check(Class::Rsa, p.identity().as_str(), cost)
             .map_err(|l| CoreError::RateLimited {
                 retry_after_secs: l.retry_after_secs,
             })

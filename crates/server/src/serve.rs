@@ -117,6 +117,8 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     let kms_config = KmsConfig {
         key_cache_capacity: config.limits.key_cache_capacity,
         heavy_ops_concurrency: config.limits.heavy_ops_concurrency,
+        heavy_ops_per_identity: config.limits.heavy_ops_per_identity,
+        heavy_ops_queue: config.limits.heavy_ops_queue,
     };
     let kms = Arc::new(Kms::new(store, kms_config).await?);
     // Before anything visible happens (dev.env, the listener): a second server on the same

@@ -59,9 +59,10 @@ impl Kms {
         key_type: KeyType,
     ) -> Result<SecretBytes, CoreError> {
         if key_type.is_cpu_heavy() {
-            self.admit_heavy(p)?;
-            self.heavy_op(move || key_type.generate().map_err(CoreError::from))
-                .await
+            self.heavy_op_for(p, super::heavy_cost(key_type, true), move || {
+                key_type.generate().map_err(CoreError::from)
+            })
+            .await
         } else {
             Ok(key_type.generate()?)
         }

@@ -11,7 +11,7 @@ mod loaded;
 mod operations;
 mod types;
 
-pub use heavy::HeavyOpAdmission;
+pub use heavy::{HeavyOpAdmission, heavy_cost};
 pub use lifecycle::{MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
 pub use types::{DataKey, Decrypted, Encrypted, KeyInfo, KeyUpdate, NewKey, Signed};
 
@@ -29,7 +29,6 @@ use sovra_crypto::SecretBytes;
 use sovra_crypto::keytype::KeyUsage;
 use sovra_crypto::wrap::WrappingKey;
 use std::sync::{Arc, OnceLock};
-use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 #[derive(Debug, Clone)]
@@ -38,6 +37,10 @@ pub struct KmsConfig {
     pub key_cache_capacity: usize,
     /// Concurrent CPU-heavy operations (RSA generation and private-key operations).
     pub heavy_ops_concurrency: usize,
+    /// CPU-heavy operations one identity may have running or queued.
+    pub heavy_ops_per_identity: usize,
+    /// CPU-heavy operations that may wait for a slot, server-wide.
+    pub heavy_ops_queue: usize,
 }
 
 impl Default for KmsConfig {
@@ -45,6 +48,8 @@ impl Default for KmsConfig {
         KmsConfig {
             key_cache_capacity: 10_000,
             heavy_ops_concurrency: 2,
+            heavy_ops_per_identity: 2,
+            heavy_ops_queue: 64,
         }
     }
 }
@@ -67,7 +72,7 @@ pub struct Kms {
     /// Applies the store's key-change feed to `key_meta`; stopped when the service is dropped
     /// (which also ends the store's listener).
     _key_change_follower: Option<AbortOnDrop>,
-    heavy: Arc<Semaphore>,
+    heavy: heavy::HeavyPool,
     audit_keys: std::sync::RwLock<Option<Arc<crate::audit::AuditKeys>>>,
     heavy_admission: OnceLock<Arc<dyn HeavyOpAdmission>>,
     clock: Arc<dyn Clock>,
@@ -96,7 +101,11 @@ impl Kms {
             keys: BoundedCache::new(config.key_cache_capacity),
             key_meta,
             _key_change_follower: follower,
-            heavy: Arc::new(Semaphore::new(config.heavy_ops_concurrency.max(1))),
+            heavy: heavy::HeavyPool::new(
+                config.heavy_ops_concurrency,
+                config.heavy_ops_per_identity,
+                config.heavy_ops_queue,
+            ),
             audit_keys: std::sync::RwLock::new(None),
             heavy_admission: OnceLock::new(),
             clock,

@@ -152,13 +152,13 @@ impl Kms {
             return Err(CoreError::Internal);
         };
         let signature = if key.key_type.is_cpu_heavy() {
-            self.admit_heavy(p)?;
             let (owned, is_digest) = match input {
                 SignInput::Message(m) => (m.to_vec(), false),
                 SignInput::Digest(d) => (d.to_vec(), true),
             };
             let loaded = loaded.clone();
-            self.heavy_op(move || {
+            let cost = super::heavy_cost(key.key_type, false);
+            self.heavy_op_for(p, cost, move || {
                 let LoadedKey::Sign(sk) = &*loaded else {
                     return Err(CoreError::Internal);
                 };
