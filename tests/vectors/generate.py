@@ -222,6 +222,14 @@ def shamir_vectors():
     root_aad = ctx(b"sovra/root-key/v1", [])
     coefficients, shares = shamir_split(unseal_key, 5, 3, "shamir-3-of-5")
     _, one_of_three = shamir_split(unseal_key, 3, 1, "shamir-1-of-3")
+    wrapped_root_key = wrap(unseal_key, root_nonce, root_key, root_aad)
+
+    def commitment(share: bytes) -> str:
+        return hashlib.sha256(
+            b"sovra/unseal-share-commitment/v1\0" + be32(len(wrapped_root_key))
+            + wrapped_root_key + share
+        ).hexdigest()
+
     return {
         "description": "Unseal shares (docs/formats.md, section 3): id || y bytes over "
         "GF(2^8)/0x11B; on the wire standard base64 with padding. The root key is wrapped "
@@ -244,7 +252,8 @@ def shamir_vectors():
             },
         ],
         "root_key": root_key.hex(),
-        "wrapped_root_key": wrap(unseal_key, root_nonce, root_key, root_aad).hex(),
+        "wrapped_root_key": wrapped_root_key.hex(),
+        "share_commitments": [commitment(s) for s in shares],
     }
 
 

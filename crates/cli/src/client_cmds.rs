@@ -16,6 +16,13 @@ pub(crate) enum OperatorCmd {
         shares: u32,
         #[arg(long, default_value_t = 3)]
         threshold: u32,
+        /// The server's one-time init token file (`<data_dir>/init-token`, written at its first
+        /// start): proof of being its installer.
+        #[arg(long)]
+        init_token_file: PathBuf,
+        /// Allow a threshold of 1, with which one operator alone unseals.
+        #[arg(long)]
+        allow_single_share: bool,
     },
     /// Submit one unseal share (argument, or read from stdin).
     Unseal { share: Option<String> },
@@ -363,8 +370,18 @@ pub(crate) async fn run(client: &Client, output: Output, command: Cmd) -> Result
         }
         Cmd::Audit(a) => audit(client, output, a).await?,
         Cmd::Operator(op) => match op {
-            OperatorCmd::Init { shares, threshold } => {
-                let r = client.init(shares, threshold).await?;
+            OperatorCmd::Init {
+                shares,
+                threshold,
+                init_token_file,
+                allow_single_share,
+            } => {
+                let token = std::fs::read_to_string(&init_token_file).with_context(|| {
+                    format!("cannot read the init token {}", init_token_file.display())
+                })?;
+                let r = client
+                    .init(shares, threshold, token.trim(), allow_single_share)
+                    .await?;
                 match output {
                     Output::Json => {
                         print_json(&json!({"shares": r.shares, "threshold": r.threshold}))?

@@ -178,13 +178,16 @@ async fn a_trace_level_session_leaks_no_secret_anywhere() {
         secrets.add(&format!("{name} signature"), t.rsplit('.').next().unwrap());
     }
 
-    // Seal: Shamir init and unseal (shares are secrets).
+    // Seal: Shamir init (with the installer's one-time token) and unseal; shares and the
+    // token are secrets.
+    let init_token = std::fs::read_to_string(data_dir.join("init-token")).unwrap();
+    secrets.add("init token", init_token.trim());
     let init = s
         .ok(
             "",
             Method::POST,
             "/api/v1/sys/init",
-            json!({"shares": 3, "threshold": 2}),
+            json!({"shares": 3, "threshold": 2, "init_token": init_token.trim()}),
         )
         .await;
     let shares: Vec<String> = init["shares"]

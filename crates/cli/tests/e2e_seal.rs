@@ -113,6 +113,11 @@ impl Node {
         }
     }
 
+    /// The one-time init token the server writes into its data directory at first start.
+    fn init_token_file(&self) -> PathBuf {
+        self.dir.join("data").join("init-token")
+    }
+
     fn start(&self) -> Server {
         Server::start_config(&self.config, &self.addr, &self.cacert, &self.dir)
     }
@@ -201,10 +206,20 @@ fn share_id(share: &str) -> u8 {
     STANDARD.decode(share).unwrap()[0]
 }
 
-fn init(s: &Server) -> Vec<String> {
+fn init(node: &Node, s: &Server) -> Vec<String> {
+    let token_file = node.init_token_file();
     let init = cli_json(
         s,
-        &["operator", "init", "--shares", "5", "--threshold", "3"],
+        &[
+            "operator",
+            "init",
+            "--shares",
+            "5",
+            "--threshold",
+            "3",
+            "--init-token-file",
+            token_file.to_str().unwrap(),
+        ],
         None,
     );
     assert_eq!(init["threshold"], 3);
@@ -248,14 +263,27 @@ async fn shamir_init_unseal_seal_and_restart() {
     assert_eq!(get(&s, "/ready", None).await.status, 503);
 
     // Init prints 5 distinct shares, once.
-    let shares = init(&s);
+    let shares = init(&node, &s);
     assert_private_data_dir(&node.dir.join("data"));
     let err = cli_err(
         &s,
-        &["operator", "init", "--shares", "5", "--threshold", "3"],
+        &[
+            "operator",
+            "init",
+            "--shares",
+            "5",
+            "--threshold",
+            "3",
+            "--init-token-file",
+            "/dev/null",
+        ],
         None,
     );
     assert!(err.contains("already initialized"), "{err}");
+    assert!(
+        !node.init_token_file().exists(),
+        "the spent init token is removed"
+    );
     let st = status(&s);
     assert_eq!(st["initialized"], true);
     assert_eq!(st["sealed"], true);
@@ -434,15 +462,104 @@ async fn shamir_init_unseal_seal_and_restart() {
     assert!(err.contains("decryption failed"), "{err}");
 }
 
+/// The ceremony cannot be seized or disrupted by someone who merely reaches the port: init
+/// needs the token the server wrote into its data directory (0600), a threshold of 1 needs
+/// asking for, and the audit log names each submitted share's index (threat row R-3).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shares_from_another_server_do_not_reconstruct() {
+async fn init_needs_the_installers_token_and_unseal_events_name_the_share() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("seal-token");
+    let node = Node::new(dir.path(), "t", None);
+    let s = node.start();
+    let token_file = node.init_token_file();
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(token.starts_with("sovra-init-"), "{token}");
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    assert!(
+        !s.log_text().contains(token.trim()),
+        "the token is never logged"
+    );
+
+    let http = s.http();
+    let post_init = |body: serde_json::Value| {
+        let req = http.post(s.url("/api/v1/sys/init")).json(&body);
+        async move {
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let mut wrong = token.trim().to_string();
+    wrong.pop();
+    wrong.push('A');
+    for body in [
+        serde_json::json!({"shares": 5, "threshold": 3}),
+        serde_json::json!({"shares": 5, "threshold": 3, "init_token": ""}),
+        serde_json::json!({"shares": 5, "threshold": 3, "init_token": wrong}),
+        serde_json::json!({"shares": 5, "threshold": 3, "init_token": "sovra-init-"}),
+    ] {
+        let (code, json) = post_init(body.clone()).await;
+        assert_eq!(code, 403, "{body}: {json}");
+        assert_eq!(json["error"]["code"], "invalid_init_token", "{json}");
+        assert_eq!(status(&s)["initialized"], false);
+    }
+    // A threshold of 1 with the right token: refused unless asked for.
+    let (code, json) =
+        post_init(serde_json::json!({"shares": 3, "threshold": 1, "init_token": token.trim()}))
+            .await;
+    assert_eq!(code, 400, "{json}");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("allow_single_share"),
+        "{json}"
+    );
+    assert_eq!(status(&s)["initialized"], false);
+    assert!(
+        token_file.exists(),
+        "a refused init leaves the token usable"
+    );
+
+    let shares = init(&node, &s);
+    cli_ok(&s, &["operator", "unseal", &shares[3]], None);
+    let _ = cli_err(&s, &["operator", "unseal", "AQID"], None);
+    cli_ok(&s, &["operator", "unseal", &shares[0]], None);
+    cli_ok(&s, &["operator", "unseal", &shares[2]], None);
+    assert_progress(&s, false, 0);
+
+    // The events of the ceremony, read from the database file as an auditor with the file would.
+    let out = run_ok(
+        Command::new("python3")
+            .arg("-c")
+            .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\\n'.join(a+' '+r+' '+o for a,r,o in c.execute(\"SELECT action, resource, outcome FROM audit_events WHERE action LIKE 'sys.%' ORDER BY seq\")))")
+            .arg(node.dir.join("data").join("sovra.db")),
+    );
+    let events = String::from_utf8(out.stdout).unwrap();
+    let expected_shares: Vec<String> = [&shares[3], &shares[0], &shares[2]]
+        .iter()
+        .map(|sh| format!("sys.unseal seal/share/{} success", share_id(sh)))
+        .collect();
+    for e in &expected_shares {
+        assert!(events.contains(e.as_str()), "no {e:?} in\n{events}");
+    }
+    assert!(
+        events.contains("sys.unseal seal/share/1 failure"),
+        "{events}"
+    );
+    assert!(events.contains("sys.init seal/3-of-5 success"), "{events}");
+    assert!(events.contains("sys.init seal/3-of-5 denied"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_share_from_another_server_is_refused_and_progress_kept() {
     let dir = TempDir::new("seal-mix");
     let a_node = Node::new(dir.path(), "a", None);
     let b_node = Node::new(dir.path(), "b", None);
     let a = a_node.start();
     let b = b_node.start();
-    let a_shares = init(&a);
-    let b_shares = init(&b);
+    let a_shares = init(&a_node, &a);
+    let b_shares = init(&b_node, &b);
     let used = [share_id(&a_shares[0]), share_id(&a_shares[1])];
     let foreign = b_shares
         .iter()
@@ -452,20 +569,19 @@ async fn shares_from_another_server_do_not_reconstruct() {
     cli_ok(&a, &["operator", "unseal", &a_shares[0]], None);
     cli_ok(&a, &["operator", "unseal", &a_shares[1]], None);
     assert_progress(&a, true, 2);
+    // A share B's initialization issued is refused on its own: A's operators keep their
+    // progress (threat: one made-up share resetting everyone's).
     let err = cli_err(&a, &["operator", "unseal", foreign], None);
     assert!(
-        err.contains("do not reconstruct the unseal key") && err.contains("progress was reset"),
+        err.contains("not issued by this server") && err.contains("progress is kept"),
         "{err}"
     );
-    assert_progress(&a, true, 0);
+    assert_progress(&a, true, 2);
     assert_eq!(get(&a, "/ready", None).await.status, 503);
     // B is untouched by A's failure.
     assert_progress(&b, true, 0);
 
-    // After the reset the right three shares (including ones given before) unseal.
-    cli_ok(&a, &["operator", "unseal", &a_shares[1]], None);
-    cli_ok(&a, &["operator", "unseal", &a_shares[0]], None);
-    assert_progress(&a, true, 2);
+    // The third of A's own shares completes the ceremony.
     cli_ok(&a, &["operator", "unseal", &a_shares[4]], None);
     assert_progress(&a, false, 0);
     assert_eq!(get(&a, "/ready", None).await.status, 200);

@@ -301,11 +301,24 @@ impl Client {
         self.call(Method::GET, "/api/v1/sys/seal-status", None)
             .await
     }
-    pub async fn init(&self, shares: u32, threshold: u32) -> Result<InitResult> {
+    /// Initializes the seal with the server's one-time `init_token` (from its data directory);
+    /// a threshold of 1 needs `allow_single_share`.
+    pub async fn init(
+        &self,
+        shares: u32,
+        threshold: u32,
+        init_token: &str,
+        allow_single_share: bool,
+    ) -> Result<InitResult> {
         self.call(
             Method::POST,
             "/api/v1/sys/init",
-            Some(&json!({"shares": shares, "threshold": threshold})),
+            Some(&json!({
+                "shares": shares,
+                "threshold": threshold,
+                "init_token": init_token,
+                "allow_single_share": allow_single_share,
+            })),
         )
         .await
     }

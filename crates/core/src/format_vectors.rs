@@ -79,7 +79,18 @@ fn the_seal_unwraps_a_root_key_from_python_shares() {
         threshold: 3,
         wrapped_root_key: bytes(&v["wrapped_root_key"]),
         created_at: 0,
+        share_commitments: None,
     };
+    // Each share's commitment, computed by Python from the documented encoding.
+    for (share, expected) in shares
+        .iter()
+        .zip(v["share_commitments"].as_array().unwrap())
+    {
+        assert_eq!(
+            crate::seal::share_commitment(&record.wrapped_root_key, share.expose()).to_vec(),
+            bytes(expected)
+        );
+    }
     let key = shamir::combine(&[shares[4].clone(), shares[0].clone(), shares[2].clone()]).unwrap();
     assert_eq!(key.expose(), bytes(&v["unseal_key"]));
     let root = crate::seal::unwrap_root(&record, &key).unwrap();

@@ -12,6 +12,10 @@ pub struct SealRecord {
     pub threshold: u32,
     pub wrapped_root_key: Vec<u8>,
     pub created_at: i64,
+    /// One commitment per Shamir share, in share-id order (`seal::share_commitment`): a share
+    /// this initialization did not issue is refused when submitted. `None` for seals made
+    /// before commitments existed, and for the dev-file seal.
+    pub share_commitments: Option<Vec<[u8; 32]>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -2,18 +2,55 @@
 //! under an unseal key that is never stored: Shamir shares of it are held by operators (or, in
 //! dev mode only, a key file). A share submitted for unseal is kept in memory until the
 //! threshold is reached, then the shares are combined and the root key unwrapped, which
-//! authenticates the result: wrong shares never unseal.
+//! authenticates the result: wrong shares never unseal. Each share is also checked, alone and
+//! before it counts, against the commitment stored for its id at initialization, so a share
+//! of another initialization or a made-up one is refused without touching the others' progress.
 
 use crate::clock::Timestamp;
 use crate::error::CoreError;
 use crate::model::{SealKind, SealRecord};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
+use sovra_crypto::secret::ct_eq;
 use sovra_crypto::wrap::{WrappingKey, context};
 use sovra_crypto::{SecretBytes, rng, shamir};
 use std::sync::{Arc, RwLock};
 
 const UNSEAL_KEY_LEN: usize = 32;
+
+/// The commitment to one unseal share stored at initialization: SHA-256 over a domain tag, the
+/// initialization's wrapped root key (unique to it) and the share. A share carries 256 bits
+/// that fewer than threshold other shares do not determine, so the commitment reveals nothing.
+pub fn share_commitment(wrapped_root_key: &[u8], share: &[u8]) -> [u8; 32] {
+    let input = SecretBytes::new(
+        [
+            b"sovra/unseal-share-commitment/v1\0".as_slice(),
+            &(wrapped_root_key.len() as u32).to_be_bytes(),
+            wrapped_root_key,
+            share,
+        ]
+        .concat(),
+    );
+    sovra_crypto::sha256(input.expose())
+}
+
+/// Whether `share` is one this initialization issued; without commitments (a seal made before
+/// they existed) only combining the shares can tell.
+fn issued_by(record: &SealRecord, share: &SecretBytes, id: u8) -> bool {
+    let Some(commitments) = &record.share_commitments else {
+        return true;
+    };
+    let Some(expected) = usize::from(id)
+        .checked_sub(1)
+        .and_then(|i| commitments.get(i))
+    else {
+        return false;
+    };
+    ct_eq(
+        &share_commitment(&record.wrapped_root_key, share.expose()),
+        expected,
+    )
+}
 
 pub(crate) fn root_key_aad() -> Vec<u8> {
     context("sovra/root-key/v1", &[])
@@ -109,15 +146,24 @@ impl Seal {
     }
 
     /// Creates the root key and the unseal key, stores the wrapped root key and returns the
-    /// unseal key split into `shares` shares (threshold `threshold`). Leaves Sovra sealed.
+    /// unseal key split into `shares` shares (threshold `threshold`). Leaves Sovra sealed. A
+    /// Shamir threshold below 2 (one operator alone unseals) needs `allow_single_share`.
     pub async fn initialize(
         &self,
         store: &dyn Store,
         kind: SealKind,
         shares: u32,
         threshold: u32,
+        allow_single_share: bool,
         now: Timestamp,
     ) -> Result<(SecretBytes, Vec<SecretBytes>), CoreError> {
+        if kind == SealKind::Shamir && threshold < 2 && !allow_single_share {
+            return Err(CoreError::InvalidInput(
+                "a threshold below 2 lets one operator unseal alone; ask for it explicitly \
+                 (allow_single_share)"
+                    .into(),
+            ));
+        }
         if !matches!(
             &*self.state.read().unwrap_or_else(|e| e.into_inner()),
             State::Uninitialized
@@ -127,12 +173,21 @@ impl Seal {
         let unseal_key = SecretBytes::new(rng::random_vec(UNSEAL_KEY_LEN)?);
         let split = shamir::split(&unseal_key, shares as usize, threshold as usize)?;
         let root = SecretBytes::new(rng::random_vec(32)?);
+        let wrapped_root_key = WrappingKey::new(&unseal_key)?.wrap(&root, &root_key_aad())?;
+        // Shares come out of the split in id order (1, 2, ...); the commitments follow it.
+        let share_commitments = (kind == SealKind::Shamir).then(|| {
+            split
+                .iter()
+                .map(|s| share_commitment(&wrapped_root_key, s.expose()))
+                .collect()
+        });
         let record = SealRecord {
             kind,
             shares,
             threshold,
-            wrapped_root_key: WrappingKey::new(&unseal_key)?.wrap(&root, &root_key_aad())?,
+            wrapped_root_key,
             created_at: now.as_millis(),
+            share_commitments,
         };
         match store.create_seal(&record).await {
             Ok(()) => {}
@@ -167,6 +222,11 @@ impl Seal {
                 State::Uninitialized => return Err(CoreError::NotInitialized),
                 State::Unsealed { .. } => {}
                 State::Sealed { record, pending } => {
+                    if !issued_by(record, &share, id) {
+                        return Err(CoreError::InvalidShare(
+                            "this share was not issued by this server's initialization; progress is kept".into(),
+                        ));
+                    }
                     if pending.iter().any(|p| shamir::share_id(p).ok() == Some(id)) {
                         return Err(CoreError::InvalidShare(
                             "this share was already submitted; progress is kept".into(),

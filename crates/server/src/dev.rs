@@ -85,7 +85,7 @@ pub fn prepare(data_dir: &Path) -> Result<DevSetup, DevError> {
 pub async fn unseal(kms: &Kms, data_dir: &Path) -> Result<(), DevError> {
     let path = data_dir.join(SEAL_KEY_FILE);
     if !kms.seal_status().initialized {
-        let (unseal_key, _shares) = kms.initialize(SealKind::DevFile, 1, 1).await?;
+        let (unseal_key, _shares) = kms.initialize(SealKind::DevFile, 1, 1, false).await?;
         write_private(&path, STANDARD.encode(unseal_key.expose()).as_bytes())?;
     }
     let text = std::fs::read_to_string(&path).map_err(|e| io("cannot read", &path, e))?;

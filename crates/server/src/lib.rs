@@ -8,6 +8,7 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod hardening;
+pub mod init_token;
 pub mod middleware;
 pub mod openapi;
 pub mod private_files;

@@ -58,6 +58,7 @@ pub fn app(
         in_flight: in_flight.clone(),
         audit,
         rate_limits,
+        init_gate: Default::default(),
     });
     let router = routes
         .fallback(middleware::not_found)

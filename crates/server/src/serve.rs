@@ -38,6 +38,8 @@ pub enum ServeError {
     Jwks(#[from] sovra_core::identity::JwksError),
     #[error("{0}")]
     Dev(#[from] dev::DevError),
+    #[error(transparent)]
+    InitToken(#[from] crate::init_token::InitTokenError),
     #[error("{0}")]
     Siem(#[from] crate::siem::SiemError),
     #[error("{0}")]
@@ -143,6 +145,11 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
         sovra_core::clock::system(),
     )
     .await?;
+    // Written before the port opens, so that whoever can reach it finds the token in place.
+    let init_gate = crate::init_token::InitGate::default();
+    if !opts.dev && !kms.seal_status().initialized {
+        init_gate.prepare(&data_dir)?;
+    }
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|e| ServeError::Bind(config.listen, e))?;
@@ -159,6 +166,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     // Audit forwarding reads the durable chain; a bad sink stops startup here.
     let sinks = crate::siem::spawn_sinks(kms.store().clone(), &config.audit.sinks, &data_dir)?;
     let (router, state) = app(kms.clone(), auth, config, audit);
+    state.init_gate.adopt(init_gate);
     spawn_background(state.clone());
     let in_flight = state.in_flight.clone();
     tracing::info!(addr = %local, dev = opts.dev, sealed = !kms.is_unsealed(), "sovra listening (TLS 1.3)");

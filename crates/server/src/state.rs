@@ -20,4 +20,7 @@ pub struct AppState {
     /// The request audit log's writer; `None` when auditing is turned off.
     pub audit: Option<AuditWriter>,
     pub rate_limits: Arc<crate::ratelimit::RateLimits>,
+    /// The one-time token `sys/init` needs; empty (every init refused) until the server
+    /// prepares one at start outside dev mode.
+    pub init_gate: crate::init_token::InitGate,
 }

@@ -23,7 +23,7 @@ async fn sealed_app(dir: &tempfile::TempDir, config: &str, initialized: bool) ->
         .await
         .unwrap();
     if initialized {
-        kms.initialize(sovra_core::model::SealKind::Shamir, 1, 1)
+        kms.initialize(sovra_core::model::SealKind::Shamir, 1, 1, true)
             .await
             .unwrap();
         assert!(!kms.is_unsealed());

@@ -57,7 +57,7 @@ async fn unsealed_kms(db: &TestDb) -> (Arc<Kms>, Vec<SecretBytes>) {
 }
 
 async fn unseal_new(kms: Arc<Kms>) -> (Arc<Kms>, Vec<SecretBytes>) {
-    let (_, shares) = kms.initialize(SealKind::Shamir, 5, 3).await.unwrap();
+    let (_, shares) = kms.initialize(SealKind::Shamir, 5, 3, false).await.unwrap();
     assert_eq!(shares.len(), 5);
     unseal(&kms, &shares[..3]).await;
     (kms, shares)
@@ -160,16 +160,19 @@ both!(initialize_and_unseal_with_shares, |db| async move {
     let r = kms.create_key(&alice, aes("k")).await;
     assert!(matches!(r, Err(CoreError::NotInitialized)), "{:?}", r.err());
 
-    let (_, shares) = kms.initialize(SealKind::Shamir, 5, 3).await.unwrap();
+    let (_, shares) = kms.initialize(SealKind::Shamir, 5, 3, false).await.unwrap();
     assert_eq!(shares.len(), 5);
     let st = kms.seal_status();
     assert!(st.initialized && st.sealed);
     assert_eq!((st.shares, st.threshold, st.progress), (5, 3, 0));
     assert_eq!(st.seal_type.as_deref(), Some("shamir"));
     // Initialization is once only, also through another instance on the same store.
-    let again = kms.initialize(SealKind::Shamir, 5, 3).await;
+    let again = kms.initialize(SealKind::Shamir, 5, 3, false).await;
     assert!(matches!(again, Err(CoreError::AlreadyInitialized)));
-    let again = new_kms(&db).await.initialize(SealKind::Shamir, 3, 2).await;
+    let again = new_kms(&db)
+        .await
+        .initialize(SealKind::Shamir, 3, 2, false)
+        .await;
     assert!(matches!(again, Err(CoreError::AlreadyInitialized)));
 
     let r = kms.create_key(&alice, aes("k")).await;
@@ -220,48 +223,50 @@ both!(
     shares_of_another_initialization_do_not_unseal,
     |db| async move {
         let kms = new_kms(&db).await;
-        let (_, shares) = kms.initialize(SealKind::Shamir, 5, 3).await.unwrap();
+        let (_, shares) = kms.initialize(SealKind::Shamir, 5, 3, false).await.unwrap();
         // Foreign shares: a second initialization on another fresh store.
         let other_db = db.another().await;
         let other = new_kms(&other_db).await;
-        let (_, foreign) = other.initialize(SealKind::Shamir, 5, 3).await.unwrap();
+        let (_, foreign) = other
+            .initialize(SealKind::Shamir, 5, 3, false)
+            .await
+            .unwrap();
 
-        assert_eq!(
-            kms.submit_unseal_share(foreign[0].clone())
-                .await
-                .unwrap()
-                .progress,
-            1
-        );
-        assert_eq!(
-            kms.submit_unseal_share(foreign[1].clone())
-                .await
-                .unwrap()
-                .progress,
-            2
-        );
-        let r = kms.submit_unseal_share(foreign[2].clone()).await;
-        match r {
-            Err(CoreError::InvalidShare(m)) => {
-                assert!(m.contains("do not reconstruct"), "message: {m}")
-            }
-            other => panic!("foreign shares must be refused, got {other:?}"),
-        }
-        let st = kms.seal_status();
-        assert!(st.sealed, "foreign shares must not unseal");
-        assert_eq!(
-            st.progress, 0,
-            "progress is reset after a failed combination"
-        );
-        let r = kms.create_key(&user("acme", "alice"), aes("k")).await;
-        assert!(matches!(r, Err(CoreError::Sealed)));
-
-        // Two right shares and one foreign one: still refused.
+        // Two operators have submitted real shares when a share of another initialization, a
+        // made-up one and a real one under a wrong id arrive: each is refused on its own, and
+        // the operators' progress stands.
         kms.submit_unseal_share(shares[0].clone()).await.unwrap();
         kms.submit_unseal_share(shares[1].clone()).await.unwrap();
-        let r = kms.submit_unseal_share(foreign[2].clone()).await;
-        assert!(matches!(r, Err(CoreError::InvalidShare(_))), "{:?}", r.ok());
-        assert!(kms.seal_status().sealed);
+        let mut made_up = shares[2].expose().to_vec();
+        made_up[5] ^= 1;
+        let mut wrong_id = shares[3].expose().to_vec();
+        wrong_id[0] = shares[4].expose()[0];
+        let mut beyond = shares[3].expose().to_vec();
+        beyond[0] = 200;
+        for bad in [
+            foreign[2].clone(),
+            SecretBytes::new(made_up),
+            SecretBytes::new(wrong_id),
+            SecretBytes::new(beyond),
+        ] {
+            match kms.submit_unseal_share(bad).await {
+                Err(CoreError::InvalidShare(m)) => {
+                    assert!(m.contains("not issued by this server"), "message: {m}")
+                }
+                other => panic!("a share this server did not issue was accepted: {other:?}"),
+            }
+            let st = kms.seal_status();
+            assert!(st.sealed);
+            assert_eq!(
+                st.progress, 2,
+                "a refused share leaves the others' progress"
+            );
+        }
+        let r = kms.create_key(&user("acme", "alice"), aes("k")).await;
+        assert!(matches!(r, Err(CoreError::Sealed)));
+        let st = kms.submit_unseal_share(shares[2].clone()).await.unwrap();
+        assert!(!st.sealed, "the third real share unseals");
+        kms.seal(&operator()).unwrap();
 
         // The right shares still work afterwards.
         unseal(&kms, &shares[2..5]).await;
@@ -270,6 +275,51 @@ both!(
             .unwrap();
     }
 );
+
+// A threshold of 1 lets one operator unseal alone: refused unless asked for explicitly.
+both!(a_single_share_threshold_needs_asking_for, |db| async move {
+    let kms = new_kms(&db).await;
+    for (shares, threshold) in [(1, 1), (3, 1)] {
+        let r = kms
+            .initialize(SealKind::Shamir, shares, threshold, false)
+            .await;
+        match r {
+            Err(CoreError::InvalidInput(m)) => assert!(m.contains("allow_single_share"), "{m}"),
+            other => panic!("threshold {threshold} accepted: {:?}", other.map(|_| ())),
+        }
+        assert!(
+            !kms.seal_status().initialized,
+            "a refused init stores nothing"
+        );
+    }
+    let (_, shares) = kms.initialize(SealKind::Shamir, 1, 1, true).await.unwrap();
+    assert!(
+        !kms.submit_unseal_share(shares[0].clone())
+            .await
+            .unwrap()
+            .sealed
+    );
+});
+
+// A seal made before share commitments existed (the column is NULL) still unseals, and a
+// wrong share there is caught by combining, as before.
+both!(a_seal_without_commitments_still_unseals, |db| async move {
+    let kms = new_kms(&db).await;
+    let (_, shares) = kms.initialize(SealKind::Shamir, 3, 2, false).await.unwrap();
+    db.exec("UPDATE seal SET share_commitments = NULL").await;
+    let legacy = new_kms(&db).await;
+    let other_db = db.another().await;
+    let (_, foreign) = new_kms(&other_db)
+        .await
+        .initialize(SealKind::Shamir, 3, 2, false)
+        .await
+        .unwrap();
+    legacy.submit_unseal_share(shares[0].clone()).await.unwrap();
+    let r = legacy.submit_unseal_share(foreign[1].clone()).await;
+    assert!(matches!(r, Err(CoreError::InvalidShare(_))), "{:?}", r.ok());
+    unseal(&legacy, &shares[1..3]).await;
+    assert!(legacy.is_unsealed());
+});
 
 both!(seal_drops_keys_and_unseal_restores_them, |db| async move {
     let (kms, shares) = unsealed_kms(&db).await;
@@ -1012,7 +1062,7 @@ both!(
 
 both!(no_plaintext_or_key_material_in_any_table, |db| async move {
     let kms = new_kms(&db).await;
-    let (unseal_key, shares) = kms.initialize(SealKind::Shamir, 5, 3).await.unwrap();
+    let (unseal_key, shares) = kms.initialize(SealKind::Shamir, 5, 3, false).await.unwrap();
     unseal(&kms, &shares[..3]).await;
     let a = user("acme", "alice");
     let p = user("acme", "bob");

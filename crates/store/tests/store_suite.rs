@@ -103,6 +103,7 @@ both!(seal_record_is_written_once, |db| async move {
         threshold: 3,
         wrapped_root_key: vec![1, 2, 3, 4, 0, 255],
         created_at: 42,
+        share_commitments: Some((1..=5u8).map(|i| [i; 32]).collect()),
     };
     db.store.create_seal(&first).await.unwrap();
     assert_eq!(db.store.get_seal().await.unwrap(), Some(first.clone()));
@@ -113,6 +114,7 @@ both!(seal_record_is_written_once, |db| async move {
         threshold: 1,
         wrapped_root_key: vec![9; 40],
         created_at: 43,
+        share_commitments: None,
     };
     let r = db.store.create_seal(&second).await;
     assert!(is_conflict(&r), "second create_seal must conflict: {r:?}");

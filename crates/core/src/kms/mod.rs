@@ -147,15 +147,25 @@ impl Kms {
     }
 
     /// Initializes the seal; returns the unseal key (kept only by dev mode) and its shares.
+    /// Initializes the seal (see [`crate::seal::Seal::initialize`]); a Shamir threshold
+    /// below 2 needs `allow_single_share`.
     pub async fn initialize(
         &self,
         kind: crate::model::SealKind,
         shares: u32,
         threshold: u32,
+        allow_single_share: bool,
     ) -> Result<(SecretBytes, Vec<SecretBytes>), CoreError> {
         let now = self.clock.now();
         self.seal
-            .initialize(self.store.as_ref(), kind, shares, threshold, now)
+            .initialize(
+                self.store.as_ref(),
+                kind,
+                shares,
+                threshold,
+                allow_single_share,
+                now,
+            )
             .await
     }
 

@@ -1,10 +1,11 @@
 //! Seal management and organization administration.
 
-use crate::error::{ApiResult, ErrorBody};
+use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::extract::{ApiJson, Auth, b64, to_b64};
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
+use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use sovra_core::model::SealKind;
 use sovra_core::seal;
@@ -17,6 +18,12 @@ use utoipa::ToSchema;
 pub struct InitRequest {
     pub shares: u32,
     pub threshold: u32,
+    /// The one-time token the server wrote to `<data_dir>/init-token` at its first start:
+    /// proof of being its installer.
+    pub init_token: Option<String>,
+    /// Allows a threshold of 1 (one operator alone unseals).
+    #[serde(default)]
+    pub allow_single_share: bool,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -70,7 +77,7 @@ pub async fn seal_status(State(st): State<Arc<AppState>>) -> Json<SealStatus> {
 }
 
 #[utoipa::path(post, path = "/api/v1/sys/init", tag = "sys", request_body = InitRequest,
-    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = InitResponse), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody),
+    responses((status = 415, body = ErrorBody), (status = 413, body = ErrorBody), (status = 200, body = InitResponse), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody),
               (status = 503, body = ErrorBody),
               (status = 429, body = ErrorBody, description = "Rate limited",
                headers(("Retry-After" = u64, description = "Whole seconds to wait")))))]
@@ -78,10 +85,31 @@ pub async fn init(
     State(st): State<Arc<AppState>>,
     ApiJson(req): ApiJson<InitRequest>,
 ) -> ApiResult<Json<InitResponse>> {
+    crate::audit::note_resource(format!("seal/{}-of-{}", req.threshold, req.shares));
+    if st.kms.seal_status().initialized {
+        return Err(sovra_core::CoreError::AlreadyInitialized.into());
+    }
+    if !st.init_gate.admits(req.init_token.as_deref()) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "invalid_init_token",
+            format!(
+                "sys/init needs the one-time init token this server wrote to its data directory \
+                 ({}); pass it with `sovra operator init --init-token-file`",
+                crate::init_token::INIT_TOKEN_FILE
+            ),
+        ));
+    }
     let (_unseal_key, shares) = st
         .kms
-        .initialize(SealKind::Shamir, req.shares, req.threshold)
+        .initialize(
+            SealKind::Shamir,
+            req.shares,
+            req.threshold,
+            req.allow_single_share,
+        )
         .await?;
+    st.init_gate.spend();
     tracing::info!(
         shares = req.shares,
         threshold = req.threshold,
@@ -107,6 +135,10 @@ pub async fn unseal(
     ApiJson(req): ApiJson<UnsealRequest>,
 ) -> ApiResult<Json<SealStatus>> {
     let share = decode_share(&req.share)?;
+    // The ceremony's events name which share was submitted (its id byte, not a secret).
+    if let Some(id) = share.expose().first() {
+        crate::audit::note_resource(format!("seal/share/{id}"));
+    }
     let status = st.kms.submit_unseal_share(share).await?;
     if !status.sealed {
         tracing::info!("unsealed");

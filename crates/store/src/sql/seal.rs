@@ -12,7 +12,7 @@ macro_rules! seal_store {
         impl SealStore for $name {
             async fn get_seal(&self) -> Result<Option<SealRecord>, StoreError> {
                 use sqlx::Row;
-                let row = sqlx::query("SELECT kind, shares, threshold, wrapped_root_key, created_at FROM seal WHERE id = 1")
+                let row = sqlx::query("SELECT kind, shares, threshold, wrapped_root_key, created_at, share_commitments FROM seal WHERE id = 1")
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(map_err)?;
@@ -24,18 +24,25 @@ macro_rules! seal_store {
                     threshold: to_u32(r.try_get("threshold").map_err(map_err)?, "threshold")?,
                     wrapped_root_key: r.try_get("wrapped_root_key").map_err(map_err)?,
                     created_at: r.try_get("created_at").map_err(map_err)?,
+                    share_commitments: r
+                        .try_get::<Option<Vec<u8>>, _>("share_commitments")
+                        .map_err(map_err)?
+                        .map(|b| decode_commitments(&b))
+                        .transpose()?,
                 }))
             }
 
             async fn create_seal(&self, s: &SealRecord) -> Result<(), StoreError> {
                 sqlx::query(
-                    "INSERT INTO seal (id, kind, shares, threshold, wrapped_root_key, created_at) VALUES (1, $1, $2, $3, $4, $5)",
+                    "INSERT INTO seal (id, kind, shares, threshold, wrapped_root_key, created_at, share_commitments) \
+                     VALUES (1, $1, $2, $3, $4, $5, $6)",
                 )
                 .bind(s.kind.as_str())
                 .bind(s.shares as i64)
                 .bind(s.threshold as i64)
                 .bind(&s.wrapped_root_key)
                 .bind(s.created_at)
+                .bind(s.share_commitments.as_ref().map(|c| c.concat()))
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
@@ -43,6 +50,21 @@ macro_rules! seal_store {
             }
         }
     };
+}
+
+/// The stored concatenation of 32-byte commitments.
+fn decode_commitments(bytes: &[u8]) -> Result<Vec<[u8; 32]>, StoreError> {
+    if !bytes.len().is_multiple_of(32) {
+        return Err(corrupt("share commitments"));
+    }
+    Ok(bytes
+        .chunks_exact(32)
+        .map(|c| {
+            let mut out = [0u8; 32];
+            out.copy_from_slice(c);
+            out
+        })
+        .collect())
 }
 
 seal_store!(SqliteStore);
