@@ -46,6 +46,7 @@ fn fixture() -> &'static Fixture {
                     SealKind::Shamir,
                     SHARES,
                     THRESHOLD,
+                    false,
                     sovra_core::clock::Clock::now(&sovra_core::clock::SystemClock),
                 )
                 .await
@@ -91,6 +92,11 @@ fuzz_target!(|data: &[u8]| {
                 .is_ok()
                 && before.sealed
             {
+                // Each share is checked against its commitment: only issued ones count.
+                assert!(
+                    real.iter().any(|r| r == share.expose()),
+                    "a share this initialization did not issue was accepted"
+                );
                 accepted.push(share.expose().to_vec());
             }
         }
