@@ -1220,3 +1220,86 @@ async fn cli_lists_exports_hashes_and_prints_the_public_key() {
     // Exactly one of the two.
     assert!(!s.cli(&["audit", "hash"], None).status.success());
 }
+
+/// The events in an export: full ones and other organizations' redacted links.
+fn event_count(export: &str) -> usize {
+    lines(export)
+        .iter()
+        .filter(|l| l["type"] == "event" || l["type"] == "redacted")
+        .count()
+}
+
+/// Audit flooding: a caller over its bucket cannot make the server write events at the rate it
+/// sends. An anonymous source hitting unknown paths and the unlimited probes, and an identity
+/// hammering encrypt, each leave at most their bucket's worth of events plus one refusal a
+/// minute; the rest are refused (429) or unaudited and counted.
+#[tokio::test]
+async fn a_caller_over_its_bucket_cannot_flood_the_audit_log() {
+    let dir = TempDir::new("audit-flood");
+    let s = Server::start_dev(
+        dir.path(),
+        "[rate_limits.unauthenticated]\nper_second = 0.01\nburst = 5\n\
+         [rate_limits.crypto]\nper_second = 0.01\nburst = 5\n",
+    );
+    let token = dev_token(&s).to_string();
+    let key = create_key(&s, &token, "flood").await;
+    let before = event_count(&export(&s, &token, "").await);
+    let http = s.http();
+    // Concurrently: every 429 is held for half a second before it is sent.
+    let requests = (0..300).flat_map(|i| {
+        [
+            (Method::GET, format!("/api/v1/no-such-route-{i}"), None),
+            (Method::GET, "/api/v1/sys/seal-status".to_string(), None),
+            (Method::GET, "/api/v1/audit/public-key".to_string(), None),
+            (
+                Method::POST,
+                format!("/api/v1/keys/{key}/encrypt"),
+                Some(r#"{"plaintext":"aGk="}"#),
+            ),
+        ]
+    });
+    let answers = futures_util::future::join_all(requests.map(|(method, path, body)| {
+        let (s, http, token) = (&s, &http, &token);
+        async move {
+            let auth = body.is_some().then_some(token.as_str());
+            send(s, http, method, &path, auth, body).await.status
+        }
+    }))
+    .await;
+    let refused = answers.iter().filter(|st| **st == 429).count();
+    assert!(
+        refused >= 2 * 290,
+        "{refused} refusals: the buckets did not run out"
+    );
+    let after = event_count(&export(&s, &token, "").await);
+    // 5 unknown paths and 5 encryptions within the buckets, one audited refusal of each
+    // caller, and the first export.
+    let written = after - before;
+    if written > 13 {
+        // Show what was written before failing.
+        let all = lines(&export(&s, &token, "").await);
+        for l in &all[all.len().saturating_sub(written + 2)..] {
+            eprintln!("written: {l}");
+        }
+    }
+    assert!(
+        written <= 5 + 5 + 2 + 1,
+        "{written} events from 1,200 requests"
+    );
+    assert!(
+        written >= 5 + 5 + 2,
+        "{written} events: the admitted requests must be audited"
+    );
+    let metrics = s.get_ok("/metrics").await.text;
+    let unrecorded: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sovra_audit_refusals_unrecorded_total "))
+        .expect("the unrecorded refusals are counted")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        unrecorded >= (refused - 2) as f64,
+        "{unrecorded} of {refused}"
+    );
+}

@@ -149,6 +149,17 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
             }
         }
         let status = resp.status();
+        // A caller over its bucket is answered 429 without an event beyond the first of each
+        // interval: otherwise refusals would write to disk and the SIEM at any rate.
+        if resp.extensions().get::<ErrorCode>().map(|c| c.0) == Some("rate_limited") {
+            let who = caller
+                .as_ref()
+                .map_or_else(|| source.clone(), |c| c.principal.identity().to_string());
+            if !st.rate_limits.audit_refusal(&who) {
+                drop(guard);
+                return resp;
+            }
+        }
         let error_code = if status.is_success() {
             None
         } else {

@@ -247,8 +247,15 @@ pub struct RateLimits {
     /// credentials are not even verified before then, so guessing and verification floods
     /// stop at the limit.
     blocked: DashMap<IpAddr, Instant>,
+    /// When each caller's last rate-limit refusal was audited: one per caller per
+    /// [`REFUSAL_AUDIT_INTERVAL`] is, the rest only counted, so a caller over its bucket cannot
+    /// write audit events faster than its bucket allows.
+    refusals_audited: DashMap<String, Instant>,
     bursts: [u32; 6],
 }
+
+/// How often a caller that keeps being refused leaves an audit event of it.
+pub const REFUSAL_AUDIT_INTERVAL: Duration = Duration::from_secs(60);
 
 fn keyed<K: Hash + Eq + Clone>(l: ClassLimit) -> Keyed<K> {
     RateLimiter::dashmap(l.quota())
@@ -265,6 +272,7 @@ impl RateLimits {
             sys: keyed(cfg.sys),
             unauthenticated: keyed(cfg.unauthenticated),
             blocked: DashMap::new(),
+            refusals_audited: DashMap::new(),
             bursts: cfg.classes().map(|(_, l)| l.burst.max(1)),
         }
     }
@@ -362,6 +370,33 @@ impl RateLimits {
         let now = Instant::now();
         self.blocked.retain(|_, until| *until > now);
         self.blocked.shrink_to_fit();
+        self.refusals_audited
+            .retain(|_, at| now.duration_since(*at) < REFUSAL_AUDIT_INTERVAL);
+        self.refusals_audited.shrink_to_fit();
+    }
+
+    /// Whether a rate-limit refusal of `caller` (an identity, or a source address) gets an
+    /// audit event: the first in each [`REFUSAL_AUDIT_INTERVAL`] does; the others are counted
+    /// in `sovra_audit_refusals_unrecorded_total`.
+    pub fn audit_refusal(&self, caller: &str) -> bool {
+        let now = Instant::now();
+        let mut first = false;
+        self.refusals_audited
+            .entry(caller.to_string())
+            .and_modify(|at| {
+                if now.duration_since(*at) >= REFUSAL_AUDIT_INTERVAL {
+                    *at = now;
+                    first = true;
+                }
+            })
+            .or_insert_with(|| {
+                first = true;
+                now
+            });
+        if !first {
+            metrics::counter!("sovra_audit_refusals_unrecorded_total").increment(1);
+        }
+        first
     }
 
     /// Runs [`Self::cleanup`] periodically while the limits are alive (needs a Tokio runtime;

@@ -271,6 +271,9 @@ pub static ROUTES: &[RouteSpec] = &[
         Op::SysSealStatus,
         Unlimited,
     )
+    // A probe like /health: unlimited, so not audited either (it would let anyone write
+    // events at any rate).
+    .unaudited()
     .while_sealed(),
     RouteSpec::new(
         POST,
@@ -457,6 +460,7 @@ pub static ROUTES: &[RouteSpec] = &[
         Op::AuditPublicKey,
         Unlimited,
     )
+    .unaudited()
     .while_sealed(),
     RouteSpec::new(
         GET,
