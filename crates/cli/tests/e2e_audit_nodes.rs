@@ -111,3 +111,78 @@ async fn two_nodes_on_one_postgres_keep_one_audit_chain() {
     );
     assert!(node1.stop());
 }
+
+/// A node on PostgreSQL whose last appended events are deleted behind its back (an insider
+/// with the table owner's rights switches the triggers off) raises the alarm at its next
+/// append: a log line, an audit event naming both heads, `/ready` and a metric. With the
+/// default policy it then stops appending, so no request is answered over a chain it cannot
+/// vouch for; with `continue_after_rollback` it goes on from the database's head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolled_back_chain_is_an_alarm_and_stops_appending() {
+    for continue_after in [false, true] {
+        let tag = format!("audit-rollback-{continue_after}");
+        let dir = common::TempDir::new(&tag);
+        let url = common::fresh_pg_database();
+        let s = Server::start_dev(
+            dir.path(),
+            &format!(
+                "database_url = \"{url}\"\n[audit]\ncontinue_after_rollback = {continue_after}\n"
+            ),
+        );
+        let c = s.client();
+        let key = c.create_key("k", "aes-256-gcm", None).await.unwrap();
+        for _ in 0..3 {
+            c.encrypt(&key.id, b"x", &Default::default()).await.unwrap();
+        }
+        let deleted = common::psql(
+            &url,
+            "ALTER TABLE audit_events DISABLE TRIGGER USER; \
+             WITH gone AS (DELETE FROM audit_events WHERE seq > (SELECT max(seq) - 2 FROM audit_events) RETURNING 1) \
+             SELECT count(*) FROM gone; \
+             ALTER TABLE audit_events ENABLE TRIGGER USER;",
+        );
+        assert!(deleted.contains('2'), "{deleted}");
+
+        let r = c.encrypt(&key.id, b"x", &Default::default()).await;
+        let alarms = common::psql(
+            &url,
+            "SELECT error_code FROM audit_events WHERE action = 'audit.rollback_detected'",
+        );
+        assert!(
+            alarms.contains("rolled back") && alarms.matches(':').count() >= 1,
+            "one alarm event naming both heads: {alarms}"
+        );
+        assert!(s.log_text().contains("AUDIT CHAIN ROLLED BACK"));
+        let http = s.http();
+        let ready = http.get(s.url("/ready")).send().await.unwrap();
+        let metrics = http
+            .get(s.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if continue_after {
+            r.expect("continues after the alarm when told a failover lost data");
+            assert_eq!(ready.status(), 200);
+            assert!(metrics.contains("sovra_audit_halted 0"), "{metrics}");
+        } else {
+            let e = r.expect_err("a node must not append over a rolled-back chain");
+            assert!(e.to_string().contains("audit"), "{e}");
+            // And it stays stopped.
+            assert!(c.encrypt(&key.id, b"x", &Default::default()).await.is_err());
+            assert_eq!(ready.status(), 503);
+            let body: serde_json::Value = ready.json().await.unwrap();
+            assert_eq!(body["status"], "audit_halted", "{body}");
+            assert!(metrics.contains("sovra_audit_halted 1"), "{metrics}");
+        }
+        drop(c);
+        drop(s);
+        let db = url.rsplit('/').next().unwrap();
+        common::psql(
+            &common::pg_admin_url(),
+            &format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"),
+        );
+    }
+}

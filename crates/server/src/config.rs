@@ -38,6 +38,12 @@ pub struct AuditConfig {
     pub checkpoint_interval_seconds: u64,
     #[serde(default)]
     pub sinks: Vec<crate::siem::SinkConfig>,
+    /// When the database's chain no longer holds the last event this node appended (rows
+    /// deleted, a database gone back in time): `true` continues from the database's head after
+    /// the alarm (set it only when a failover is known to have lost data); `false`, the default,
+    /// stops appending, so audited requests fail until an operator has looked.
+    #[serde(default)]
+    pub continue_after_rollback: bool,
 }
 
 impl Default for AuditConfig {
@@ -46,6 +52,7 @@ impl Default for AuditConfig {
             enabled: true,
             checkpoint_interval_seconds: default_checkpoint_interval(),
             sinks: Vec::new(),
+            continue_after_rollback: false,
         }
     }
 }

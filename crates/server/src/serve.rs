@@ -64,7 +64,14 @@ pub async fn audit_writer(kms: &Kms, config: &Config) -> Result<Option<AuditWrit
     let store = kms.store().clone();
     Ok(Some(match store.audit_journal_path() {
         Some(path) => AuditWriter::start_journaled(store, &path).await?,
-        None => AuditWriter::start(store),
+        None => AuditWriter::start(
+            store,
+            if config.audit.continue_after_rollback {
+                sovra_core::audit::OnRollback::Continue
+            } else {
+                sovra_core::audit::OnRollback::Halt
+            },
+        ),
     }))
 }
 

@@ -189,7 +189,7 @@ async fn syslog_survives_a_receiver_that_is_down_and_comes_back(tls: bool) {
     let metrics = prometheus();
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
-    let writer = AuditWriter::start(store.clone());
+    let writer = AuditWriter::start(store.clone(), sovra_core::audit::OnRollback::Halt);
     let port = free_port();
     let name = if tls { "syslog-tls" } else { "syslog-tcp" };
     let server_tls = if tls {
@@ -338,7 +338,7 @@ fn webhook_delivers_every_event_after_503s_and_sends_the_auth_header() {
 async fn webhook_case() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
-    let writer = AuditWriter::start(store.clone());
+    let writer = AuditWriter::start(store.clone(), sovra_core::audit::OnRollback::Halt);
     let (cert, key) = sovra_server::tls::self_signed().unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &cert).unwrap();
@@ -437,7 +437,7 @@ fn file_seqs(path: &Path, max_bytes: u64) -> Vec<u64> {
 async fn file_sink_rotates_keeps_every_event_once_and_resumes_after_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store = open_store(dir.path()).await;
-    let writer = AuditWriter::start(store.clone());
+    let writer = AuditWriter::start(store.clone(), sovra_core::audit::OnRollback::Halt);
     let path = dir.path().join("siem").join("audit.jsonl");
     let max_bytes = 4096;
     let config = sink(&format!(

@@ -96,7 +96,7 @@ async fn disable_append_only(db: &TestDb) {
 both!(
     concurrent_requests_form_one_verifiable_chain,
     |db| async move {
-        let writer = AuditWriter::start(db.store.clone());
+        let writer = AuditWriter::start(db.store.clone(), sovra_core::audit::OnRollback::Halt);
         record_concurrently(&writer, 300).await;
 
         let key = audit_key();
@@ -139,12 +139,12 @@ both!(
 both!(
     appends_continue_the_chain_after_a_restart,
     |db| async move {
-        let first = AuditWriter::start(db.store.clone());
+        let first = AuditWriter::start(db.store.clone(), sovra_core::audit::OnRollback::Halt);
         for i in 0..5 {
             first.record(event(i)).await.unwrap();
         }
         // A second writer (a restart, or a second node) continues from the stored head.
-        let second = AuditWriter::start(db.store.clone());
+        let second = AuditWriter::start(db.store.clone(), sovra_core::audit::OnRollback::Halt);
         assert_eq!(second.record(event(5)).await.unwrap(), 6);
         assert_eq!(verified_event_count(&db).await, 6);
     }
@@ -153,7 +153,7 @@ both!(
 both!(
     audit_queries_filter_one_org_newest_first_and_page,
     |db| async move {
-        let writer = AuditWriter::start(db.store.clone());
+        let writer = AuditWriter::start(db.store.clone(), sovra_core::audit::OnRollback::Halt);
         for i in 0..40u32 {
             let mut ev = event(i);
             if i % 4 == 0 {

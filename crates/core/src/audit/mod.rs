@@ -22,7 +22,7 @@ pub use keys::AuditKeys;
 #[cfg(test)]
 pub(crate) use keys::aad as keys_aad;
 pub use read::MAX_PAGE;
-pub use writer::AuditWriter;
+pub use writer::{AuditWriter, OnRollback};
 
 /// Filters of `GET /api/v1/audit`: one org's events, newest first, paged by sequence.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

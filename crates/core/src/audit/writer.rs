@@ -45,6 +45,18 @@ struct Progress {
     last_stored: Mutex<Option<(u64, String)>>,
     /// Wakes the store task from its gathering pause: the journal wants to be emptied.
     store_now: tokio::sync::Notify,
+    /// Set when the writer stopped appending because the chain was rolled back under it.
+    halted: std::sync::OnceLock<String>,
+}
+
+/// What a node does when the database's audit chain no longer holds the last event it
+/// appended. Either way it first appends an alarm event naming both heads, and logs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnRollback {
+    /// Stop appending: every later audited request fails until an operator has looked.
+    Halt,
+    /// Continue from the database's head: an operator said a failover lost data.
+    Continue,
 }
 
 impl Progress {
@@ -55,6 +67,7 @@ impl Progress {
             stored: tokio::sync::watch::Sender::new(seq),
             last_stored: Mutex::new(None),
             store_now: tokio::sync::Notify::new(),
+            halted: std::sync::OnceLock::new(),
         })
     }
 
@@ -95,7 +108,7 @@ const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 impl AuditWriter {
     /// Starts the writer task on the current runtime, committing each batch to the store.
-    pub fn start(store: Arc<dyn Store>) -> AuditWriter {
+    pub fn start(store: Arc<dyn Store>, on_rollback: OnRollback) -> AuditWriter {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Pending>(8192);
         let progress = Progress::new(None);
         let shared = progress.clone();
@@ -103,7 +116,26 @@ impl AuditWriter {
             while let Some(first) = rx.recv().await {
                 let batch = gather(first, &mut rx);
                 let (events, waiters): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-                match append_with_retry(store.as_ref(), events).await {
+                if shared.halted.get().is_some() {
+                    fail(waiters);
+                    continue;
+                }
+                let appended = match append_with_retry(store.as_ref(), &events).await {
+                    Err(alarm @ StoreError::AuditRollback { .. }) => {
+                        raise_rollback_alarm(store.as_ref(), &alarm).await;
+                        match on_rollback {
+                            OnRollback::Continue => {
+                                append_with_retry(store.as_ref(), &events).await
+                            }
+                            OnRollback::Halt => {
+                                let _ = shared.halted.set(alarm.to_string());
+                                Err(alarm)
+                            }
+                        }
+                    }
+                    other => other,
+                };
+                match appended {
                     Ok(stored) => {
                         if let Some(ev) = stored.last() {
                             shared.durable.fetch_max(ev.seq, Ordering::SeqCst);
@@ -228,6 +260,12 @@ impl AuditWriter {
                 "audit events are durable but not yet in the database".into(),
             )),
         }
+    }
+
+    /// Why the writer stopped appending, if it did (a rolled-back chain under
+    /// [`OnRollback::Halt`]): readiness and metrics report it.
+    pub fn halted(&self) -> Option<&str> {
+        self.progress.halted.get().map(String::as_str)
     }
 
     /// The sequence and hash of the last event this writer put in the store, as computed in
@@ -710,13 +748,40 @@ async fn stored_matches(store: &dyn Store, ev: &AuditEvent) -> Result<bool, Stor
 }
 
 /// Another node appending at the same moment makes the commit conflict; retry on the new head.
+/// Logs a rolled-back chain and appends an event that names both heads, continuing the head
+/// the database holds (the only chain left to write to).
+async fn raise_rollback_alarm(store: &dyn Store, alarm: &StoreError) {
+    tracing::error!(alarm = %alarm, "AUDIT CHAIN ROLLED BACK: events this node appended are gone from the database");
+    store.accept_audit_rollback();
+    let event = AuditEvent {
+        seq: 0,
+        time_ms: crate::clock::system().now().as_millis(),
+        org: None,
+        actor: "sovra".into(),
+        auth_method: "none".into(),
+        cert_fingerprint: None,
+        action: "audit.rollback_detected".into(),
+        resource: "audit".into(),
+        outcome: "failure".into(),
+        error_code: Some(alarm.to_string()),
+        request_id: String::new(),
+        source: "node".into(),
+        hashed: Default::default(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    };
+    if let Err(e) = append_with_retry(store, &[event]).await {
+        tracing::error!(error = %e, "the rollback alarm event could not be appended");
+    }
+}
+
 async fn append_with_retry(
     store: &dyn Store,
-    events: Vec<AuditEvent>,
+    events: &[AuditEvent],
 ) -> Result<Vec<AuditEvent>, StoreError> {
     let mut attempt = 0;
     loop {
-        match store.append_audit(events.clone()).await {
+        match store.append_audit(events.to_vec()).await {
             Err(StoreError::Conflict(_)) if attempt < 50 => {
                 attempt += 1;
                 // Jitter, so two nodes that collided do not collide again in lockstep.

@@ -9,8 +9,14 @@ use async_trait::async_trait;
 pub trait AuditStore: Send + Sync {
     /// Appends events to the audit chain in one transaction: each gets the next sequence number
     /// and is linked to the current head. Returns them as stored. A concurrent append from
-    /// another node makes this a conflict (the caller retries), never a fork.
+    /// another node makes this a conflict (the caller retries), never a fork. When the stored
+    /// chain no longer holds the last event this store appended (rows deleted or rewritten, a
+    /// database gone back in time) it is [`StoreError::AuditRollback`], every time, until
+    /// [`AuditStore::accept_audit_rollback`].
     async fn append_audit(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError>;
+    /// Forgets the last appended event, so that the next append continues whatever head the
+    /// database holds: after a rollback has been raised as an alarm.
+    fn accept_audit_rollback(&self);
     /// Stores events already sealed into the chain (by a node's audit journal) in one
     /// transaction. The first must continue the stored head exactly (next sequence number,
     /// `prev_hash` equal to the head's hash), else this is a conflict and nothing is stored.

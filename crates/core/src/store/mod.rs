@@ -26,6 +26,18 @@ pub enum StoreError {
     /// A stored row does not decode (corruption or an incompatible schema).
     #[error("corrupt record: {0}")]
     Corrupt(String),
+    /// The audit chain no longer holds the last event this node appended: rows were deleted
+    /// or rewritten, or the database went back to an earlier point (a failover that lost
+    /// commits, a restored backup).
+    #[error(
+        "the audit chain was rolled back: this node appended up to seq {appended_seq}, the database's head is {stored_head}"
+    )]
+    AuditRollback {
+        appended_seq: u64,
+        appended_hash: String,
+        /// `seq:hash` of the stored head, or `empty`.
+        stored_head: String,
+    },
 }
 
 /// A change to stored keys, made by any process sharing the database (other nodes included).

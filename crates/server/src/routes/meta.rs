@@ -29,8 +29,9 @@ pub async fn health() -> Json<Health> {
 const READY_DATABASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Ready to serve keys: unsealed, the database answers a read, and every JWT issuer's keys
-/// are fresh enough to be trusted. Otherwise 503 with the first failing check as `status`
-/// (`sealed`, `database_unavailable`, `issuer_keys_expired`) and what failed in `detail`.
+/// are fresh enough to be trusted, and the audit log is being written. Otherwise 503 with the
+/// first failing check as `status` (`sealed`, `database_unavailable`, `audit_halted`,
+/// `issuer_keys_expired`) and what failed in `detail`.
 #[utoipa::path(get, path = "/ready", tag = "meta",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn ready(State(st): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
@@ -53,6 +54,9 @@ pub async fn ready(State(st): State<Arc<AppState>>) -> (StatusCode, Json<Health>
             tracing::warn!("readiness: the database did not answer a read of the seal record");
             return not_ready("database_unavailable", None);
         }
+    }
+    if let Some(why) = st.audit.as_ref().and_then(|a| a.halted()) {
+        return not_ready("audit_halted", Some(why.to_string()));
     }
     let expired = st.auth.issuers_with_expired_keys();
     if !expired.is_empty() {
@@ -77,6 +81,8 @@ pub async fn ready(State(st): State<Arc<AppState>>) -> (StatusCode, Json<Health>
     responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain")))]
 pub async fn metrics(State(st): State<Arc<AppState>>) -> impl IntoResponse {
     metrics::gauge!("sovra_sealed").set(if st.kms.is_unsealed() { 0.0 } else { 1.0 });
+    let halted = st.audit.as_ref().is_some_and(|a| a.halted().is_some());
+    metrics::gauge!("sovra_audit_halted").set(if halted { 1.0 } else { 0.0 });
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         st.metrics.render(),

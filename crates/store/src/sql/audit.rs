@@ -40,10 +40,34 @@ fn audit_insert_sql(rows: usize) -> String {
 macro_rules! audit_store {
     ($name:ident, $db:ty, $row:ty, $begin:expr, $insert_rows:path, $append_rows:path) => {
         impl $name {
-            /// Appends `events` after the head read inside the same transaction.
-            async fn append_after_stored_head(&self, events: Vec<AuditEvent>) -> Result<Vec<AuditEvent>, StoreError> {
+            /// Appends `events` after the head read inside the same transaction; with
+            /// `appended`, only if that event (the last this store appended) is still stored:
+            /// another node may have appended after it, but nothing may have removed it.
+            async fn append_after_stored_head(
+                &self,
+                events: Vec<AuditEvent>,
+                appended: Option<&(u64, String)>,
+            ) -> Result<Vec<AuditEvent>, StoreError> {
                 let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
-                let (seq, prev) = Self::audit_head_on(&mut *tx).await?.unwrap_or((0, GENESIS.to_string()));
+                let head = Self::audit_head_on(&mut *tx).await?;
+                if let Some((a_seq, a_hash)) = appended {
+                    let present: bool = sqlx::query_scalar(
+                        "SELECT EXISTS (SELECT 1 FROM audit_events WHERE seq = $1 AND hash = $2)",
+                    )
+                    .bind(*a_seq as i64)
+                    .bind(a_hash)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                    if !present {
+                        return Err(StoreError::AuditRollback {
+                            appended_seq: *a_seq,
+                            appended_hash: a_hash.clone(),
+                            stored_head: head.map_or_else(|| "empty".into(), |(s, h)| format!("{s}:{h}")),
+                        });
+                    }
+                }
+                let (seq, prev) = head.unwrap_or((0, GENESIS.to_string()));
                 let stored = seal_chain(events, seq, &prev);
                 Self::insert_audit_rows(&mut tx, &stored).await?;
                 tx.commit().await.map_err(map_err)?;
@@ -117,17 +141,31 @@ macro_rules! audit_store {
                         if $append_rows(&self.pool, (seq, &prev), &sealed).await? {
                             sealed
                         } else {
-                            // Not the stored head any more: continue the one stored.
-                            self.append_after_stored_head(sealed).await?
+                            // Not the stored head any more: continue the one stored, if it
+                            // still holds ours.
+                            let known = (seq, prev);
+                            match self.append_after_stored_head(sealed, Some(&known)).await {
+                                Err(e @ StoreError::AuditRollback { .. }) => {
+                                    // Kept, so that every later append finds the rollback too.
+                                    *self.audit_head.lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(known);
+                                    return Err(e);
+                                }
+                                other => other?,
+                            }
                         }
                     }
-                    None => self.append_after_stored_head(events).await?,
+                    None => self.append_after_stored_head(events, None).await?,
                 };
                 if let Some(last) = stored.last() {
                     *self.audit_head.lock().unwrap_or_else(|e| e.into_inner()) =
                         Some((last.seq, last.hash.clone()));
                 }
                 Ok(stored)
+            }
+
+            fn accept_audit_rollback(&self) {
+                *self.audit_head.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
 
             async fn insert_sealed_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
