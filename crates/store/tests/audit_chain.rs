@@ -9,11 +9,11 @@
 mod common;
 
 use common::{Backend, TestDb};
-use sovra_core::Store;
 use sovra_core::audit::{
     AuditEvent, AuditQuery, AuditWriter, Checkpoint, ExportLine, verify_export,
 };
 use sovra_core::test_support::{audit_event, audit_key};
+use sovra_core::{Store, StoreError};
 use sovra_store::{PostgresStore, SqliteStore};
 use std::collections::HashSet;
 
@@ -594,22 +594,39 @@ both!(
 );
 
 both!(
-    a_remembered_head_the_database_no_longer_has_is_not_continued,
+    a_remembered_head_the_database_no_longer_has_is_refused_until_accepted,
     |db| async move {
         // The database loses the newest event behind the process's back (restored to an
-        // earlier point, or a failover that lost a commit). Continuing the remembered head
-        // would leave a gap and a link to nothing; the next batch must follow the stored head.
-        db.store
+        // earlier point, or a failover that lost a commit). Continuing either head silently
+        // would hide it: every append is refused as a rollback, naming both heads, until the
+        // caller (the audit writer, after its alarm) accepts it; then the stored head is
+        // followed, without a gap.
+        let appended = db
+            .store
             .append_audit(vec![event(0), event(1), event(2)])
             .await
             .unwrap();
         disable_append_only(&db).await;
         assert_eq!(db.exec("DELETE FROM audit_events WHERE seq = 3").await, 1);
+        for _ in 0..2 {
+            match db.store.append_audit(vec![event(3)]).await {
+                Err(StoreError::AuditRollback {
+                    appended_seq,
+                    appended_hash,
+                    stored_head,
+                }) => {
+                    assert_eq!(appended_seq, 3);
+                    assert_eq!(appended_hash, appended[2].hash);
+                    assert_eq!(stored_head, format!("2:{}", appended[1].hash));
+                }
+                other => panic!("a rolled-back chain was continued: {other:?}"),
+            }
+        }
+        assert_eq!(verified_event_count(&db).await, 2, "nothing was appended");
+        db.store.accept_audit_rollback();
         let next = db.store.append_audit(vec![event(3)]).await.unwrap();
-        assert_eq!(
-            next[0].seq, 3,
-            "follows the stored head, not the remembered one"
-        );
+        assert_eq!(next[0].seq, 3, "follows the stored head once accepted");
+        assert_eq!(next[0].prev_hash, appended[1].hash);
         assert_eq!(verified_event_count(&db).await, 3);
     }
 );
