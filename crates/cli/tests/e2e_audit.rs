@@ -1303,3 +1303,81 @@ async fn a_caller_over_its_bucket_cannot_flood_the_audit_log() {
         "{unrecorded} of {refused}"
     );
 }
+
+/// At start the chain is checked against its last signed checkpoint (item 6 of issue 20): an
+/// owner of the SQLite file who deletes the checkpoints, or rewrites the history up to one,
+/// gets an alarm (log, metric, an `audit.chain_unverified` event in the chain) instead of a
+/// signature over the altered chain. A clean restart raises nothing.
+#[tokio::test]
+async fn a_chain_altered_while_stopped_is_an_alarm_at_start() {
+    let alarm_log = "AUDIT CHAIN NOT VERIFIED";
+    let unverified = |db: &Path| {
+        common::sqlite3(
+            db,
+            "SELECT error_code FROM audit_events WHERE action = 'audit.chain_unverified'",
+        )
+    };
+    for attack in ["none", "delete checkpoints", "rewrite history"] {
+        let dir = TempDir::new("audit-start-check");
+        let db = dir.path().join("sovra.db");
+        let s = Server::start_dev(dir.path(), "");
+        let token = dev_token(&s).to_string();
+        create_key(&s, &token, "k").await;
+        assert!(s.stop(), "graceful stop signs the head");
+        let checkpoints = common::sqlite3(&db, "SELECT count(*), max(seq) FROM audit_checkpoints");
+        assert!(!checkpoints.starts_with('0'), "{checkpoints}");
+        match attack {
+            "delete checkpoints" => {
+                common::sqlite3(
+                    &db,
+                    "DROP TRIGGER audit_checkpoints_no_delete; DELETE FROM audit_checkpoints; \
+                     SELECT count(*) FROM audit_checkpoints",
+                );
+            }
+            "rewrite history" => {
+                // As a rewrite with recomputed hashes leaves it: the checkpointed event's hash
+                // differs from the signed one. The file's owner also removes the node's audit
+                // journal, which would otherwise refuse the altered chain at start.
+                std::fs::remove_file(dir.path().join("sovra.db-audit-journal")).unwrap();
+                common::sqlite3(
+                    &db,
+                    "DROP TRIGGER audit_events_no_update; \
+                     UPDATE audit_events SET actor = 'idp#mallory', hash = 'ab' || substr(hash, 3) \
+                     WHERE seq = (SELECT max(seq) FROM audit_checkpoints); SELECT changes()",
+                );
+            }
+            _ => {}
+        }
+        let s = Server::start_dev(dir.path(), "");
+        let metric = "sovra_audit_chain_alarm";
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let value = loop {
+            let m = s.get_ok("/metrics").await.text;
+            if let Some(v) = m
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{metric} ")))
+            {
+                break v.trim().to_string();
+            }
+            assert!(Instant::now() < deadline, "the start check did not run");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        if attack == "none" {
+            assert_eq!(value, "0");
+            assert!(!s.log_text().contains(alarm_log));
+            assert!(s.stop());
+            assert_eq!(unverified(&db), "");
+        } else {
+            assert_eq!(value, "1", "{attack}");
+            assert!(s.log_text().contains(alarm_log), "{attack}");
+            assert!(s.stop());
+            let alarm = unverified(&db);
+            let expected = if attack == "delete checkpoints" {
+                "no signed checkpoint"
+            } else {
+                "history rewritten"
+            };
+            assert!(alarm.contains(expected), "{attack}: {alarm}");
+        }
+    }
+}

@@ -529,13 +529,10 @@ async fn init_needs_the_installers_token_and_unseal_events_name_the_share() {
     assert_progress(&s, false, 0);
 
     // The events of the ceremony, read from the database file as an auditor with the file would.
-    let out = run_ok(
-        Command::new("python3")
-            .arg("-c")
-            .arg("import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print('\\n'.join(a+' '+r+' '+o for a,r,o in c.execute(\"SELECT action, resource, outcome FROM audit_events WHERE action LIKE 'sys.%' ORDER BY seq\")))")
-            .arg(node.dir.join("data").join("sovra.db")),
+    let events = common::sqlite3(
+        &node.dir.join("data").join("sovra.db"),
+        "SELECT action, resource, outcome FROM audit_events WHERE action LIKE 'sys.%' ORDER BY seq",
     );
-    let events = String::from_utf8(out.stdout).unwrap();
     let expected_shares: Vec<String> = [&shares[3], &shares[0], &shares[2]]
         .iter()
         .map(|sh| format!("sys.unseal seal/share/{} success", share_id(sh)))

@@ -301,6 +301,51 @@ fn internal_error() -> Response {
     .into_response()
 }
 
+/// Checks the chain this node found at start against its last signed checkpoint
+/// (`Kms::audit_start_check`), once unsealed; returns whether the check ran. An alarm is logged,
+/// raised on `sovra_audit_chain_alarm` and appended to the chain as an
+/// `audit.chain_unverified` event, so that no later checkpoint signs the chain as if it were
+/// whole.
+pub async fn check_chain_at_start(st: &AppState, head: Option<&(u64, String)>) -> bool {
+    let Some(writer) = &st.audit else { return true };
+    if !st.kms.is_unsealed() {
+        return false;
+    }
+    let interval = std::time::Duration::from_secs(st.config.audit.checkpoint_interval_seconds);
+    let alarm = match st.kms.audit_start_check(head, interval).await {
+        Ok(alarm) => alarm,
+        Err(e) => {
+            tracing::warn!(error = %e, "audit chain check at start failed; will retry");
+            return false;
+        }
+    };
+    metrics::gauge!("sovra_audit_chain_alarm").set(if alarm.is_some() { 1.0 } else { 0.0 });
+    let Some(alarm) = alarm else { return true };
+    tracing::error!(alarm = %alarm, "AUDIT CHAIN NOT VERIFIED at start");
+    let event = AuditEvent {
+        seq: 0,
+        time_ms: st.kms.clock().now().as_millis(),
+        org: None,
+        actor: "sovra".into(),
+        auth_method: "none".into(),
+        cert_fingerprint: None,
+        action: "audit.chain_unverified".into(),
+        resource: "audit".into(),
+        outcome: "failure".into(),
+        error_code: Some(alarm),
+        request_id: String::new(),
+        source: "node".into(),
+        hashed: Default::default(),
+        prev_hash: String::new(),
+        hash: String::new(),
+    };
+    if let Err(e) = writer.record(event).await {
+        tracing::error!(error = %e, "the audit chain alarm could not be appended");
+        return false;
+    }
+    true
+}
+
 /// Signs the newest head this node appended, if it is newer than the last one signed.
 pub async fn checkpoint(st: &AppState, last_signed: &mut u64) {
     let Some(writer) = &st.audit else { return };

@@ -53,7 +53,13 @@ fn write_private(path: &Path, contents: &[u8]) -> Result<(), DevError> {
 
 pub fn prepare(data_dir: &Path) -> Result<DevSetup, DevError> {
     refuse_in_production()?;
-    crate::private_files::create_dir(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
+    std::fs::create_dir_all(data_dir).map_err(|e| io("cannot create", data_dir, e))?;
+    // The dev directory is the dev server's own: tightened even when it existed.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700));
+    }
     let token_path = data_dir.join(TOKEN_FILE);
     let token = match std::fs::read_to_string(&token_path) {
         Ok(t) if t.trim().starts_with("sovra-dev-") => SecretBytes::from_slice(t.trim().as_bytes()),

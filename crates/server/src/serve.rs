@@ -133,6 +133,13 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     // Before anything visible happens (dev.env, the listener): a second server on the same
     // SQLite database stops here, on the journal's lock, and the audit chain is recovered.
     let audit = audit_writer(&kms, &config).await?;
+    let start_head =
+        match &audit {
+            Some(_) => kms.store().audit_head().await.map_err(|e| {
+                ServeError::Config(format!("cannot read the audit chain's head: {e}"))
+            })?,
+            None => None,
+        };
     let tls_config = match (&config.tls, &dev_setup) {
         (Some(t), _) => tls::load(&t.cert_file, &t.key_file)?,
         (None, Some(d)) => tls::load(&d.cert_file, &d.key_file)?,
@@ -174,7 +181,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     let sinks = crate::siem::spawn_sinks(kms.store().clone(), &config.audit.sinks, &data_dir)?;
     let (router, state) = app(kms.clone(), auth, config, audit);
     state.init_gate.adopt(init_gate);
-    spawn_background(state.clone());
+    spawn_background(state.clone(), start_head);
     let in_flight = state.in_flight.clone();
     tracing::info!(addr = %local, dev = opts.dev, sealed = !kms.is_unsealed(), "sovra listening (TLS 1.3)");
     if dev_setup.is_some() {
@@ -208,14 +215,20 @@ async fn final_checkpoint(state: &AppState) {
     crate::audit::checkpoint(state, &mut last).await;
 }
 
-fn spawn_background(state: Arc<AppState>) {
+/// `start_head`: the audit chain's head before this node appended anything, checked against
+/// its last signed checkpoint once the server is unsealed, before this node signs over it.
+fn spawn_background(state: Arc<AppState>, start_head: Option<(u64, String)>) {
     let s = state.clone();
     tokio::spawn(async move {
         let every = Duration::from_secs(s.config.audit.checkpoint_interval_seconds);
         let mut tick = tokio::time::interval(every);
         let mut last_signed = 0;
+        let mut start_checked = false;
         loop {
             tick.tick().await;
+            if !start_checked {
+                start_checked = crate::audit::check_chain_at_start(&s, start_head.as_ref()).await;
+            }
             crate::audit::checkpoint(&s, &mut last_signed).await;
         }
     });

@@ -321,6 +321,25 @@ pub(crate) fn psql(url: &str, sql: &str) -> String {
     text(&out.stdout).trim().to_string()
 }
 
+/// Runs SQL statements on a SQLite database file with Python's `sqlite3` (an independent
+/// client, as an insider with the file would), returning the rows of the last statement as
+/// lines of space-separated values.
+pub(crate) fn sqlite3(db: &Path, sql: &str) -> String {
+    const SCRIPT: &str = "import sqlite3, sys\n\
+        c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+        *head, last = [s for s in sys.argv[2].split(';') if s.strip()]\n\
+        for s in head: c.execute(s)\n\
+        for row in c.execute(last): print(' '.join(str(v) for v in row))\n";
+    let out = Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(db)
+        .arg(sql)
+        .output()
+        .expect("python3 must be installed");
+    assert!(out.status.success(), "{sql}: {}", text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
 /// Creates a fresh PostgreSQL database and returns its URL.
 pub(crate) fn fresh_pg_database() -> String {
     let name = format!("sovra_e2e_{}", uuid_like());

@@ -107,6 +107,78 @@ impl Kms {
         Ok(pem_encode("PUBLIC KEY", &spki))
     }
 
+    /// Checks the chain as this node found it at start (`head`, read before it appended
+    /// anything) against its last signed checkpoint. Returns the alarm, if any: events and no
+    /// checkpoint (the checkpoints were deleted), a checkpoint whose signature does not verify
+    /// under this deployment's own audit key, a checkpointed event that no longer has the
+    /// signed hash (history rewritten), or events past the last checkpoint spanning more than
+    /// `interval` (a tail that should have been signed). Needs the audit keys (unsealed).
+    pub async fn audit_start_check(
+        &self,
+        head: Option<&(u64, String)>,
+        interval: std::time::Duration,
+    ) -> Result<Option<String>, CoreError> {
+        let Some((head_seq, _)) = head else {
+            return Ok(None);
+        };
+        let keys = self.audit_keys().await?;
+        let Some(cp) = self.store.last_audit_checkpoint(*head_seq).await? else {
+            return Ok(Some(format!(
+                "the audit chain holds {head_seq} events and no signed checkpoint"
+            )));
+        };
+        // The stored public key must be the one of the (root-key-wrapped) signing key.
+        if keys.signing.public_key_spki_der()? != keys.public_key_spki {
+            return Ok(Some(
+                "the stored audit public key is not this deployment's".into(),
+            ));
+        }
+        let signature =
+            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &cp.signature)
+                .unwrap_or_default();
+        let signed = Checkpoint::signed_bytes(cp.seq, &cp.head, cp.time_ms);
+        if !sovra_crypto::sign::verify_spki(
+            sovra_crypto::sign::SignatureAlgorithm::Ed25519,
+            &keys.public_key_spki,
+            sovra_crypto::sign::SignInput::Message(&signed),
+            &signature,
+        )
+        .unwrap_or(false)
+        {
+            return Ok(Some(format!(
+                "the checkpoint at seq {} does not verify under this deployment's audit key",
+                cp.seq
+            )));
+        }
+        let at = |seq: u64| async move {
+            Ok::<_, CoreError>(self.store.audit_events(seq, 1).await?.into_iter().next())
+        };
+        match at(cp.seq).await? {
+            Some(e) if e.seq == cp.seq && e.hash == cp.head => {}
+            _ => {
+                return Ok(Some(format!(
+                    "the event at seq {} no longer has the hash its signed checkpoint holds (history rewritten)",
+                    cp.seq
+                )));
+            }
+        }
+        if *head_seq > cp.seq
+            && let Some(last) = at(*head_seq).await?
+        {
+            let past_ms = last.time_ms.saturating_sub(cp.time_ms);
+            // One interval, and a grace for the signing itself.
+            if past_ms > interval.as_millis() as i64 + 10_000 {
+                return Ok(Some(format!(
+                    "{} events follow the last checkpoint (seq {}) over {} s, more than the checkpoint interval: a tail that was never signed",
+                    head_seq - cp.seq,
+                    cp.seq,
+                    past_ms / 1000
+                )));
+            }
+        }
+        Ok(None)
+    }
+
     /// Signs a checkpoint over `(seq, head)` and stores it.
     pub async fn audit_checkpoint(&self, seq: u64, head: &str) -> Result<Checkpoint, CoreError> {
         let cp = self

@@ -32,6 +32,9 @@ pub trait AuditStore: Send + Sync {
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>, StoreError>;
     /// Stores a signed checkpoint; one that already exists for the sequence is kept.
     async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError>;
+    /// The newest checkpoint with `seq <= up_to_seq`.
+    async fn last_audit_checkpoint(&self, up_to_seq: u64)
+    -> Result<Option<Checkpoint>, StoreError>;
     /// Checkpoints with `from_seq <= seq <= to_seq`, in order.
     async fn audit_checkpoints(
         &self,

@@ -74,6 +74,16 @@ macro_rules! audit_store {
                 Ok(stored)
             }
 
+            fn checkpoint_from_row(r: &$row) -> Result<Checkpoint, StoreError> {
+                use sqlx::Row;
+                Ok(Checkpoint {
+                    seq: r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
+                    head: r.try_get("head").map_err(map_err)?,
+                    time_ms: r.try_get("time_ms").map_err(map_err)?,
+                    signature: r.try_get("signature").map_err(map_err)?,
+                })
+            }
+
             fn event_from_row(r: &$row) -> Result<AuditEvent, StoreError> {
                 use sqlx::Row;
                 let hashed = match r.try_get::<Option<String>, _>("hashed").map_err(map_err)? {
@@ -242,7 +252,6 @@ macro_rules! audit_store {
             }
 
             async fn audit_checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
-                use sqlx::Row;
                 let rows = sqlx::query(
                     "SELECT seq, head, time_ms, signature FROM audit_checkpoints WHERE seq >= $1 AND seq <= $2 ORDER BY seq",
                 )
@@ -251,16 +260,20 @@ macro_rules! audit_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(Checkpoint {
-                            seq: r.try_get::<i64, _>("seq").map_err(map_err)? as u64,
-                            head: r.try_get("head").map_err(map_err)?,
-                            time_ms: r.try_get("time_ms").map_err(map_err)?,
-                            signature: r.try_get("signature").map_err(map_err)?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(Self::checkpoint_from_row).collect()
+            }
+
+            async fn last_audit_checkpoint(&self, up_to_seq: u64) -> Result<Option<Checkpoint>, StoreError> {
+                sqlx::query(
+                    "SELECT seq, head, time_ms, signature FROM audit_checkpoints WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
+                )
+                .bind(up_to_seq.min(i64::MAX as u64) as i64)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?
+                .as_ref()
+                .map(Self::checkpoint_from_row)
+                .transpose()
             }
 
             async fn get_audit_keys(&self) -> Result<Option<AuditKeyRecord>, StoreError> {
