@@ -447,10 +447,12 @@ async fn drive_connection<C, E>(
     let mut stopping = false;
     let mut idle_close_deadline = None;
     loop {
-        // While a request runs, look again after an idle period: requests are bounded in time.
+        // At most an idle period away: while a request runs (requests are bounded in time),
+        // and because a first request that ends moves the deadline to `idle_timeout` after it.
+        let next_look = Instant::now() + limits.idle_timeout;
         let wake = activity
             .idle_deadline(limits.header_read_timeout, limits.idle_timeout)
-            .unwrap_or_else(|| Instant::now() + limits.idle_timeout);
+            .map_or(next_look, |deadline| deadline.min(next_look));
         tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
