@@ -294,13 +294,16 @@ async fn one_source_cannot_hold_every_connection() {
     for _ in 0..ATTEMPTS {
         let s = s.clone();
         attempts.spawn(async move {
-            let tcp = s.tcp_from(attacker).await.ok()?;
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            let handshake = s.tls_connector(&[H1]).connect(name, tcp);
-            tokio::time::timeout(Duration::from_secs(20), handshake)
+            // Bounded: without the cap, the connections over the global cap wait unaccepted.
+            let attempt = async {
+                let tcp = s.tcp_from(attacker).await.ok()?;
+                let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+                s.tls_connector(&[H1]).connect(name, tcp).await.ok()
+            };
+            tokio::time::timeout(Duration::from_secs(20), attempt)
                 .await
-                .ok()?
                 .ok()
+                .flatten()
         });
     }
     let mut held = Vec::new();
