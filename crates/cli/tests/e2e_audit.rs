@@ -921,25 +921,10 @@ async fn raw_tls(
     tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
     String,
 ) {
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for cert in rustls_pki_types::CertificateDer::pem_file_iter(&s.cacert).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let host_port = s.addr.trim_start_matches("https://").to_string();
+    let host_port = s.host_port().to_string();
     let tcp = tokio::net::TcpStream::connect(&host_port).await.unwrap();
     let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    let stream = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
-        .connect(name, tcp)
-        .await
-        .unwrap();
+    let stream = s.tls_connector(&[]).connect(name, tcp).await.unwrap();
     (stream, host_port)
 }
 

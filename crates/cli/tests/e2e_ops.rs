@@ -7,7 +7,7 @@ mod common;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{DevApi, Server, TempDir, psql, send, text, uuid_bytes};
+use common::{DevApi, Server, TempDir, psql, sample, send, text, uuid_bytes};
 use reqwest::Method;
 use serde_json::json;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -23,26 +23,6 @@ fn is_uuid(s: &str) -> bool {
 }
 
 // ---- health and metrics -------------------------------------------------------------------
-
-/// The value of the Prometheus sample whose name is `name` and whose labels include every
-/// `labels` pair.
-fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    metrics.lines().find_map(|l| {
-        let rest = l.strip_prefix(name)?;
-        let (labelset, value) = if let Some(r) = rest.strip_prefix('{') {
-            let (set, v) = r.rsplit_once('}')?;
-            (set, v)
-        } else if rest.starts_with(' ') {
-            ("", rest)
-        } else {
-            return None;
-        };
-        labels
-            .iter()
-            .all(|(k, v)| labelset.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
-            .then(|| value.trim().parse().ok())?
-    })
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_prometheus_metrics() {

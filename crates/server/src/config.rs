@@ -138,15 +138,24 @@ pub struct Limits {
     /// Unwrapped key versions cached in memory.
     #[serde(default = "default_key_cache")]
     pub key_cache_capacity: usize,
-    /// Seconds a client may take to send its request headers.
+    /// Seconds a client may take to send its request headers, and to start its first request
+    /// after the TLS handshake; an idle HTTP/1.1 keep-alive connection is closed after as long.
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_seconds: u64,
+    /// Seconds a connection may stay open without a request in progress (HTTP/2 with no
+    /// stream, HTTP/1.1 keep-alive, a response the client does not read).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_seconds: u64,
     /// Seconds a request may take end to end.
     #[serde(default = "default_request_timeout")]
     pub request_timeout_seconds: u64,
     /// Open client connections; further clients wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Open connections per source (IPv4 address, IPv6 /64); more are closed at once. Below
+    /// `max_connections`, so that one source cannot hold them all.
+    #[serde(default = "default_max_connections_per_source")]
+    pub max_connections_per_source: usize,
 }
 
 impl Default for Limits {
@@ -159,8 +168,10 @@ impl Default for Limits {
             heavy_ops_queue: default_heavy_queue(),
             key_cache_capacity: default_key_cache(),
             header_read_timeout_seconds: default_header_timeout(),
+            idle_timeout_seconds: default_idle_timeout(),
             request_timeout_seconds: default_request_timeout(),
             max_connections: default_max_connections(),
+            max_connections_per_source: default_max_connections_per_source(),
         }
     }
 }
@@ -209,8 +220,14 @@ fn default_key_cache() -> usize {
 fn default_header_timeout() -> u64 {
     10
 }
+fn default_idle_timeout() -> u64 {
+    60
+}
 fn default_max_connections() -> usize {
     4096
+}
+fn default_max_connections_per_source() -> usize {
+    256
 }
 fn default_request_timeout() -> u64 {
     30
@@ -291,8 +308,10 @@ impl Config {
         if cfg.limits.max_batch_items == 0 || cfg.limits.max_body_bytes < 1024 {
             return Err("limits are too small to serve any request".into());
         }
-        // Each bound sizes a semaphore, a cache or a buffer at start: an absurd value must be
-        // a config error, not a panic or an allocation failure.
+        // Each bound sizes a semaphore, a cache, a buffer or a timer at start: an absurd value
+        // must be a config error, not a panic or an allocation failure; a zero timeout would
+        // close every connection.
+        let seconds = |s: u64| usize::try_from(s).unwrap_or(usize::MAX);
         let bounded = [
             (
                 "heavy_ops_concurrency",
@@ -309,6 +328,24 @@ impl Config {
             ("heavy_ops_queue", cfg.limits.heavy_ops_queue, 1, 100_000),
             ("max_connections", cfg.limits.max_connections, 1, 1_000_000),
             (
+                "max_connections_per_source",
+                cfg.limits.max_connections_per_source,
+                1,
+                1_000_000,
+            ),
+            (
+                "header_read_timeout_seconds",
+                seconds(cfg.limits.header_read_timeout_seconds),
+                1,
+                3600,
+            ),
+            (
+                "idle_timeout_seconds",
+                seconds(cfg.limits.idle_timeout_seconds),
+                1,
+                86_400,
+            ),
+            (
                 "key_cache_capacity",
                 cfg.limits.key_cache_capacity,
                 1,
@@ -323,6 +360,12 @@ impl Config {
                     "limits.{name} must be between {min} and {max}, not {value}"
                 ));
             }
+        }
+        if cfg.limits.max_connections_per_source >= cfg.limits.max_connections {
+            return Err(format!(
+                "limits.max_connections_per_source ({}) must be less than limits.max_connections ({}): one source must not hold every connection",
+                cfg.limits.max_connections_per_source, cfg.limits.max_connections
+            ));
         }
         crate::siem::validate_sinks(&cfg.audit.sinks).map_err(|e| e.to_string())?;
         cfg.rate_limits.validate()?;
@@ -345,11 +388,38 @@ mod tests {
             ("max_connections = 0", "max_connections"),
             ("key_cache_capacity = 0", "key_cache_capacity"),
             ("max_body_bytes = 9223372036854775807", "max_body_bytes"),
+            (
+                "max_connections_per_source = 0",
+                "max_connections_per_source",
+            ),
+            (
+                "header_read_timeout_seconds = 0",
+                "header_read_timeout_seconds",
+            ),
+            ("idle_timeout_seconds = 0", "idle_timeout_seconds"),
+            (
+                "idle_timeout_seconds = 18446744073709551615",
+                "idle_timeout_seconds",
+            ),
+            // At or above the global cap, one source could take every connection.
+            (
+                "max_connections = 100\nmax_connections_per_source = 100",
+                "max_connections_per_source",
+            ),
+            (
+                "max_connections_per_source = 4096",
+                "max_connections_per_source",
+            ),
+            ("max_connections = 200", "max_connections_per_source"),
         ] {
             let err = Config::parse(&format!("[limits]\n{line}\n")).unwrap_err();
             assert!(err.contains(name), "{line}: {err}");
         }
         assert!(Config::parse("[limits]\nheavy_ops_concurrency = 8\n").is_ok());
+        let c =
+            Config::parse("[limits]\nmax_connections = 200\nmax_connections_per_source = 199\n")
+                .unwrap();
+        assert_eq!(c.limits.max_connections_per_source, 199);
     }
 
     #[test]
@@ -372,5 +442,8 @@ mod tests {
             .unwrap();
         assert_eq!(c.auth.jwt[0].org_claim, "org");
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+        assert_eq!(c.limits.max_connections_per_source, 256);
+        assert_eq!(c.limits.idle_timeout_seconds, 60);
+        assert!(c.limits.max_connections_per_source < c.limits.max_connections);
     }
 }

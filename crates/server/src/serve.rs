@@ -2,6 +2,7 @@
 //! background tasks and graceful shutdown. The state lives in `state`, the router in `router`.
 
 use crate::config::Config;
+use crate::connections::{Activity, SourceSlots, source_key};
 use crate::router::{app, metrics_handle};
 use crate::state::AppState;
 use crate::{dev, tls};
@@ -9,7 +10,6 @@ use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use sovra_core::Kms;
 use sovra_core::audit::AuditWriter;
 use sovra_core::identity::Authenticator;
@@ -17,9 +17,10 @@ use sovra_core::kms::KmsConfig;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
@@ -293,26 +294,42 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// as bytes arrive, and the header-read timeout and connection cap bound what clients can hold.
 pub const MAX_HEADER_BLOCK_BYTES: usize = 2 * 1024 * 1024;
 
+/// How long a TLS handshake may take.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle connection asked to close (HTTP/2 GOAWAY) may take before it is dropped:
+/// a client that stops reading never finishes the exchange.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// Per-connection limits of the accept loop.
 #[derive(Clone, Copy, Debug)]
 pub struct ConnectionLimits {
+    /// Request headers, and the start of the first request after the handshake.
     pub header_read_timeout: Duration,
+    /// No request in progress.
+    pub idle_timeout: Duration,
     pub max_connections: usize,
+    /// Per IPv4 address or IPv6 /64; below `max_connections`.
+    pub max_connections_per_source: usize,
 }
 
 impl ConnectionLimits {
     pub fn from_config(config: &Config) -> Self {
         ConnectionLimits {
             header_read_timeout: Duration::from_secs(config.limits.header_read_timeout_seconds),
+            idle_timeout: Duration::from_secs(config.limits.idle_timeout_seconds),
             max_connections: config.limits.max_connections.max(1),
+            max_connections_per_source: config.limits.max_connections_per_source.max(1),
         }
     }
 }
 
 /// The accept loop: TLS handshakes (bounded in time) and connections run in their own tasks.
-/// On shutdown it stops accepting, asks every connection to close, and returns once all have
-/// closed or no request is in flight any more (an idle client that never answers HTTP/2's
-/// GOAWAY does not hold the process), at most [`SHUTDOWN_GRACE`] later.
+/// A source over its cap is closed before the handshake; a connection without a request in
+/// progress for too long is closed. On shutdown it stops accepting, asks every connection to
+/// close, and returns once all have closed or no request is in flight any more (an idle client
+/// that never answers HTTP/2's GOAWAY does not hold the process), at most [`SHUTDOWN_GRACE`]
+/// later.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -323,8 +340,11 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let sources = SourceSlots::new(limits.max_connections_per_source);
+    // Each connection task holds a receiver: `closed()` resolves once every one has ended.
+    let (stop_connections, connection_stop) = tokio::sync::watch::channel(());
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // The header read timeout covers each request's headers and an idle keep-alive wait.
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -356,15 +376,24 @@ pub async fn serve(
             },
             _ = &mut shutdown => break,
         };
+        // Counted from accept to close; over the cap the socket is closed before any TLS work.
+        let Some(source_slot) = sources.try_acquire(source_key(peer.ip())) else {
+            metrics::counter!("sovra_connections_refused_total", "reason" => "per_source_limit")
+                .increment(1);
+            tracing::debug!(%peer, "connection refused: its source is at max_connections_per_source");
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let stop = connection_stop.clone();
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _source_slot = source_slot;
             let stream =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -375,18 +404,33 @@ pub async fn serve(
                         return;
                     }
                 };
-            let svc =
-                router.map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+            let activity = Activity::new();
+            let requests = activity.clone();
+            let svc = hyper::service::service_fn(
+                move |mut req: axum::http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(ConnectInfo(peer));
-                    req
-                });
-            let conn = builder.serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                TowerToHyperService::new(svc),
+                    // Until the handler's answer is ready; writing it counts as idle, so a
+                    // client that never reads its response is closed like an idle one.
+                    let busy = requests.begin();
+                    let response = router.clone().oneshot(req);
+                    async move {
+                        let response = response.await;
+                        drop(busy);
+                        response
+                    }
+                },
             );
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            drive_connection(
+                conn.as_mut(),
+                |c| c.graceful_shutdown(),
+                peer,
+                &activity,
+                limits,
+                stop,
+            )
+            .await;
         });
     }
     drop(listener);
@@ -401,8 +445,10 @@ pub async fn serve(
     // (to its audit event), so the drain waits for the requests themselves.
     let drained = async {
         tokio::pin!(requests_done);
+        let _ = stop_connections.send(());
+        drop(connection_stop);
         tokio::select! {
-            _ = graceful.shutdown() => requests_done.await,
+            _ = stop_connections.closed() => requests_done.await,
             _ = &mut requests_done => {},
         }
     };
@@ -411,6 +457,70 @@ pub async fn serve(
             in_flight = in_flight.load(Ordering::SeqCst),
             "requests still running after the shutdown grace; exiting"
         );
+    }
+}
+
+/// Serves one connection until it ends, closing it gracefully at shutdown or when it has had
+/// no request in progress for too long ([`Activity::idle_deadline`]); an idle connection that
+/// does not finish closing within [`IDLE_CLOSE_GRACE`] is dropped.
+async fn drive_connection<C, E>(
+    mut conn: Pin<&mut C>,
+    close_gracefully: impl Fn(Pin<&mut C>),
+    peer: SocketAddr,
+    activity: &Activity,
+    limits: ConnectionLimits,
+    mut stop: tokio::sync::watch::Receiver<()>,
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut stopping = false;
+    let mut idle_close_deadline = None;
+    loop {
+        // At most an idle period away: while a request runs (requests are bounded in time),
+        // and because a first request that ends moves the deadline to `idle_timeout` after it.
+        let next_look = Instant::now() + limits.idle_timeout;
+        let wake = activity
+            .idle_deadline(limits.header_read_timeout, limits.idle_timeout)
+            .map_or(next_look, |deadline| deadline.min(next_look));
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            changed = stop.changed(), if !stopping => {
+                // A closed channel means the accept loop is gone: stop as well.
+                let _ = changed;
+                stopping = true;
+                close_gracefully(conn.as_mut());
+            }
+            _ = tokio::time::sleep_until(wake.into()), if !stopping => {
+                let idle = activity
+                    .idle_deadline(limits.header_read_timeout, limits.idle_timeout)
+                    .is_some_and(|deadline| deadline <= Instant::now());
+                if idle {
+                    metrics::counter!("sovra_connections_idle_closed_total").increment(1);
+                    tracing::debug!(%peer, "closing an idle connection");
+                    stopping = true;
+                    idle_close_deadline = Some(Instant::now() + IDLE_CLOSE_GRACE);
+                    close_gracefully(conn.as_mut());
+                }
+            }
+            _ = sleep_until_some(idle_close_deadline) => {
+                tracing::debug!(%peer, "dropping an idle connection that did not close");
+                return;
+            }
+        }
+    }
+}
+
+/// Never resolves for `None`.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
     }
 }
 

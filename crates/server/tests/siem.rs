@@ -376,8 +376,9 @@ async fn webhook_case() {
         router,
         Arc::new(AtomicUsize::new(0)),
         sovra_server::serve::ConnectionLimits {
-            header_read_timeout: Duration::from_secs(10),
             max_connections: 16,
+            max_connections_per_source: 8,
+            ..sovra_server::serve::ConnectionLimits::from_config(&Default::default())
         },
         async {
             let _ = stop_rx.await;

@@ -61,8 +61,13 @@ fn log_file(path: &Path) -> Stdio {
 
 /// Extra config for `--dev --config`: always listens on an ephemeral loopback port.
 pub(crate) fn write_config(dir: &Path, extra: &str) -> PathBuf {
+    write_config_listening(dir, "127.0.0.1:0", extra)
+}
+
+/// [`write_config`] listening on `listen` (an ephemeral port of another address: `[::1]:0`).
+pub(crate) fn write_config_listening(dir: &Path, listen: &str, extra: &str) -> PathBuf {
     let p = dir.join(format!("sovra-{}.toml", uuid_like()));
-    std::fs::write(&p, format!("listen = \"127.0.0.1:0\"\n{extra}")).unwrap();
+    std::fs::write(&p, format!("listen = \"{listen}\"\n{extra}")).unwrap();
     p
 }
 
@@ -108,9 +113,19 @@ impl Server {
         extra_config: &str,
         env: &[(&str, &str)],
     ) -> Server {
+        Self::start_dev_listening(data_dir, "127.0.0.1:0", extra_config, env)
+    }
+
+    /// [`Server::start_dev_env`] listening on `listen` instead of 127.0.0.1.
+    pub(crate) fn start_dev_listening(
+        data_dir: &Path,
+        listen: &str,
+        extra_config: &str,
+        env: &[(&str, &str)],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let _ = std::fs::remove_file(data_dir.join("dev.env"));
-        let cfg = write_config(data_dir, extra_config);
+        let cfg = write_config_listening(data_dir, listen, extra_config);
         let log = data_dir.join(format!("server-{}.log", uuid_like()));
         let mut cmd = Command::new(sovra_bin());
         cmd.args(["server", "--dev", "--data-dir"])
@@ -549,6 +564,60 @@ impl Server {
     }
 }
 
+// ---- raw TLS connections ----
+
+impl Server {
+    /// The listener's `host:port`.
+    pub(crate) fn host_port(&self) -> &str {
+        self.addr.trim_start_matches("https://")
+    }
+
+    /// A TLS client trusting this server's certificate and offering the ALPN `protocols`.
+    pub(crate) fn tls_connector(&self, protocols: &[&[u8]]) -> tokio_rustls::TlsConnector {
+        use rustls_pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(&self.cacert).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        tls.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls))
+    }
+
+    /// A TCP connection to the server from the local address `source` (on Linux every
+    /// 127.0.0.0/8 address is loopback: each one is another client to the server).
+    pub(crate) async fn tcp_from(
+        &self,
+        source: std::net::IpAddr,
+    ) -> std::io::Result<tokio::net::TcpStream> {
+        let server: std::net::SocketAddr = self.host_port().parse().unwrap();
+        let socket = if source.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.bind(std::net::SocketAddr::new(source, 0))?;
+        socket.connect(server).await
+    }
+
+    /// A TLS connection from `source` offering `protocols`, with nothing on top.
+    pub(crate) async fn tls_from(
+        &self,
+        source: std::net::IpAddr,
+        protocols: &[&[u8]],
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        let tcp = self.tcp_from(source).await?;
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        self.tls_connector(protocols).connect(name, tcp).await
+    }
+}
+
 /// A dev server in a temporary directory of its own, with a raw HTTPS client trusting it and
 /// its dev token: what the tests of the HTTP API start with. The server stops before its
 /// directory is removed.
@@ -652,6 +721,26 @@ pub(crate) fn assert_message_has(r: &Resp, needle: &str) {
         message.contains(needle),
         "no {needle:?} in the message: {r:?}"
     );
+}
+
+/// The value of the Prometheus sample whose name is `name` and whose labels include every
+/// `labels` pair.
+pub(crate) fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        let rest = l.strip_prefix(name)?;
+        let (labelset, value) = if let Some(r) = rest.strip_prefix('{') {
+            let (set, v) = r.rsplit_once('}')?;
+            (set, v)
+        } else if rest.starts_with(' ') {
+            ("", rest)
+        } else {
+            return None;
+        };
+        labels
+            .iter()
+            .all(|(k, v)| labelset.split(',').any(|kv| kv == format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse().ok())?
+    })
 }
 
 /// The 16 bytes of a hyphenated UUID.
