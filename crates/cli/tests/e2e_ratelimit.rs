@@ -68,7 +68,11 @@ impl Env {
         let api = DevApi::start_with(tag, |dir| {
             let jwks = dir.join("jwks.json");
             jwt::write_jwks(&jwks, std::slice::from_ref(&signer.jwk));
-            format!("{}{limits}", jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""))
+            // The limits first: they may start with top-level keys.
+            format!(
+                "{limits}\n{}",
+                jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, "")
+            )
         });
         Env { api, signer }
     }
@@ -388,6 +392,69 @@ async fn failed_authentication_floods_from_one_ip_are_limited_before_verificatio
     assert_eq!(r.status, 200);
     let m = env.metrics().await;
     assert!(counter(&m, "unauthenticated") >= 1.0, "{m}");
+}
+
+/// Behind a reverse proxy every user shares its address (threat: one noisy user locks out the
+/// rest). A token that already verified and is cached keeps working while its source is
+/// locked out; `trusted_proxies` makes the forwarded client the source, and only a trusted
+/// proxy's `X-Forwarded-For` is believed, so a locked-out client cannot forge its way out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lockouts_follow_the_forwarded_client_and_spare_verified_tokens() {
+    let env = Env::start(
+        "rl-proxy",
+        &format!("trusted_proxies = [\"127.0.0.1\"]\n{SLOW}"),
+    );
+    let s = &env.api.server;
+    let proxy = s.http_from("127.0.0.1".parse().unwrap());
+    let stranger = s.http_from("127.0.0.2".parse().unwrap());
+    let get = |http: &reqwest::Client, token: &str, forwarded: Option<&str>| {
+        let mut req = http.get(s.url("/api/v1/keys")).bearer_auth(token);
+        if let Some(f) = forwarded {
+            req = req.header("x-forwarded-for", f);
+        }
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let mut forged = env.token("mallory");
+    forged.push('x');
+    let alice = env.token("alice");
+    assert_eq!(
+        get(&proxy, &alice, None).await,
+        200,
+        "alice's token is verified and cached"
+    );
+
+    // Requests the proxy sends without a forwarded address are its own: lock it out.
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(get(&proxy, &forged, None).await);
+    }
+    assert!(statuses.contains(&429), "{statuses:?}");
+    assert_eq!(
+        get(&proxy, &alice, None).await,
+        200,
+        "a cached token is not refused for its source"
+    );
+    let bob = env.token("bob");
+    assert_eq!(
+        get(&proxy, &bob, None).await,
+        429,
+        "an unverified token is not verified"
+    );
+    // The forwarded clients behind the proxy are counted each on their own.
+    assert_eq!(get(&proxy, &bob, Some("198.51.100.20")).await, 200);
+    for _ in 0..20 {
+        get(&proxy, &forged, Some("198.51.100.21")).await;
+    }
+    let carol = env.token("carol");
+    assert_eq!(get(&proxy, &carol, Some("198.51.100.21")).await, 429);
+    assert_eq!(get(&proxy, &carol, Some("198.51.100.22")).await, 200);
+
+    // Not a trusted proxy: its header is ignored, it stays locked out under its own address.
+    for _ in 0..20 {
+        get(&stranger, &forged, None).await;
+    }
+    let dave = env.token("dave");
+    assert_eq!(get(&stranger, &dave, Some("198.51.100.23")).await, 429);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

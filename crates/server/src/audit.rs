@@ -11,14 +11,13 @@
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorCode, REQUEST_ID, current_request_id};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use sovra_core::audit::AuditEvent;
 use sovra_core::identity::Authenticated;
 use sovra_crypto::SecretBytes;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 /// What the handler revealed while it ran.
@@ -119,8 +118,8 @@ pub async fn audit_requests(State(st): State<Arc<AppState>>, req: Request, next:
     let path_resource = resource_from_path(spec.path, req.uri().path());
     let source = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string());
+        .get::<crate::client_addr::ClientAddr>()
+        .map_or_else(|| "unknown".to_string(), |c| c.describe());
     let token = bearer_token(&req);
     let request_id = current_request_id();
     let facts = Arc::new(Mutex::new(Facts::default()));

@@ -132,7 +132,7 @@ impl From<AuthError> for ApiError {
 
 /// The bearer token of `Authorization: Bearer <token>`; the scheme name is case-insensitive
 /// (RFC 9110 section 11.1) and the token is trimmed.
-fn bearer_token(req: &Request) -> Result<&str, ApiError> {
+pub(crate) fn bearer_token(req: &Request) -> Result<&str, ApiError> {
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)

@@ -24,6 +24,10 @@ pub struct Config {
     pub audit: AuditConfig,
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitConfig,
+    /// Reverse proxies (addresses or CIDR prefixes) whose `X-Forwarded-For` names the client:
+    /// only from these is the header believed; empty (the default): never.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 /// `[audit]`: the request audit log and its forwarding to SIEM sinks (docs/audit-sinks.md).
@@ -255,6 +259,7 @@ impl Default for Config {
             limits: Limits::default(),
             audit: AuditConfig::default(),
             rate_limits: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -302,6 +307,7 @@ impl Config {
                 ));
             }
         }
+        crate::client_addr::parse_proxies(&cfg.trusted_proxies)?;
         if cfg.audit.checkpoint_interval_seconds == 0 {
             return Err("audit.checkpoint_interval_seconds must be at least 1".into());
         }

@@ -18,9 +18,10 @@
 //! public key) are not limited.
 
 use crate::AppState;
+use crate::connections::{SourceKey, source_key};
 use crate::error::ApiError;
 use crate::routes::table::{self, Access};
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -32,7 +33,7 @@ use serde::Deserialize;
 use sovra_core::kms::HeavyOpAdmission;
 use sovra_core::{CoreError, Principal};
 use std::hash::Hash;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -242,11 +243,12 @@ pub struct RateLimits {
     key_admin: Keyed<String>,
     rsa: Keyed<String>,
     sys: Keyed<String>,
-    unauthenticated: Keyed<IpAddr>,
+    /// Per source: an IPv4 address or an IPv6 /64 (a host has 2^64 addresses to rotate).
+    unauthenticated: Keyed<SourceKey>,
     /// Source IPs whose failed authentications exhausted their bucket, until when: their
     /// credentials are not even verified before then, so guessing and verification floods
     /// stop at the limit.
-    blocked: DashMap<IpAddr, Instant>,
+    blocked: DashMap<SourceKey, Instant>,
     /// When each caller's last rate-limit refusal was audited: one per caller per
     /// [`REFUSAL_AUDIT_INTERVAL`] is, the rest only counted, so a caller over its bucket cannot
     /// write audit events faster than its bucket allows.
@@ -321,7 +323,7 @@ impl RateLimits {
             return Ok(());
         }
         let limiter = &self.unauthenticated;
-        match limiter.check_key(&ip) {
+        match limiter.check_key(&source_key(ip)) {
             Ok(()) => Ok(()),
             Err(not_until) => Err(refused(
                 Class::Unauthenticated,
@@ -334,8 +336,10 @@ impl RateLimits {
     /// IP is blocked until the bucket admits a request again.
     pub fn failed_authentication(&self, ip: IpAddr) -> Result<(), Limited> {
         self.check_ip(ip).inspect_err(|l| {
-            self.blocked
-                .insert(ip, Instant::now() + Duration::from_secs(l.retry_after_secs));
+            self.blocked.insert(
+                source_key(ip),
+                Instant::now() + Duration::from_secs(l.retry_after_secs),
+            );
         })
     }
 
@@ -344,7 +348,7 @@ impl RateLimits {
         if !self.enabled {
             return None;
         }
-        let until = *self.blocked.get(&ip)?;
+        let until = *self.blocked.get(&source_key(ip))?;
         let left = until.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return None;
@@ -482,8 +486,8 @@ async fn limit_by_ip(st: &AppState, req: Request, next: Next) -> Response {
     // Without a peer address (an in-process router in tests) there is nothing to key on.
     let ip = req
         .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip());
+        .get::<crate::client_addr::ClientAddr>()
+        .map(|c| c.client);
     let (Some(ip), true) = (ip, limits.enabled()) else {
         return next.run(req).await;
     };
@@ -498,7 +502,14 @@ async fn limit_by_ip(st: &AppState, req: Request, next: Next) -> Response {
         Access::Authenticated(_) => {}
     }
     if let Some(l) = limits.ip_blocked(ip) {
-        return ApiError::from(l).into_response();
+        // A token that already verified and is still cached is not refused for its source's
+        // noise (others behind the same NAT or proxy); it costs no verification.
+        let cached = crate::auth::bearer_token(&req)
+            .ok()
+            .is_some_and(|t| st.auth.already_verified(t));
+        if !cached {
+            return ApiError::from(l).into_response();
+        }
     }
     let resp = next.run(req).await;
     if resp.status() == StatusCode::UNAUTHORIZED
@@ -612,6 +623,22 @@ mod tests {
         assert_eq!(b.class, Class::Unauthenticated);
         assert!(b.retry_after_secs >= 1);
         assert!(l.ip_blocked(other).is_none());
+    }
+
+    /// An IPv6 host rotating through its /64 is one source; another /64 is another. IPv4
+    /// inside IPv6 (a dual-stack listener) counts as the IPv4 address.
+    #[test]
+    fn ipv6_sources_are_counted_per_64() {
+        let l = small();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        l.failed_authentication(ip("2001:db8::1")).unwrap();
+        l.failed_authentication(ip("2001:db8::ffff:1")).unwrap();
+        assert!(l.failed_authentication(ip("2001:db8::abcd:2")).is_err());
+        assert!(l.ip_blocked(ip("2001:db8::9")).is_some(), "the same /64");
+        assert!(l.ip_blocked(ip("2001:db8:0:1::1")).is_none(), "another /64");
+        l.failed_authentication(ip("192.0.2.7")).unwrap();
+        l.failed_authentication(ip("::ffff:192.0.2.7")).unwrap();
+        assert!(l.failed_authentication(ip("192.0.2.7")).is_err());
     }
 
     #[test]

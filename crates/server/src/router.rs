@@ -45,6 +45,9 @@ pub fn app(
     let (routes, doc) = openapi::router();
     let openapi_json = doc.to_json().unwrap_or_else(|_| "{}".into());
     let limits = config.limits.clone();
+    // Validated when the config was parsed.
+    let trusted_proxies =
+        Arc::new(crate::client_addr::parse_proxies(&config.trusted_proxies).unwrap_or_default());
     let in_flight = Arc::new(AtomicUsize::new(0));
     let rate_limits = Arc::new(crate::ratelimit::RateLimits::new(&config.rate_limits));
     rate_limits.start_cleanup();
@@ -93,6 +96,11 @@ pub fn app(
         // Outside every layer that reads the matched route's declaration.
         .layer(axum::middleware::from_fn(crate::routes::table::declare))
         .layer(axum::middleware::from_fn(middleware::request_id_and_log))
+        // First of all: who the request is from (behind a trusted proxy, the forwarded client).
+        .layer(axum::middleware::from_fn_with_state(
+            trusted_proxies,
+            crate::client_addr::layer,
+        ))
         .layer(axum::middleware::from_fn(
             move |req: axum::extract::Request, next: axum::middleware::Next| {
                 let guard = InFlightGuard::new(in_flight.clone());

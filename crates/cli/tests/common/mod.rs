@@ -245,11 +245,18 @@ impl Server {
 
     /// A raw HTTPS client trusting the server's certificate.
     pub(crate) fn http(&self) -> reqwest::Client {
+        self.http_builder().build().unwrap()
+    }
+
+    /// A client whose connections come from `local` (any 127.0.0.0/8 address on loopback):
+    /// another source, as far as the server can tell.
+    pub(crate) fn http_from(&self, local: std::net::IpAddr) -> reqwest::Client {
+        self.http_builder().local_address(local).build().unwrap()
+    }
+
+    fn http_builder(&self) -> reqwest::ClientBuilder {
         let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.cacert).unwrap()).unwrap();
-        reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .build()
-            .unwrap()
+        reqwest::Client::builder().tls_certs_only([ca])
     }
 
     pub(crate) fn url(&self, path: &str) -> String {
