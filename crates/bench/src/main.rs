@@ -11,6 +11,7 @@
 
 mod flood;
 mod hotpath;
+mod probe;
 
 use anyhow::{Context, Result, bail};
 use base64::Engine;
@@ -68,6 +69,9 @@ struct Args {
     /// Run only the closed-loop `/health` scenario (the baseline of `--encrypt-only`).
     #[arg(long)]
     health_only: bool,
+    /// Time another identity's key id against missing ones (needs `--idp`); this many of each.
+    #[arg(long, requires = "idp")]
+    foreign_vs_missing: Option<usize>,
 }
 
 struct Stats {
@@ -321,6 +325,9 @@ async fn main() -> Result<()> {
             label: &args.label,
         })
         .await;
+    }
+    if let (Some(n), Some(idp)) = (args.foreign_vs_missing, args.idp.as_deref()) {
+        return probe::run(&clients[0], &addr, idp, n, &args.label).await;
     }
     if args.flood {
         return flood::run(flood::FloodArgs {
