@@ -7,7 +7,8 @@
 //! - each identity has at most `heavy_ops_per_identity` operations running or queued; past
 //!   that, 429 `rate_limited` with `Retry-After`;
 //! - at most `heavy_ops_queue` operations wait for a slot server-wide; past that, 503 `busy`;
-//! - `heavy_ops_concurrency` run at once.
+//! - `heavy_ops_concurrency` run at once, and key generations (hundreds of signatures' worth
+//!   each) on at most all but one of those slots, so that signatures always have one.
 
 use super::Kms;
 use crate::error::CoreError;
@@ -37,9 +38,14 @@ pub fn heavy_cost(key_type: KeyType, generation: bool) -> u32 {
     }
 }
 
+/// Costs from this up are key generations ([`heavy_cost`]).
+const GENERATION_COST: u32 = 100;
+
 /// Slots for CPU-heavy work and the bounds on who may wait for them.
 pub(crate) struct HeavyPool {
     running: Arc<Semaphore>,
+    /// Slots key generation may take: one fewer than `running` (at least one).
+    generating: Arc<Semaphore>,
     per_identity: usize,
     queue: usize,
     waiting: Mutex<Waiting>,
@@ -87,6 +93,7 @@ impl HeavyPool {
     pub(crate) fn new(concurrency: usize, per_identity: usize, queue: usize) -> HeavyPool {
         HeavyPool {
             running: Arc::new(Semaphore::new(concurrency.max(1))),
+            generating: Arc::new(Semaphore::new(concurrency.saturating_sub(1).max(1))),
             per_identity: per_identity.max(1),
             queue,
             waiting: Mutex::new(Waiting::default()),
@@ -149,6 +156,18 @@ impl Kms {
         let claim = self.heavy.claim(Some(p.identity()))?;
         // Charged only once admitted to the pool: a refusal at the bound costs no quota.
         self.admit_heavy(p, cost)?;
+        let _generation_slot = if cost >= GENERATION_COST {
+            Some(
+                self.heavy
+                    .generating
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| CoreError::Busy)?,
+            )
+        } else {
+            None
+        };
         self.run_heavy(claim, f).await
     }
 
@@ -189,6 +208,19 @@ mod tests {
 
     fn id(s: &str) -> IdentityId {
         IdentityId::from_stored(s)
+    }
+
+    /// Key generations get all slots but one, so a signature always finds one free of them;
+    /// with one slot, generation shares it.
+    #[test]
+    fn generations_leave_one_slot_to_signatures() {
+        for (slots, generating) in [(1, 1), (2, 1), (4, 3)] {
+            let pool = HeavyPool::new(slots, 2, 2);
+            assert_eq!(pool.running.available_permits(), slots);
+            assert_eq!(pool.generating.available_permits(), generating);
+        }
+        assert!(heavy_cost(KeyType::Rsa3072, true) >= GENERATION_COST);
+        assert!(heavy_cost(KeyType::Rsa4096, false) < GENERATION_COST);
     }
 
     /// An identity at its bound is refused with 429 while others still get in; the
