@@ -155,14 +155,7 @@ async fn a_rolled_back_chain_is_an_alarm_and_stops_appending() {
         assert!(s.log_text().contains("AUDIT CHAIN ROLLED BACK"));
         let http = s.http();
         let ready = http.get(s.url("/ready")).send().await.unwrap();
-        let metrics = http
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = s.get_ok("/metrics").await.text;
         if continue_after {
             r.expect("continues after the alarm when told a failover lost data");
             assert_eq!(ready.status(), 200);

@@ -1268,20 +1268,16 @@ async fn sleep_until(t: Instant) {
 /// cached refusal would have answered 404 at once.
 #[tokio::test]
 async fn another_users_key_costs_a_database_read_like_a_missing_one() {
-    let dir = TempDir::new("auth-foreign-path");
     let k = Signer::es256("foreign");
-    let path: PathBuf = dir.path().join("jwks.json");
-    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
     let url = common::fresh_pg_database();
     let db = url.rsplit('/').next().unwrap().to_string();
     let admin = common::pg_admin_url();
     // Without durable audit events, so that requests need the database only to find keys.
-    let s = Server::start_dev(
-        dir.path(),
-        &format!(
-            "database_url = \"{url}\"\n[audit]\nenabled = false\n{}",
-            jwt::issuer_toml(ISSUER, AUDIENCE, &path, "")
-        ),
+    let (_dir, _, s) = server_with_issuer(
+        "auth-foreign-path",
+        std::slice::from_ref(&k.jwk),
+        &format!("database_url = \"{url}\"\n[audit]\nenabled = false"),
+        "",
     );
     let api = &Api::new(&s);
     let alice = k.token(&claims("alice", "acme"));
@@ -1336,17 +1332,38 @@ async fn another_users_key_costs_a_database_read_like_a_missing_one() {
 
 // ---- what an issuer may assert -------------------------------------------------------------
 
+/// A dev server trusting one issuer (`ISSUER`, `AUDIENCE`) whose JWKS file holds `keys`:
+/// `config` goes before the issuer's table, `issuer_extra` into it. Returns the directory (it
+/// must outlive the server), the JWKS path and the server.
+fn server_with_issuer(
+    tag: &str,
+    keys: &[Value],
+    config: &str,
+    issuer_extra: &str,
+) -> (TempDir, PathBuf, Server) {
+    let dir = TempDir::new(tag);
+    let path: PathBuf = dir.path().join("jwks.json");
+    jwt::write_jwks(&path, keys);
+    let s = Server::start_dev(
+        dir.path(),
+        &format!(
+            "{config}\n{}",
+            jwt::issuer_toml(ISSUER, AUDIENCE, &path, issuer_extra)
+        ),
+    );
+    (dir, path, s)
+}
+
 /// The lifetime cap is configurable per issuer and exact: `exp` − `iat` at the cap is accepted,
 /// one second more is refused, before and after a token is cached.
 #[tokio::test]
 async fn token_lifetime_is_capped_per_issuer() {
-    let dir = TempDir::new("auth-lifetime");
     let k = Signer::es256("life");
-    let path: PathBuf = dir.path().join("jwks.json");
-    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
-    let s = Server::start_dev(
-        dir.path(),
-        &jwt::issuer_toml(ISSUER, AUDIENCE, &path, "max_token_lifetime_seconds = 600"),
+    let (_dir, _, s) = server_with_issuer(
+        "auth-lifetime",
+        std::slice::from_ref(&k.jwk),
+        "",
+        "max_token_lifetime_seconds = 600",
     );
     let api = &Api::new(&s);
     let token = |lifetime: i64| {
@@ -1373,14 +1390,13 @@ async fn token_lifetime_is_capped_per_issuer() {
 /// from a key in its JWKS is refused when only ES256 is configured.
 #[tokio::test]
 async fn an_issuer_accepts_only_its_configured_algorithms() {
-    let dir = TempDir::new("auth-algs");
     let es = Signer::es256("es");
     let rs = Signer::rsa("rs", Algorithm::RS256);
-    let path: PathBuf = dir.path().join("jwks.json");
-    jwt::write_jwks(&path, &[es.jwk.clone(), rs.jwk.clone()]);
-    let s = Server::start_dev(
-        dir.path(),
-        &jwt::issuer_toml(ISSUER, AUDIENCE, &path, "algorithms = [\"ES256\"]"),
+    let (_dir, _, s) = server_with_issuer(
+        "auth-algs",
+        &[es.jwk.clone(), rs.jwk.clone()],
+        "",
+        "algorithms = [\"ES256\"]",
     );
     let api = &Api::new(&s);
     let r = api
@@ -1422,18 +1438,12 @@ fn symmetric_or_unknown_issuer_algorithms_are_refused_at_startup() {
 /// `/ready` names the issuer; once a fetch succeeds again both recover.
 #[tokio::test]
 async fn an_issuer_whose_keys_cannot_be_refreshed_is_refused_and_not_ready() {
-    let dir = TempDir::new("auth-jwks-age");
     let k = Signer::es256("age");
-    let path: PathBuf = dir.path().join("jwks.json");
-    jwt::write_jwks(&path, std::slice::from_ref(&k.jwk));
-    let s = Server::start_dev(
-        dir.path(),
-        &jwt::issuer_toml(
-            ISSUER,
-            AUDIENCE,
-            &path,
-            "jwks_refresh_seconds = 1\njwks_max_age_seconds = 3",
-        ),
+    let (_dir, path, s) = server_with_issuer(
+        "auth-jwks-age",
+        std::slice::from_ref(&k.jwk),
+        "",
+        "jwks_refresh_seconds = 1\njwks_max_age_seconds = 3",
     );
     let api = &Api::new(&s);
     let http = s.http();
