@@ -8,7 +8,7 @@ mod client_cmds;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -106,6 +106,14 @@ pub enum AuditCmd {
         /// The server's audit public key (SPKI PEM).
         #[arg(long)]
         public_key: PathBuf,
+        /// A signed head kept from an earlier export (`--write-head`): the export must extend
+        /// it, so a log rolled back or rewritten since is caught.
+        #[arg(long)]
+        since: Option<PathBuf>,
+        /// Writes the export's last signed head (a checkpoint line) here, for a later
+        /// `--since`.
+        #[arg(long)]
+        write_head: Option<PathBuf>,
     },
     /// Print the server's audit public key (SPKI PEM), for `sovra audit verify`.
     PublicKey,
@@ -144,13 +152,47 @@ fn pem_to_der(pem: &str) -> Result<Vec<u8>> {
         .context("the PEM public key is not valid base64")
 }
 
-fn audit_verify(file: &PathBuf, public_key: &PathBuf) -> Result<()> {
+fn audit_verify(
+    file: &PathBuf,
+    public_key: &PathBuf,
+    since: Option<&PathBuf>,
+    write_head: Option<&PathBuf>,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     let pem = std::fs::read_to_string(public_key)
         .with_context(|| format!("cannot read {}", public_key.display()))?;
-    let report = sovra_core::audit::verify_export(&text, &pem_to_der(&pem)?)
-        .map_err(|e| anyhow::anyhow!("audit export is NOT intact: {e}"))?;
+    let spki = pem_to_der(&pem)?;
+    let report = match since {
+        Some(head_file) => {
+            let line = std::fs::read_to_string(head_file)
+                .with_context(|| format!("cannot read {}", head_file.display()))?;
+            let seen = match serde_json::from_str(line.trim()) {
+                Ok(sovra_core::audit::ExportLine::Checkpoint(cp)) => cp,
+                _ => bail!(
+                    "{} is not a checkpoint line (`--write-head`)",
+                    head_file.display()
+                ),
+            };
+            let r = sovra_core::audit::verify_export_since(&text, &spki, &seen)
+                .map_err(|e| anyhow::anyhow!("audit export is NOT intact: {e}"))?;
+            println!(
+                "the export extends the head seen earlier (sequence {})",
+                seen.seq
+            );
+            r
+        }
+        None => sovra_core::audit::verify_export(&text, &spki)
+            .map_err(|e| anyhow::anyhow!("audit export is NOT intact: {e}"))?,
+    };
+    if let Some(path) = write_head {
+        let Some(cp) = &report.last_checkpoint else {
+            bail!("the export has no checkpoint: there is no signed head to keep");
+        };
+        let line = serde_json::to_string(&sovra_core::audit::ExportLine::Checkpoint(cp.clone()))?;
+        std::fs::write(path, line + "\n")
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
     println!(
         "audit export intact: {} events, {} checkpoints, signed through sequence {}{}",
         report.events,
@@ -247,7 +289,12 @@ async fn run(cli: Cli) -> Result<()> {
             .await?;
             Ok(())
         }
-        Command::Audit(AuditCmd::Verify { file, public_key }) => audit_verify(&file, &public_key),
+        Command::Audit(AuditCmd::Verify {
+            file,
+            public_key,
+            since,
+            write_head,
+        }) => audit_verify(&file, &public_key, since.as_ref(), write_head.as_ref()),
         Command::Db(DbCmd::Migrate { database_url }) => {
             let applied = sovra_store::migrate(&database_url).await?;
             if applied.is_empty() {

@@ -69,3 +69,62 @@ fn verify_accepts_an_intact_export_and_names_the_first_broken_link() {
     assert!(!ok);
     assert!(out.contains("not a PEM public key"), "{out}");
 }
+
+/// `--write-head` keeps an export's last signed head; `--since` on a later export passes only if
+/// that export extends it: a log rolled back to before the kept head is caught, though the
+/// shorter export is intact on its own.
+#[test]
+fn verify_since_catches_a_log_rolled_back_behind_a_kept_head() {
+    let dir = TempDir::new("audit-verify-since");
+    let key = audit_key();
+    let pem = dir.path().join("audit.pem");
+    std::fs::write(
+        &pem,
+        pem_encode("PUBLIC KEY", &key.public_key_spki_der().unwrap()),
+    )
+    .unwrap();
+    let verify = |file: &Path, extra: &[&Path]| {
+        let mut cmd = std::process::Command::new(sovra_bin());
+        cmd.args(["audit", "verify"])
+            .arg(file)
+            .arg("--public-key")
+            .arg(&pem);
+        for (flag, path) in ["--since", "--write-head"].iter().zip(extra) {
+            if !path.as_os_str().is_empty() {
+                cmd.arg(flag).arg(path);
+            }
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            format!("{}{}", text(&out.stdout), text(&out.stderr)),
+        )
+    };
+    let head = dir.path().join("head.json");
+    let earlier = dir.path().join("earlier.jsonl");
+    std::fs::write(&earlier, export_lines(&key, 10, 5)[..6].join("\n")).unwrap();
+    let (ok, out) = verify(&earlier, &[Path::new(""), &head]);
+    assert!(ok, "{out}");
+    assert!(
+        std::fs::read_to_string(&head)
+            .unwrap()
+            .contains("\"seq\":5")
+    );
+
+    let later = dir.path().join("later.jsonl");
+    std::fs::write(&later, export_lines(&key, 10, 5).join("\n")).unwrap();
+    let (ok, out) = verify(&later, &[&head]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("extends the head seen earlier (sequence 5)"),
+        "{out}"
+    );
+
+    let rolled_back = dir.path().join("rolled-back.jsonl");
+    std::fs::write(&rolled_back, export_lines(&key, 4, 5).join("\n")).unwrap();
+    let (ok, out) = verify(&rolled_back, &[]);
+    assert!(ok, "intact on its own: {out}");
+    let (ok, out) = verify(&rolled_back, &[&head]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("rolled back"), "{out}");
+}

@@ -266,6 +266,9 @@ pub struct VerifyReport {
     pub checkpoints: u64,
     /// Highest sequence covered by a valid checkpoint.
     pub last_checkpoint_seq: Option<u64>,
+    /// That checkpoint: the signed head an auditor keeps, to check a later export against
+    /// ([`verify_export_since`]).
+    pub last_checkpoint: Option<Checkpoint>,
     /// Events after the last checkpoint: intact as a chain, not yet signed.
     pub unsigned_tail: u64,
 }
@@ -343,6 +346,44 @@ fn link(
 
 /// Verifies an export against the audit public key (SPKI DER).
 pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport, VerifyError> {
+    verify(text, public_key_spki, None)
+}
+
+/// [`verify_export`], and that the export extends `seen`, a signed head kept from an earlier
+/// export (its last checkpoint): the export holds `seen`'s event with that hash. A log rolled
+/// back to before `seen`, or rewritten up to it, fails though it is consistent in itself. A
+/// `seen` whose signature does not verify fails at line 0.
+pub fn verify_export_since(
+    text: &str,
+    public_key_spki: &[u8],
+    seen: &Checkpoint,
+) -> Result<VerifyReport, VerifyError> {
+    use base64::Engine;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(&seen.signature)
+        .unwrap_or_default();
+    let msg = Checkpoint::signed_bytes(seen.seq, &seen.head, seen.time_ms);
+    if !verify_spki(
+        SignatureAlgorithm::Ed25519,
+        public_key_spki,
+        SignInput::Message(&msg),
+        &sig,
+    )
+    .unwrap_or(false)
+    {
+        return Err(VerifyError {
+            line: 0,
+            problem: "the head seen earlier is not signed by this audit key".into(),
+        });
+    }
+    verify(text, public_key_spki, Some(seen))
+}
+
+fn verify(
+    text: &str,
+    public_key_spki: &[u8],
+    seen: Option<&Checkpoint>,
+) -> Result<VerifyReport, VerifyError> {
     let fail = |line: usize, problem: String| Err(VerifyError { line, problem });
     let mut st = ChainState {
         prev_hash: None,
@@ -354,8 +395,15 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
             redacted: 0,
             checkpoints: 0,
             last_checkpoint_seq: None,
+            last_checkpoint: None,
             unsigned_tail: 0,
         },
+    };
+    let rewritten = |line: usize, seq: u64| {
+        fail(
+            line,
+            format!("event {seq} differs from the head seen earlier: the log was rewritten"),
+        )
     };
     let mut last_line = 0;
     for (i, raw) in text.lines().enumerate() {
@@ -372,10 +420,16 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
             ExportLine::Event(ev) => {
                 let computed = ev.compute_hash();
                 link(&mut st, line, ev.seq, &computed, &ev.prev_hash, &ev.hash)?;
+                if seen.is_some_and(|s| s.seq == ev.seq && s.head != ev.hash) {
+                    return rewritten(line, ev.seq);
+                }
             }
             ExportLine::Redacted(r) => {
                 let computed = r.compute_hash();
                 link(&mut st, line, r.seq, &computed, &r.prev_hash, &r.hash)?;
+                if seen.is_some_and(|s| s.seq == r.seq && s.head != r.hash) {
+                    return rewritten(line, r.seq);
+                }
                 st.report.redacted += 1;
             }
             ExportLine::Checkpoint(cp) => {
@@ -421,12 +475,34 @@ pub fn verify_export(text: &str, public_key_spki: &[u8]) -> Result<VerifyReport,
                 let r = &mut st.report;
                 r.checkpoints += 1;
                 r.last_checkpoint_seq = Some(cp.seq);
+                r.last_checkpoint = Some(cp.clone());
                 r.unsigned_tail = st.next_seq.map(|n| n - 1 - cp.seq).unwrap_or(0);
             }
         }
     }
     if st.report.events == 0 {
         return fail(last_line.max(1), "the export holds no audit events".into());
+    }
+    if let Some(seen) = seen {
+        let last = st.next_seq.map_or(0, |n| n - 1);
+        if st.report.first_seq > seen.seq {
+            return fail(
+                1,
+                format!(
+                    "the export starts at sequence {}, after the head seen earlier ({}): export from sequence {} or earlier",
+                    st.report.first_seq, seen.seq, seen.seq
+                ),
+            );
+        }
+        if last < seen.seq {
+            return fail(
+                last_line,
+                format!(
+                    "the export ends at sequence {last}, before the head seen earlier ({}): the log was rolled back or the export truncated",
+                    seen.seq
+                ),
+            );
+        }
     }
     Ok(st.report)
 }
@@ -449,6 +525,56 @@ mod tests {
 
     fn verify(lines: &[String], spki: &[u8]) -> Result<VerifyReport, VerifyError> {
         verify_export(&lines.join("\n"), spki)
+    }
+
+    /// An auditor keeps the last signed head of an export; a later export must extend it. A
+    /// rolled-back log (the later export ends before it), one rewritten and re-signed up to it
+    /// (a consistent chain with another hash there), a forged head and an export starting past
+    /// it all fail; the honest later export passes.
+    #[test]
+    fn a_later_export_must_extend_the_head_seen_earlier() {
+        let (key, spki) = keypair();
+        let earlier = export_lines(&key, 5, 5);
+        let seen = verify(&earlier, &spki).unwrap().last_checkpoint.unwrap();
+        assert_eq!(seen.seq, 5);
+        let later = export(&key);
+        let r = verify_export_since(&later.join("\n"), &spki, &seen).unwrap();
+        assert_eq!(r.last_checkpoint_seq, Some(10));
+
+        // Rolled back to event 4: consistent on its own, not an extension of the head seen.
+        let rolled_back: Vec<String> = later[..4].to_vec();
+        verify(&rolled_back, &spki).unwrap();
+        let e = verify_export_since(&rolled_back.join("\n"), &spki, &seen).unwrap_err();
+        assert!(e.problem.contains("rolled back"), "{e}");
+
+        // Rewritten from event 2 on, hashes recomputed and re-signed with the real key.
+        let mut prev = GENESIS.to_string();
+        let mut rewritten = Vec::new();
+        for i in 1..=10u64 {
+            let mut ev = audit_event(i);
+            if i == 2 {
+                ev.actor = "idp#mallory".into();
+            }
+            let ev = ev.seal_after(i, &prev);
+            prev = ev.hash.clone();
+            rewritten.push(serde_json::to_string(&ExportLine::Event(Box::new(ev))).unwrap());
+        }
+        let cp = Checkpoint::sign(&key, 10, &prev, 43).unwrap();
+        rewritten.push(serde_json::to_string(&ExportLine::Checkpoint(cp)).unwrap());
+        verify(&rewritten, &spki).unwrap();
+        let e = verify_export_since(&rewritten.join("\n"), &spki, &seen).unwrap_err();
+        assert!(e.problem.contains("rewritten"), "{e}");
+
+        // A head file that was not signed by this key.
+        let forged = Checkpoint {
+            head: "00".repeat(32),
+            ..seen.clone()
+        };
+        let e = verify_export_since(&later.join("\n"), &spki, &forged).unwrap_err();
+        assert_eq!(e.line, 0, "{e}");
+        // An export that starts after the head cannot show it extends it.
+        let e = verify_export_since(&later[7..].join("\n"), &spki, &seen).unwrap_err();
+        assert!(e.problem.contains("starts at sequence"), "{e}");
     }
 
     /// The chain's format is what every stored chain and every export was written in: these

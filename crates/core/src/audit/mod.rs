@@ -13,7 +13,7 @@ mod writer;
 
 pub use chain::{
     AuditEvent, Checkpoint, ExportLine, GENESIS, RedactedEvent, VerifyError, VerifyReport,
-    seal_chain, verify_export,
+    seal_chain, verify_export, verify_export_since,
 };
 pub use journal::{
     AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES, parse_journal,
