@@ -11,11 +11,17 @@ use sovra_crypto::sign::pem_encode;
 use std::path::Path;
 
 fn run(file: &Path, key: &Path) -> (bool, String) {
+    run_with(file, key, &[])
+}
+
+/// `sovra audit verify FILE --public-key KEY` followed by `extra` arguments.
+fn run_with(file: &Path, key: &Path, extra: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = std::process::Command::new(sovra_bin())
         .args(["audit", "verify"])
         .arg(file)
         .arg("--public-key")
         .arg(key)
+        .args(extra)
         .output()
         .unwrap();
     (
@@ -83,27 +89,10 @@ fn verify_since_catches_a_log_rolled_back_behind_a_kept_head() {
         pem_encode("PUBLIC KEY", &key.public_key_spki_der().unwrap()),
     )
     .unwrap();
-    let verify = |file: &Path, extra: &[&Path]| {
-        let mut cmd = std::process::Command::new(sovra_bin());
-        cmd.args(["audit", "verify"])
-            .arg(file)
-            .arg("--public-key")
-            .arg(&pem);
-        for (flag, path) in ["--since", "--write-head"].iter().zip(extra) {
-            if !path.as_os_str().is_empty() {
-                cmd.arg(flag).arg(path);
-            }
-        }
-        let out = cmd.output().unwrap();
-        (
-            out.status.success(),
-            format!("{}{}", text(&out.stdout), text(&out.stderr)),
-        )
-    };
     let head = dir.path().join("head.json");
     let earlier = dir.path().join("earlier.jsonl");
     std::fs::write(&earlier, export_lines(&key, 10, 5)[..6].join("\n")).unwrap();
-    let (ok, out) = verify(&earlier, &[Path::new(""), &head]);
+    let (ok, out) = run_with(&earlier, &pem, &["--write-head".as_ref(), head.as_os_str()]);
     assert!(ok, "{out}");
     assert!(
         std::fs::read_to_string(&head)
@@ -113,7 +102,8 @@ fn verify_since_catches_a_log_rolled_back_behind_a_kept_head() {
 
     let later = dir.path().join("later.jsonl");
     std::fs::write(&later, export_lines(&key, 10, 5).join("\n")).unwrap();
-    let (ok, out) = verify(&later, &[&head]);
+    let since = ["--since".as_ref(), head.as_os_str()];
+    let (ok, out) = run_with(&later, &pem, &since);
     assert!(ok, "{out}");
     assert!(
         out.contains("extends the head seen earlier (sequence 5)"),
@@ -122,9 +112,9 @@ fn verify_since_catches_a_log_rolled_back_behind_a_kept_head() {
 
     let rolled_back = dir.path().join("rolled-back.jsonl");
     std::fs::write(&rolled_back, export_lines(&key, 4, 5).join("\n")).unwrap();
-    let (ok, out) = verify(&rolled_back, &[]);
+    let (ok, out) = run(&rolled_back, &pem);
     assert!(ok, "intact on its own: {out}");
-    let (ok, out) = verify(&rolled_back, &[&head]);
+    let (ok, out) = run_with(&rolled_back, &pem, &since);
     assert!(!ok, "{out}");
     assert!(out.contains("rolled back"), "{out}");
 }

@@ -1292,16 +1292,7 @@ async fn another_users_key_costs_a_database_read_like_a_missing_one() {
         assert_error(&r, 404, "not_found");
     }
 
-    common::psql(
-        &admin,
-        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"),
-    );
-    common::psql(
-        &admin,
-        &format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
-        ),
-    );
+    common::take_pg_database_away(&db);
     let owner = api.encrypt(&alice, &key, b"x").await;
     assert_eq!(
         owner.status, 200,
@@ -1319,10 +1310,7 @@ async fn another_users_key_costs_a_database_read_like_a_missing_one() {
         "another user's key must take the missing id's path: {foreign:?}"
     );
 
-    common::psql(
-        &admin,
-        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"),
-    );
+    common::give_pg_database_back(&db);
     drop(s);
     common::psql(
         &admin,

@@ -745,16 +745,7 @@ async fn ready_reports_an_unreachable_database() {
     };
     assert_eq!(ready().await, (200, json!({"status": "ready"})));
 
-    psql(
-        &admin,
-        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"),
-    );
-    psql(
-        &admin,
-        &format!(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
-        ),
-    );
+    common::take_pg_database_away(&db);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let (status, body) = ready().await;
@@ -774,10 +765,7 @@ async fn ready_reports_an_unreachable_database() {
         200
     );
 
-    psql(
-        &admin,
-        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"),
-    );
+    common::give_pg_database_back(&db);
     let deadline = Instant::now() + Duration::from_secs(30);
     while ready().await.0 != 200 {
         assert!(

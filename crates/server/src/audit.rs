@@ -321,23 +321,11 @@ pub async fn check_chain_at_start(st: &AppState, head: Option<&(u64, String)>) -
     metrics::gauge!("sovra_audit_chain_alarm").set(if alarm.is_some() { 1.0 } else { 0.0 });
     let Some(alarm) = alarm else { return true };
     tracing::error!(alarm = %alarm, "AUDIT CHAIN NOT VERIFIED at start");
-    let event = AuditEvent {
-        seq: 0,
-        time_ms: st.kms.clock().now().as_millis(),
-        org: None,
-        actor: "sovra".into(),
-        auth_method: "none".into(),
-        cert_fingerprint: None,
-        action: "audit.chain_unverified".into(),
-        resource: "audit".into(),
-        outcome: "failure".into(),
-        error_code: Some(alarm),
-        request_id: String::new(),
-        source: "node".into(),
-        hashed: Default::default(),
-        prev_hash: String::new(),
-        hash: String::new(),
-    };
+    let event = AuditEvent::node_alarm(
+        "audit.chain_unverified",
+        alarm,
+        st.kms.clock().now().as_millis(),
+    );
     if let Err(e) = writer.record(event).await {
         tracing::error!(error = %e, "the audit chain alarm could not be appended");
         return false;

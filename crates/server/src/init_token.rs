@@ -38,15 +38,20 @@ impl InitGate {
             path: path.display().to_string(),
             source,
         };
-        let token = match std::fs::read_to_string(&path) {
-            Ok(t) if t.trim().starts_with(PREFIX) => SecretBytes::from_slice(t.trim().as_bytes()),
+        let existing = std::fs::read_to_string(&path)
+            .ok()
+            .map(zeroize::Zeroizing::new);
+        let token = match existing {
+            Some(t) if t.trim().starts_with(PREFIX) => SecretBytes::from_slice(t.trim().as_bytes()),
             _ => {
                 use base64::Engine;
-                let random = sovra_crypto::rng::random_vec(32)
-                    .map_err(|e| err(std::io::Error::other(e.to_string())))?;
+                let random = SecretBytes::new(
+                    sovra_crypto::rng::random_vec(32)
+                        .map_err(|e| err(std::io::Error::other(e.to_string())))?,
+                );
                 let t = format!(
                     "{PREFIX}{}",
-                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)
+                    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random.expose())
                 );
                 crate::private_files::write(&path, t.as_bytes()).map_err(err)?;
                 SecretBytes::new(t.into_bytes())

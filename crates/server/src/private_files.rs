@@ -27,14 +27,19 @@ pub fn create_dir(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Options that open a file for writing, creating it readable by its owner only (0600).
+pub fn options() -> std::fs::OpenOptions {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    opts
+}
+
 /// Writes a file readable by its owner only (created 0600, replaced if present) and syncs it.
 pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
     use std::io::Write;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path)?;
+    let mut f = options().truncate(true).open(path)?;
     f.write_all(contents)?;
     f.sync_all()
 }

@@ -362,6 +362,30 @@ pub(crate) fn sqlite3(db: &Path, sql: &str) -> String {
     text(&out.stdout).trim().to_string()
 }
 
+/// Takes the database named `db` away from every client: new connections are refused and the
+/// open ones are ended (the server's pool included), as when PostgreSQL goes down.
+pub(crate) fn take_pg_database_away(db: &str) {
+    let admin = pg_admin_url();
+    psql(
+        &admin,
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS false"),
+    );
+    psql(
+        &admin,
+        &format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = '{db}'"
+        ),
+    );
+}
+
+/// Undoes [`take_pg_database_away`].
+pub(crate) fn give_pg_database_back(db: &str) {
+    psql(
+        &pg_admin_url(),
+        &format!("ALTER DATABASE {db} WITH ALLOW_CONNECTIONS true"),
+    );
+}
+
 /// Creates a fresh PostgreSQL database and returns its URL.
 pub(crate) fn fresh_pg_database() -> String {
     let name = format!("sovra_e2e_{}", uuid_like());

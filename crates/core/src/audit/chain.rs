@@ -184,6 +184,28 @@ impl AuditEvent {
     }
 
     /// Links this event after `prev_hash` at `seq` and sets its hash.
+    /// An event the node itself raises (an alarm about the chain): no caller, no request, the
+    /// problem in `error_code`.
+    pub fn node_alarm(action: &str, problem: String, time_ms: i64) -> AuditEvent {
+        AuditEvent {
+            seq: 0,
+            time_ms,
+            org: None,
+            actor: "sovra".into(),
+            auth_method: "none".into(),
+            cert_fingerprint: None,
+            action: action.into(),
+            resource: "audit".into(),
+            outcome: "failure".into(),
+            error_code: Some(problem),
+            request_id: String::new(),
+            source: "node".into(),
+            hashed: Default::default(),
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
     pub fn seal_after(mut self, seq: u64, prev_hash: &str) -> AuditEvent {
         let digest = self.body_digest();
         self.link_after(seq, prev_hash.to_string(), &digest);

@@ -753,23 +753,11 @@ async fn stored_matches(store: &dyn Store, ev: &AuditEvent) -> Result<bool, Stor
 async fn raise_rollback_alarm(store: &dyn Store, alarm: &StoreError) {
     tracing::error!(alarm = %alarm, "AUDIT CHAIN ROLLED BACK: events this node appended are gone from the database");
     store.accept_audit_rollback();
-    let event = AuditEvent {
-        seq: 0,
-        time_ms: crate::clock::system().now().as_millis(),
-        org: None,
-        actor: "sovra".into(),
-        auth_method: "none".into(),
-        cert_fingerprint: None,
-        action: "audit.rollback_detected".into(),
-        resource: "audit".into(),
-        outcome: "failure".into(),
-        error_code: Some(alarm.to_string()),
-        request_id: String::new(),
-        source: "node".into(),
-        hashed: Default::default(),
-        prev_hash: String::new(),
-        hash: String::new(),
-    };
+    let event = AuditEvent::node_alarm(
+        "audit.rollback_detected",
+        alarm.to_string(),
+        crate::clock::system().now().as_millis(),
+    );
     if let Err(e) = append_with_retry(store, &[event]).await {
         tracing::error!(error = %e, "the rollback alarm event could not be appended");
     }

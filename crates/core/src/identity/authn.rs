@@ -371,41 +371,37 @@ impl Authenticator {
     /// its validity and its issuer's key age: what authenticating it would accept without a
     /// signature verification.
     pub fn already_verified(&self, token: &str) -> bool {
-        if let Some((dev_token, _)) = &self.dev
+        matches!(self.known(token), Some(Ok(_)))
+    }
+
+    /// The dev token's principal, or a verified token's from the cache while it is valid (a
+    /// refusal if its issuer's keys are too old); `None` when the token needs verifying.
+    fn known(&self, token: &str) -> Option<Result<Arc<Authenticated>, AuthError>> {
+        if let Some((dev_token, dev)) = &self.dev
             && ct_eq(dev_token.expose(), token.as_bytes())
         {
-            return true;
+            return Some(Ok(dev.clone()));
         }
-        let Some(hit) = self.verified.get(&sovra_crypto::sha256(token.as_bytes())) else {
-            return false;
-        };
+        let hit = self.verified.get(&sovra_crypto::sha256(token.as_bytes()))?;
         let now = self.clock.now();
         let secs = now.as_secs();
-        hit.valid_from <= secs
-            && secs < hit.expires_at
-            && !self.issuers[hit.issuer].keys_too_old(now)
+        if !(hit.valid_from <= secs && secs < hit.expires_at) {
+            return None;
+        }
+        if self.issuers[hit.issuer].keys_too_old(now) {
+            return Some(Err(AuthError::Rejected(KEYS_TOO_OLD)));
+        }
+        Some(Ok(hit.authenticated.clone()))
     }
 
     async fn bearer(&self, token: &str) -> Result<Arc<Authenticated>, AuthError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(AuthError::InvalidToken);
         }
-        if let Some((dev_token, dev)) = &self.dev
-            && ct_eq(dev_token.expose(), token.as_bytes())
-        {
-            return Ok(dev.clone());
+        if let Some(known) = self.known(token) {
+            return known;
         }
         let digest = sovra_crypto::sha256(token.as_bytes());
-        if let Some(hit) = self.verified.get(&digest) {
-            let now = self.clock.now();
-            let secs = now.as_secs();
-            if hit.valid_from <= secs && secs < hit.expires_at {
-                if self.issuers[hit.issuer].keys_too_old(now) {
-                    return Err(AuthError::Rejected(KEYS_TOO_OLD));
-                }
-                return Ok(hit.authenticated.clone());
-            }
-        }
         let verified = self.verify_jwt(token).await?;
         let authenticated = verified.authenticated.clone();
         self.verified.insert(digest, Arc::new(verified));

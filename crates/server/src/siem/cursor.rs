@@ -24,37 +24,15 @@ pub(super) fn read_cursor(path: &Path) -> Result<u64, String> {
 /// Temp file, fsync, rename, fsync the directory: a crash leaves the old or the new cursor.
 pub(super) fn write_cursor(path: &Path, seq: u64) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    create_private_dir(dir)?;
+    crate::private_files::create_dir(dir)?;
     let tmp = path.with_extension("cursor.tmp");
-    let mut f = private_file_options().truncate(true).open(&tmp)?;
+    let mut f = crate::private_files::options().truncate(true).open(&tmp)?;
     f.write_all(format!("{seq}\n").as_bytes())?;
     f.sync_all()?;
     drop(f);
     std::fs::rename(&tmp, path)?;
     sync_dir(dir);
     Ok(())
-}
-
-pub(super) fn private_file_options() -> std::fs::OpenOptions {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o
-}
-
-pub(super) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
-    let mut b = std::fs::DirBuilder::new();
-    b.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        b.mode(0o700);
-    }
-    b.create(dir)
 }
 
 pub(super) fn sync_dir(dir: &Path) {

@@ -3,8 +3,9 @@
 //! cursor's private-file helpers it uses.
 
 use super::config::FileSinkConfig;
-use super::cursor::{create_private_dir, private_file_options, sync_dir};
+use super::cursor::sync_dir;
 use super::{DeliveryError, export_line};
+use crate::private_files;
 use sovra_core::audit::AuditEvent;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,9 +61,9 @@ impl FileState {
 
     fn open(&mut self) -> Result<(), DeliveryError> {
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            create_private_dir(dir).map_err(|e| self.err(e))?;
+            private_files::create_dir(dir).map_err(|e| self.err(e))?;
         }
-        let file = private_file_options()
+        let file = private_files::options()
             .append(true)
             .open(&self.path)
             .map_err(|e| self.err(e))?;
