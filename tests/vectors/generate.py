@@ -468,6 +468,75 @@ def journal_vectors(chain):
     }, {"raw_v2": v2, "raw_v2_torn": torn, "raw_v2_generation_2": regenerated, "raw_v1": v1}
 
 
+# --- (f) row MACs ---------------------------------------------------------------------------
+
+
+def hkdf_sha256(ikm: bytes, info: bytes, length: int) -> bytes:
+    """RFC 5869 with an empty salt, from hmac/hashlib (not Sovra's aws-lc-rs)."""
+    prk = hmac.new(b"\x00" * 32, ikm, hashlib.sha256).digest()
+    out, block, counter = b"", b"", 1
+    while len(out) < length:
+        block = hmac.new(prk, block + info + bytes([counter]), hashlib.sha256).digest()
+        out += block
+        counter += 1
+    return out[:length]
+
+
+def row_optional(value):
+    return b"" if value is None else b"\x01" + value
+
+
+def key_row(row: dict) -> bytes:
+    i64 = lambda n: struct.pack(">q", n)
+    return ctx(b"sovra/row/key/v1", [
+        uuid.UUID(row["id"]).bytes,
+        row["org_id"].encode(),
+        row["owner"].encode(),
+        row["name"].encode(),
+        row["key_type"].encode(),
+        row_optional(None if row["description"] is None else row["description"].encode()),
+        row["state"].encode(),
+        be32(row["latest_version"]),
+        be32(row["min_decryption_version"]),
+        i64(row["created_at"]),
+        row_optional(None if row["rotated_at"] is None else i64(row["rotated_at"])),
+        row_optional(None if row["deletion_date"] is None else i64(row["deletion_date"])),
+        struct.pack(">Q", row["revision"]),
+    ])
+
+
+def row_mac_vectors():
+    root = fixed_bytes("row-mac/root", 32)
+    mac_key = hkdf_sha256(root, b"sovra/row-mac/v1", 32)
+    base = {
+        "id": "0190f5a8-3c4e-7b2a-9d61-5e8f0a1b2c3d", "org_id": "acme",
+        "owner": "https://issuer.example#alice", "name": "payments", "key_type": "aes-256-gcm",
+        "description": None, "state": "enabled", "latest_version": 1,
+        "min_decryption_version": 1, "created_at": 1767225600000, "rotated_at": None,
+        "deletion_date": None, "revision": 1,
+    }
+    rows = [
+        ("created", base),
+        ("pending_deletion", {**base, "description": "", "state": "pending_deletion",
+                              "latest_version": 3, "min_decryption_version": 2,
+                              "rotated_at": 1767312000000, "deletion_date": 1769904000000,
+                              "revision": 7}),
+        ("described", {**base, "description": "card data", "key_type": "rsa-3072",
+                       "state": "disabled", "revision": 2}),
+    ]
+    cases = []
+    for name, row in rows:
+        message = key_row(row)
+        cases.append({"name": name, "row": row, "message": message.hex(),
+                      "mac": hmac.new(mac_key, message, hashlib.sha256).hexdigest()})
+    return {
+        "description": "Row MACs (docs/formats.md, section 6): the row-MAC key is HKDF-SHA256 "
+        "of the root key (empty salt, info sovra/row-mac/v1), a key row's MAC is HMAC-SHA256 of "
+        "its columns.",
+        "root_key": root.hex(), "row_mac_key": mac_key.hex(), "cases": cases,
+    }
+
+
 # --- output ----------------------------------------------------------------------------------
 
 
@@ -481,6 +550,7 @@ def outputs():
         ("shamir.json", shamir_vectors()),
         ("audit.json", audit),
         ("journal.json", journal),
+        ("row_mac.json", row_mac_vectors()),
     ]:
         out[HERE / name] = (json.dumps(data, indent=1, ensure_ascii=False) + "\n").encode()
     # Seeds of the audit_journal fuzz target: mode byte 0 (the file as is) ...

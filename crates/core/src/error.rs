@@ -37,6 +37,9 @@ pub enum CoreError {
     Busy,
     #[error("internal error")]
     Internal,
+    /// A stored row fails its MAC: it was changed outside Sovra, and is not used.
+    #[error("a stored record fails its integrity check (changed outside Sovra); it is not used")]
+    IntegrityViolation,
     /// The caller's quota for CPU-heavy work is spent; retry after this many seconds.
     #[error("rate limit for RSA operations exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -63,6 +66,7 @@ impl CoreError {
             CoreError::Storage(_) => "storage_unavailable",
             CoreError::Busy => "busy",
             CoreError::Internal => "internal",
+            CoreError::IntegrityViolation => "integrity_violation",
             CoreError::RateLimited { .. } => "rate_limited",
         }
     }

@@ -106,6 +106,8 @@ mod tests {
             created_at: 0,
             rotated_at: None,
             deletion_date: None,
+            revision: 1,
+            row_mac: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ pub mod clock;
 pub mod error;
 pub mod identity;
 pub mod ids;
+pub mod integrity;
 pub mod keymeta;
 pub mod kms;
 pub mod model;

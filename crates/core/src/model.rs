@@ -102,6 +102,12 @@ pub struct KeyRecord {
     pub rotated_at: Option<i64>,
     /// When a key pending deletion is destroyed.
     pub deletion_date: Option<i64>,
+    /// Incremented by every change to the row, so that `sovra db verify` can tell a replayed
+    /// older row from the current one (it counts the audited changes).
+    pub revision: u64,
+    /// HMAC-SHA256 of all the columns above under the row-MAC key ([`crate::integrity`]);
+    /// empty for a row written before row MACs existed, which is refused until adopted.
+    pub row_mac: Vec<u8>,
 }
 
 /// One version of a key: its material wrapped by a version of the org KEK.

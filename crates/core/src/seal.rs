@@ -8,6 +8,7 @@
 
 use crate::clock::Timestamp;
 use crate::error::CoreError;
+use crate::integrity::RowMac;
 use crate::model::{SealKind, SealRecord};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
@@ -64,8 +65,15 @@ enum State {
     },
     Unsealed {
         record: SealRecord,
-        root: Arc<WrappingKey>,
+        keys: RootKeys,
     },
+}
+
+/// What exists only while unsealed: the root key, and the row-MAC key derived from it.
+#[derive(Clone)]
+pub(crate) struct RootKeys {
+    pub(crate) root: Arc<WrappingKey>,
+    pub(crate) rows: Arc<RowMac>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -139,7 +147,16 @@ impl Seal {
     /// The root key, or `Sealed`.
     pub fn root(&self) -> Result<Arc<WrappingKey>, CoreError> {
         match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
-            State::Unsealed { root, .. } => Ok(root.clone()),
+            State::Unsealed { keys, .. } => Ok(keys.root.clone()),
+            State::Uninitialized => Err(CoreError::NotInitialized),
+            State::Sealed { .. } => Err(CoreError::Sealed),
+        }
+    }
+
+    /// The row-MAC key, or `Sealed`.
+    pub fn row_mac(&self) -> Result<Arc<RowMac>, CoreError> {
+        match &*self.state.read().unwrap_or_else(|e| e.into_inner()) {
+            State::Unsealed { keys, .. } => Ok(keys.rows.clone()),
             State::Uninitialized => Err(CoreError::NotInitialized),
             State::Sealed { .. } => Err(CoreError::Sealed),
         }
@@ -246,12 +263,9 @@ impl Seal {
                             .map_err(CoreError::from)
                             .and_then(|key| unwrap_root(record, &key));
                         match result {
-                            Ok(root) => {
+                            Ok(keys) => {
                                 let record = record.clone();
-                                *st = State::Unsealed {
-                                    record,
-                                    root: Arc::new(root),
-                                };
+                                *st = State::Unsealed { record, keys };
                             }
                             Err(_) => {
                                 return Err(CoreError::InvalidShare(
@@ -279,12 +293,9 @@ impl Seal {
             State::Unsealed { .. } => return Ok(()),
             State::Uninitialized => return Err(CoreError::NotInitialized),
         };
-        let root = unwrap_root(&record, key)
+        let keys = unwrap_root(&record, key)
             .map_err(|_| CoreError::InvalidShare("unseal key does not match".into()))?;
-        *st = State::Unsealed {
-            record,
-            root: Arc::new(root),
-        };
+        *st = State::Unsealed { record, keys };
         Ok(())
     }
 
@@ -327,12 +338,15 @@ impl Seal {
 pub(crate) fn unwrap_root(
     record: &SealRecord,
     unseal_key: &SecretBytes,
-) -> Result<WrappingKey, CoreError> {
+) -> Result<RootKeys, CoreError> {
     if unseal_key.len() != UNSEAL_KEY_LEN {
         return Err(CoreError::InvalidShare("wrong unseal key length".into()));
     }
     let root = WrappingKey::new(unseal_key)?
         .unwrap(&record.wrapped_root_key, &root_key_aad())
         .map_err(|_| CoreError::InvalidShare("unseal key does not match".into()))?;
-    Ok(WrappingKey::new(&root)?)
+    Ok(RootKeys {
+        rows: Arc::new(RowMac::derive(&root)?),
+        root: Arc::new(WrappingKey::new(&root)?),
+    })
 }

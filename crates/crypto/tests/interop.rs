@@ -1,5 +1,5 @@
 //! Interoperability with independent implementations: Python's `cryptography` (AEAD envelope
-//! body, HMAC) and the `openssl` command line (signatures). Both tools are required: a missing
+//! body, HMAC, HKDF) and the `openssl` command line (signatures). Both tools are required: a missing
 //! one fails the test rather than skipping it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -7,6 +7,7 @@
 use sovra_crypto::KeyType;
 use sovra_crypto::aead::{AeadAlg, AeadKey};
 use sovra_crypto::envelope::{self, EncryptionContext, Header};
+use sovra_crypto::kdf::hkdf_sha256;
 use sovra_crypto::mac::MacKey;
 use sovra_crypto::sign::{SignInput, SignatureAlgorithm, SigningKey, pem_encode};
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ const PY: &str = r#"
 import sys, json, struct, uuid, hmac, hashlib
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, ChaCha20Poly1305
 from cryptography.hazmat.primitives import hashes, hmac as chmac
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 def context(ctx):
     out = struct.pack(">I", len(ctx))
@@ -38,6 +40,9 @@ if mode == "hmac":
     h.update(msg)
     assert h.finalize() == tag
     print(tag.hex())
+elif mode == "hkdf":
+    salt, ikm, info, length = bytes.fromhex(args[0]), bytes.fromhex(args[1]), bytes.fromhex(args[2]), int(args[3])
+    print(HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm).hex())
 else:
     alg_id, cls = AEADS[args[0]]
     key, data, ctx = bytes.fromhex(args[1]), bytes.fromhex(args[2]), json.loads(args[3])
@@ -174,6 +179,37 @@ fn python_body_opens_with_envelope_open() {
             envelope::open(&key, &ct, &EncryptionContext::new()).is_err(),
             "{kt}"
         );
+    }
+}
+
+/// The derivation of the row-MAC key from the root key (`sovra/row-mac/v1`, no salt) and
+/// other shapes: Sovra's HKDF gives what `cryptography`'s does.
+#[test]
+fn hkdf_sha256_matches_python() {
+    /// Salt, input key material, info, output length.
+    type Case<'a> = (&'a [u8], Vec<u8>, &'a [u8], usize);
+    let cases: [Case; 4] = [
+        (b"", vec![0x42; 32], b"sovra/row-mac/v1", 32),
+        (b"salt", (0u8..=80).collect(), b"", 42),
+        (&[0u8; 32], vec![1; 16], b"info", 255),
+        (b"s", vec![9; 64], &[0xff; 100], 1),
+    ];
+    for (salt, ikm, info, len) in cases {
+        let ours = hkdf_sha256(
+            salt,
+            &sovra_crypto::SecretBytes::new(ikm.clone()),
+            info,
+            len,
+        )
+        .expect("hkdf");
+        let theirs = python(&[
+            "hkdf",
+            &hex::encode(salt),
+            &hex::encode(&ikm),
+            &hex::encode(info),
+            &len.to_string(),
+        ]);
+        assert_eq!(hex::encode(ours.expose()), theirs, "len {len}");
     }
 }
 

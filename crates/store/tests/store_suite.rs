@@ -45,7 +45,36 @@ fn key(org_id: &str, owner: &str, name: &str, created_at: i64) -> KeyRecord {
         created_at,
         rotated_at: None,
         deletion_date: None,
+        revision: 1,
+        row_mac: format!("mac of {name}").into_bytes(),
     }
+}
+
+/// The key row as stored, whatever its org.
+async fn stored(db: &TestDb, id: Uuid) -> KeyRecord {
+    db.store
+        .all_keys()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|k| k.id == id)
+        .expect("the key exists")
+}
+
+/// The stored key row moved to `v` as the core moves it (through `org`, the next revision).
+async fn rotated(db: &TestDb, org: &str, v: &KeyVersionRecord) -> KeyRecord {
+    let mut k = stored(db, v.key_id).await;
+    k.org_id = org.into();
+    k.latest_version = v.version;
+    k.rotated_at = Some(v.created_at);
+    k.revision += 1;
+    k.row_mac = format!("mac of {} at {}", k.name, k.revision).into_bytes();
+    k
+}
+
+async fn add_version(db: &TestDb, org: &str, v: &KeyVersionRecord) -> Result<(), StoreError> {
+    let after = rotated(db, org, v).await;
+    db.store.add_key_version(&after, v).await
 }
 
 fn version(key_id: Uuid, version: u32, kek_version: u32) -> KeyVersionRecord {
@@ -362,6 +391,121 @@ both!(list_keys_per_owner, |db| async move {
     );
 });
 
+// The revision and row MAC travel with every write; a writer holding an older revision is
+// refused even when the columns it compares are equal (a change and its undo between its read
+// and its write), so a revision never goes back.
+both!(
+    revision_and_row_mac_round_trip_and_guard_updates,
+    |db| async move {
+        setup_org(&db, "acme").await;
+        let k = setup_key(&db, "acme", "alice", "k", 10).await;
+        assert_eq!(
+            db.store.get_key("acme", k.id).await.unwrap(),
+            Some(k.clone())
+        );
+
+        let mut disabled = k.clone();
+        disabled.state = KeyState::Disabled;
+        disabled.revision = 2;
+        disabled.row_mac = b"mac 2".to_vec();
+        db.store.update_key(&k, &disabled).await.unwrap();
+        let mut enabled = disabled.clone();
+        enabled.state = KeyState::Enabled;
+        enabled.revision = 3;
+        enabled.row_mac = b"mac 3".to_vec();
+        db.store.update_key(&disabled, &enabled).await.unwrap();
+        assert_eq!(
+            db.store.get_key("acme", k.id).await.unwrap(),
+            Some(enabled.clone())
+        );
+
+        // Same state as stored, older revision: refused, nothing changes.
+        let mut stale = k.clone();
+        stale.description = Some("from a stale writer".into());
+        assert!(is_conflict(&db.store.update_key(&k, &stale).await));
+        assert_eq!(
+            db.store.get_key("acme", k.id).await.unwrap(),
+            Some(enabled.clone())
+        );
+
+        // A rotation must name the next revision of the stored row.
+        let v2 = version(k.id, 2, 1);
+        let mut skipping = enabled.clone();
+        skipping.latest_version = 2;
+        skipping.revision = 5;
+        assert!(is_conflict(&db.store.add_key_version(&skipping, &v2).await));
+        assert_eq!(stored_versions(&db, k.id).await, vec![1]);
+        let mut next = skipping.clone();
+        next.revision = 4;
+        next.rotated_at = Some(v2.created_at);
+        db.store.add_key_version(&next, &v2).await.unwrap();
+        assert_eq!(db.store.get_key("acme", k.id).await.unwrap(), Some(next));
+    }
+);
+
+// Adoption signs only a row that has no MAC and still holds the values it was checked with.
+both!(
+    adopt_unsigned_key_only_signs_unsigned_rows,
+    |db| async move {
+        setup_org(&db, "acme").await;
+        setup_org(&db, "globex").await;
+        let signed = setup_key(&db, "acme", "alice", "signed", 10).await;
+        let mut legacy = key("acme", "alice", "legacy", 11);
+        legacy.revision = 0;
+        legacy.row_mac = Vec::new();
+        db.store
+            .create_key(&legacy, &version(legacy.id, 1, 1))
+            .await
+            .unwrap();
+        let other = setup_key(&db, "globex", "bob", "other", 12).await;
+        let mut all: Vec<Uuid> = db
+            .store
+            .all_keys()
+            .await
+            .unwrap()
+            .iter()
+            .map(|k| k.id)
+            .collect();
+        all.sort();
+        let mut expected = vec![signed.id, legacy.id, other.id];
+        expected.sort();
+        assert_eq!(all, expected, "all_keys spans orgs");
+
+        let mut resigned = signed.clone();
+        resigned.revision = 9;
+        resigned.row_mac = b"another mac".to_vec();
+        assert!(
+            !db.store.adopt_unsigned_key(&resigned).await.unwrap(),
+            "a signed row is kept"
+        );
+        assert_eq!(
+            db.store.get_key("acme", signed.id).await.unwrap(),
+            Some(signed)
+        );
+
+        let mut wrong = legacy.clone();
+        wrong.owner = "mallory".into();
+        wrong.revision = 1;
+        wrong.row_mac = b"adopted".to_vec();
+        assert!(
+            !db.store.adopt_unsigned_key(&wrong).await.unwrap(),
+            "values must match"
+        );
+        let mut adopted = legacy.clone();
+        adopted.revision = 1;
+        adopted.row_mac = b"adopted".to_vec();
+        assert!(db.store.adopt_unsigned_key(&adopted).await.unwrap());
+        assert_eq!(
+            db.store.get_key("acme", legacy.id).await.unwrap(),
+            Some(adopted.clone())
+        );
+        assert!(
+            !db.store.adopt_unsigned_key(&adopted).await.unwrap(),
+            "only once"
+        );
+    }
+);
+
 both!(update_key_changes_only_mutable_metadata, |db| async move {
     setup_org(&db, "acme").await;
     setup_org(&db, "globex").await;
@@ -421,20 +565,17 @@ both!(add_key_version_requires_latest_plus_one, |db| async move {
     setup_org(&db, "globex").await;
     let k = setup_key(&db, "acme", "alice", "k", 10).await;
 
-    let r = db.store.add_key_version("acme", &version(k.id, 3, 1)).await;
+    let r = add_version(&db, "acme", &version(k.id, 3, 1)).await;
     assert!(is_conflict(&r), "v3 after v1 must conflict: {r:?}");
-    let r = db.store.add_key_version("acme", &version(k.id, 1, 1)).await;
+    let r = add_version(&db, "acme", &version(k.id, 1, 1)).await;
     assert!(is_conflict(&r), "v1 again must conflict: {r:?}");
     // The right number, but through another org.
-    let r = db
-        .store
-        .add_key_version("globex", &version(k.id, 2, 1))
-        .await;
+    let r = add_version(&db, "globex", &version(k.id, 2, 1)).await;
     assert!(is_conflict(&r), "another org's add must conflict: {r:?}");
     assert_eq!(stored_versions(&db, k.id).await, vec![1]);
 
     let v2 = version(k.id, 2, 1);
-    db.store.add_key_version("acme", &v2).await.unwrap();
+    add_version(&db, "acme", &v2).await.unwrap();
     let stored = db.store.get_key("acme", k.id).await.unwrap().unwrap();
     assert_eq!(stored.latest_version, 2);
     assert_eq!(stored.rotated_at, Some(v2.created_at));
@@ -444,10 +585,9 @@ both!(add_key_version_requires_latest_plus_one, |db| async move {
         Some(version(k.id, 1, 1))
     );
 
-    let r = db.store.add_key_version("acme", &version(k.id, 2, 1)).await;
+    let r = add_version(&db, "acme", &version(k.id, 2, 1)).await;
     assert!(is_conflict(&r), "v2 again must conflict: {r:?}");
-    db.store
-        .add_key_version("acme", &version(k.id, 3, 1))
+    add_version(&db, "acme", &version(k.id, 3, 1))
         .await
         .unwrap();
     assert_eq!(stored_versions(&db, k.id).await, vec![1, 2, 3]);
@@ -474,9 +614,10 @@ both!(
                     wrapped_material: format!("racer {i} for v{v}").into_bytes(),
                     created_at: 10_000 * v as i64 + i as i64,
                 };
+                let after = rotated(&db, "acme", &rec).await;
                 tasks.push(tokio::spawn(async move {
                     barrier.wait().await;
-                    let r = store.add_key_version("acme", &rec).await;
+                    let r = store.add_key_version(&after, &rec).await;
                     (rec, r)
                 }));
             }
@@ -592,8 +733,7 @@ both!(versions_below_kek_per_org, |db| async move {
     let g = setup_key(&db, "globex", "alice", "g", 12).await;
     db.store.add_kek_version(&kek("acme", 2)).await.unwrap();
     // a: v1 (kek 1), v2 (kek 2); b: v1 (kek 1); g: v1 (kek 1).
-    db.store
-        .add_key_version("acme", &version(a.id, 2, 2))
+    add_version(&db, "acme", &version(a.id, 2, 2))
         .await
         .unwrap();
 
@@ -644,12 +784,10 @@ both!(deletion_due_and_delete_key, |db| async move {
     let mut disabled = setup_key(&db, "acme", "alice", "disabled", 13).await;
     let enabled = setup_key(&db, "acme", "alice", "enabled", 14).await;
 
-    db.store
-        .add_key_version("acme", &version(due.id, 2, 1))
+    add_version(&db, "acme", &version(due.id, 2, 1))
         .await
         .unwrap();
-    due.latest_version = 2;
-    due.rotated_at = Some(version(due.id, 2, 1).created_at);
+    due = stored(&db, due.id).await;
     for (k, state, date) in [
         (&mut due, KeyState::PendingDeletion, Some(now - 1)),
         (&mut due_exact, KeyState::PendingDeletion, Some(now)),
@@ -761,15 +899,15 @@ both!(key_changes_reach_every_other_writer, |db| async move {
     disabled.state = KeyState::Disabled;
     db.store.update_key(&k, &disabled).await.unwrap();
     assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "update");
-    db.store
-        .add_key_version("acme", &version(k.id, 2, 1))
+    add_version(&db, "acme", &version(k.id, 2, 1))
         .await
         .unwrap();
     assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "rotation");
-    let mut pending = disabled.clone();
+    let rotated = stored(&db, k.id).await;
+    let mut pending = rotated.clone();
     pending.state = KeyState::PendingDeletion;
     pending.deletion_date = Some(5);
-    db.store.update_key(&disabled, &pending).await.unwrap();
+    db.store.update_key(&rotated, &pending).await.unwrap();
     assert_eq!(
         next(&mut feed).await,
         KeyChange::Key(k.id),

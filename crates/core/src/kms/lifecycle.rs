@@ -19,14 +19,14 @@ pub const MAX_DESCRIPTION_LEN: usize = 1024;
 
 impl Kms {
     pub async fn create_key(&self, p: &Principal, req: NewKey) -> Result<KeyInfo, CoreError> {
-        self.seal.root()?;
+        let rows = self.seal.row_mac()?;
         authorize(p, Action::KeyCreate, Resource::Org(p.org()))?;
         validate_name(&req.name)?;
         validate_description(req.description.as_deref())?;
         let key_type = req.key_type;
         self.ensure_org(p.org().as_str()).await?;
         let now = self.clock.now().as_millis();
-        let key = KeyRecord {
+        let mut key = KeyRecord {
             id: KeyId::random().as_uuid(),
             org_id: p.org().to_string(),
             owner: p.identity().to_string(),
@@ -39,7 +39,10 @@ impl Kms {
             created_at: now,
             rotated_at: None,
             deletion_date: None,
+            revision: 1,
+            row_mac: Vec::new(),
         };
+        rows.sign_key(&mut key);
         let material = self.generate(p, key_type).await?;
         let first = self.wrap_material(&key, 1, &material).await?;
         self.store
@@ -73,11 +76,13 @@ impl Kms {
         match key {
             KeyRef::Id(id) => self.get_key(p, *id).await,
             KeyRef::Name(name) => {
-                self.seal.root()?;
+                let rows = self.seal.row_mac()?;
                 let key = self
                     .store
                     .get_key_by_name(p.org().as_str(), p.identity().as_str(), name)
                     .await?
+                    .map(|k| rows.check_key(k))
+                    .transpose()?
                     .ok_or(CoreError::NotFound)?;
                 authorize(p, Action::KeyRead, Resource::Key(&key))?;
                 Ok(KeyInfo::from(&key))
@@ -85,16 +90,17 @@ impl Kms {
         }
     }
 
+    /// The caller's keys. One row that fails its MAC fails the listing: a row edited to name
+    /// the caller as its owner must not appear among the caller's keys.
     pub async fn list_keys(&self, p: &Principal) -> Result<Vec<KeyInfo>, CoreError> {
-        self.seal.root()?;
+        let rows = self.seal.row_mac()?;
         authorize(p, Action::KeyList, Resource::Org(p.org()))?;
-        Ok(self
-            .store
+        self.store
             .list_keys(p.org().as_str(), p.identity().as_str())
             .await?
-            .iter()
-            .map(KeyInfo::from)
-            .collect())
+            .into_iter()
+            .map(|k| rows.check_key(k).map(|k| KeyInfo::from(&k)))
+            .collect()
     }
 
     pub async fn get_key(&self, p: &Principal, id: KeyId) -> Result<KeyInfo, CoreError> {
@@ -110,14 +116,14 @@ impl Kms {
         for _ in 0..5 {
             let version = key.latest_version + 1;
             let rec = self.wrap_material(&key, version, &material).await?;
-            let added = self.store.add_key_version(&key.org_id, &rec).await;
+            let mut after = key.clone();
+            after.latest_version = version;
+            after.rotated_at = Some(rec.created_at);
+            self.sign_change(&mut after)?;
+            let added = self.store.add_key_version(&after, &rec).await;
             self.key_meta.invalidate(id.as_uuid());
             match added {
-                Ok(()) => {
-                    key.latest_version = version;
-                    key.rotated_at = Some(rec.created_at);
-                    return Ok(KeyInfo::from(&key));
-                }
+                Ok(()) => return Ok(KeyInfo::from(&after)),
                 Err(StoreError::Conflict(_)) => {
                     key = self.key_for_update(p, id, Action::KeyManage).await?;
                     require_usable(&key)?;
@@ -142,6 +148,7 @@ impl Kms {
             let before = self.key_for_update(p, id, Action::KeyManage).await?;
             let mut after = before.clone();
             change(&mut after)?;
+            self.sign_change(&mut after)?;
             let updated = self.store.update_key(&before, &after).await;
             self.key_meta.invalidate(id.as_uuid());
             match updated {
@@ -239,12 +246,29 @@ impl Kms {
         .await
     }
 
-    /// Destroys keys whose deletion date has passed. Returns how many.
+    /// The next revision of a changed row, signed.
+    fn sign_change(&self, after: &mut KeyRecord) -> Result<(), CoreError> {
+        let rows = self.seal.row_mac()?;
+        after.revision += 1;
+        rows.sign_key(after);
+        Ok(())
+    }
+
+    /// Destroys keys whose deletion date has passed. Returns how many. A row is destroyed
+    /// only if its MAC holds, so an edit that schedules someone's key for deletion in the
+    /// past destroys nothing (it is logged by the check).
     pub async fn purge_due_keys(&self) -> Result<usize, CoreError> {
         let now = self.clock.now().as_millis();
         let due = self.store.keys_due_for_deletion(now).await?;
         let mut destroyed = 0;
         for (org, id) in &due {
+            match self.stored_key(org, *id).await {
+                Ok(Some(k))
+                    if k.state == KeyState::PendingDeletion
+                        && k.deletion_date.is_some_and(|d| d <= now) => {}
+                Ok(_) | Err(CoreError::IntegrityViolation) => continue,
+                Err(e) => return Err(e),
+            }
             let deleted = self.store.delete_key(org, *id, now).await;
             self.key_meta.invalidate(*id);
             if deleted? {

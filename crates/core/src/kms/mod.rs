@@ -10,10 +10,12 @@ mod lifecycle;
 mod loaded;
 mod operations;
 mod types;
+mod verify_rows;
 
 pub use heavy::{HeavyOpAdmission, heavy_cost};
 pub use lifecycle::{MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
 pub use types::{DataKey, Decrypted, Encrypted, KeyInfo, KeyUpdate, NewKey, Signed};
+pub use verify_rows::{RowCheck, RowFinding};
 
 use crate::authz::{Action, Resource, authorize};
 use crate::cache::BoundedCache;
@@ -214,8 +216,7 @@ impl Kms {
         let generation = self.key_meta.generation();
         let fetched = std::time::Instant::now();
         let key = self
-            .store
-            .get_key(p.org().as_str(), id.as_uuid())
+            .stored_key(p.org().as_str(), id.as_uuid())
             .await?
             .ok_or(CoreError::NotFound)?;
         self.key_meta.insert(generation, &key, fetched);
@@ -231,14 +232,26 @@ impl Kms {
         id: KeyId,
         action: Action,
     ) -> Result<KeyRecord, CoreError> {
-        self.seal.root()?;
         let key = self
-            .store
-            .get_key(p.org().as_str(), id.as_uuid())
+            .stored_key(p.org().as_str(), id.as_uuid())
             .await?
             .ok_or(CoreError::NotFound)?;
         authorize(p, action, Resource::Key(&key))?;
         Ok(key)
+    }
+
+    /// A key row as stored, if its MAC holds (`None`: no such row); sealed, nothing is read.
+    pub(crate) async fn stored_key(
+        &self,
+        org_id: &str,
+        id: Uuid,
+    ) -> Result<Option<KeyRecord>, CoreError> {
+        let rows = self.seal.row_mac()?;
+        self.store
+            .get_key(org_id, id)
+            .await?
+            .map(|k| rows.check_key(k))
+            .transpose()
     }
 }
 

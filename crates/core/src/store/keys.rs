@@ -26,17 +26,25 @@ pub trait KeyStore: Send + Sync {
         name: &str,
     ) -> Result<Option<KeyRecord>, StoreError>;
     async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Updates the mutable metadata (state, min_decryption_version, description, deletion date)
-    /// from `before` to `after`, if the stored row still holds `before`'s values; conflict
-    /// otherwise, so a concurrent change (another request or node) is never silently undone.
+    /// Updates the mutable metadata (state, min_decryption_version, description, deletion
+    /// date) and the revision and row MAC from `before` to `after`, if the stored row still
+    /// holds `before`'s values and revision; conflict otherwise, so a concurrent change
+    /// (another request or node) is never silently undone.
     async fn update_key(&self, before: &KeyRecord, after: &KeyRecord) -> Result<(), StoreError>;
-    /// Adds a version if the key's latest version is still `version.version - 1`; conflict
-    /// otherwise, so concurrent rotations never produce two equal version numbers.
+    /// Adds a version and moves the key row to `key` (its latest version, rotation time,
+    /// revision and MAC), if the stored row is still at `version.version - 1` and the revision
+    /// before `key`'s; conflict otherwise, so concurrent rotations never produce two equal
+    /// version numbers and a change that raced the rotation is not undone.
     async fn add_key_version(
         &self,
-        org_id: &str,
+        key: &KeyRecord,
         version: &KeyVersionRecord,
     ) -> Result<(), StoreError>;
+    /// Sets the revision and MAC of a row that has none (written before row MACs existed),
+    /// if it still has none and holds `key`'s values; returns whether it did.
+    async fn adopt_unsigned_key(&self, key: &KeyRecord) -> Result<bool, StoreError>;
+    /// Every key row of every org, for the offline check (`sovra db verify`).
+    async fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError>;
     async fn get_key_version(
         &self,
         key_id: Uuid,

@@ -14,7 +14,7 @@ use uuid::Uuid;
 macro_rules! key_columns {
     () => {
         "id, org_id, owner, name, key_type, description, state, latest_version, \
-         min_decryption_version, created_at, rotated_at, deletion_date"
+         min_decryption_version, created_at, rotated_at, deletion_date, revision, row_mac"
     };
 }
 
@@ -39,6 +39,11 @@ macro_rules! key_store {
                     created_at: get_i64("created_at")?,
                     rotated_at: r.try_get("rotated_at").map_err(map_err)?,
                     deletion_date: r.try_get("deletion_date").map_err(map_err)?,
+                    revision: u64::try_from(get_i64("revision")?).map_err(|_| corrupt("revision"))?,
+                    row_mac: r
+                        .try_get::<Option<Vec<u8>>, _>("row_mac")
+                        .map_err(map_err)?
+                        .unwrap_or_default(),
                 })
             }
 
@@ -62,7 +67,7 @@ macro_rules! key_store {
                 sqlx::query(concat!(
                     "INSERT INTO keys (",
                     key_columns!(),
-                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
+                    ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
                 ))
                 .bind(k.id.to_string())
                 .bind(&k.org_id)
@@ -76,6 +81,8 @@ macro_rules! key_store {
                 .bind(k.created_at)
                 .bind(k.rotated_at)
                 .bind(k.deletion_date)
+                .bind(revision(k)?)
+                .bind(&k.row_mac)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
@@ -125,20 +132,25 @@ macro_rules! key_store {
 
             async fn update_key(&self, before: &KeyRecord, k: &KeyRecord) -> Result<(), StoreError> {
                 let done = sqlx::query(
-                    "UPDATE keys SET state = $1, min_decryption_version = $2, description = $3, deletion_date = $4 \
-                     WHERE id = $5 AND org_id = $6 AND state = $7 AND min_decryption_version = $8 \
-                     AND description IS NOT DISTINCT FROM $9 AND deletion_date IS NOT DISTINCT FROM $10",
+                    "UPDATE keys SET state = $1, min_decryption_version = $2, description = $3, deletion_date = $4, \
+                     revision = $5, row_mac = $6 \
+                     WHERE id = $7 AND org_id = $8 AND state = $9 AND min_decryption_version = $10 \
+                     AND description IS NOT DISTINCT FROM $11 AND deletion_date IS NOT DISTINCT FROM $12 \
+                     AND revision = $13",
                 )
                 .bind(k.state.as_str())
                 .bind(k.min_decryption_version as i64)
                 .bind(&k.description)
                 .bind(k.deletion_date)
+                .bind(revision(k)?)
+                .bind(&k.row_mac)
                 .bind(k.id.to_string())
                 .bind(&k.org_id)
                 .bind(before.state.as_str())
                 .bind(before.min_decryption_version as i64)
                 .bind(&before.description)
                 .bind(before.deletion_date)
+                .bind(revision(before)?)
                 .execute(&self.pool)
                 .await
                 .map_err(map_err)?;
@@ -154,16 +166,23 @@ macro_rules! key_store {
                 self.watch_key_changes().await
             }
 
-            async fn add_key_version(&self, org_id: &str, v: &KeyVersionRecord) -> Result<(), StoreError> {
+            async fn add_key_version(&self, k: &KeyRecord, v: &KeyVersionRecord) -> Result<(), StoreError> {
+                if k.id != v.key_id || k.latest_version != v.version || k.revision == 0 {
+                    return Err(StoreError::Conflict("version does not match its key row".into()));
+                }
                 let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 let moved = sqlx::query(
-                    "UPDATE keys SET latest_version = $1, rotated_at = $2 WHERE id = $3 AND org_id = $4 AND latest_version = $5",
+                    "UPDATE keys SET latest_version = $1, rotated_at = $2, revision = $3, row_mac = $4 \
+                     WHERE id = $5 AND org_id = $6 AND latest_version = $7 AND revision = $8",
                 )
                 .bind(v.version as i64)
-                .bind(v.created_at)
+                .bind(k.rotated_at)
+                .bind(revision(k)?)
+                .bind(&k.row_mac)
                 .bind(v.key_id.to_string())
-                .bind(org_id)
+                .bind(&k.org_id)
                 .bind(v.version as i64 - 1)
+                .bind(revision(k)? - 1)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
@@ -172,6 +191,36 @@ macro_rules! key_store {
                 }
                 Self::insert_version(&mut tx, v).await?;
                 tx.commit().await.map_err(map_err)
+            }
+
+            async fn adopt_unsigned_key(&self, k: &KeyRecord) -> Result<bool, StoreError> {
+                let done = sqlx::query(
+                    "UPDATE keys SET revision = $1, row_mac = $2 \
+                     WHERE id = $3 AND org_id = $4 AND owner = $5 AND state = $6 AND latest_version = $7 \
+                     AND min_decryption_version = $8 AND deletion_date IS NOT DISTINCT FROM $9 \
+                     AND (row_mac IS NULL OR length(row_mac) = 0)",
+                )
+                .bind(revision(k)?)
+                .bind(&k.row_mac)
+                .bind(k.id.to_string())
+                .bind(&k.org_id)
+                .bind(&k.owner)
+                .bind(k.state.as_str())
+                .bind(k.latest_version as i64)
+                .bind(k.min_decryption_version as i64)
+                .bind(k.deletion_date)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn all_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
+                let rows = sqlx::query(concat!("SELECT ", key_columns!(), " FROM keys ORDER BY org_id, created_at, id"))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(Self::key_from_row).collect()
             }
 
             async fn get_key_version(&self, key_id: Uuid, version: u32) -> Result<Option<KeyVersionRecord>, StoreError> {
@@ -298,6 +347,11 @@ macro_rules! key_store {
 
         }
     };
+}
+
+/// A revision as the database keeps it (a signed 64-bit integer).
+fn revision(k: &KeyRecord) -> Result<i64, StoreError> {
+    i64::try_from(k.revision).map_err(|_| StoreError::Conflict("revision out of range".into()))
 }
 
 key_store!(

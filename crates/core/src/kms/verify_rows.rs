@@ -1,0 +1,220 @@
+//! The offline check of stored rows (`sovra db verify`): every key row's MAC, and its revision
+//! and state against the changes the audit log records, which a replayed older row (its MAC
+//! valid once) cannot match. Rows written before row MACs existed can be adopted here, by an
+//! operator holding the unseal material, if the audit log agrees with them.
+
+use super::Kms;
+use crate::audit::{AuditEvent, GENESIS};
+use crate::error::CoreError;
+use crate::integrity::KEY_ROW_CHANGES;
+use crate::model::KeyState;
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// What the check found.
+#[derive(Debug, Default)]
+pub struct RowCheck {
+    pub keys_checked: usize,
+    /// Unsigned rows signed by `--adopt-unsigned`.
+    pub adopted: usize,
+    pub audit_events_read: u64,
+    pub findings: Vec<RowFinding>,
+}
+
+impl RowCheck {
+    /// Whether anything was found that makes a row (or the log it is checked against)
+    /// untrustworthy; warnings alone leave it intact.
+    pub fn intact(&self) -> bool {
+        self.findings.iter().all(|f| !f.fatal)
+    }
+}
+
+#[derive(Debug)]
+pub struct RowFinding {
+    /// `key/<id>` or `audit`.
+    pub subject: String,
+    /// `false` for a warning that does not prove tampering.
+    pub fatal: bool,
+    pub problem: String,
+}
+
+/// What the audit log says about one key: its successful changes and the state the last
+/// state change left.
+#[derive(Debug, Default)]
+struct AuditedKey {
+    changes: u64,
+    state: Option<KeyState>,
+}
+
+impl Kms {
+    /// Checks every key row (see the module); with `adopt_unsigned`, signs the rows that have
+    /// no MAC yet and agree with the audit log. Needs the service unsealed.
+    pub async fn verify_rows(
+        &self,
+        adopt_unsigned: bool,
+        checkpoint_interval: std::time::Duration,
+    ) -> Result<RowCheck, CoreError> {
+        let rows = self.seal.row_mac()?;
+        let mut report = RowCheck::default();
+        let audited = self.audited_key_changes(&mut report).await?;
+        let head = self.store.audit_head().await?;
+        if let Some(alarm) = self
+            .audit_start_check(head.as_ref(), checkpoint_interval)
+            .await?
+        {
+            report.findings.push(RowFinding {
+                subject: "audit".into(),
+                fatal: true,
+                problem: alarm,
+            });
+        }
+        for key in self.store.all_keys().await? {
+            report.keys_checked += 1;
+            let subject = format!("key/{}", key.id);
+            let log = audited.get(&key.id);
+            let mut finding = |fatal, problem: String| {
+                report.findings.push(RowFinding {
+                    subject: subject.clone(),
+                    fatal,
+                    problem,
+                })
+            };
+            if key.row_mac.is_empty() {
+                if !adopt_unsigned {
+                    finding(
+                        true,
+                        "the row has no MAC (written before row MACs); it is refused until \
+                         `sovra db verify --adopt-unsigned`"
+                            .into(),
+                    );
+                    continue;
+                }
+                match log.and_then(|l| l.state) {
+                    Some(state) if state != key.state => finding(
+                        true,
+                        format!(
+                            "not adopted: the row is {} but the audit log's last change left it {}",
+                            key.state.as_str(),
+                            state.as_str()
+                        ),
+                    ),
+                    _ => {
+                        let mut signed = key.clone();
+                        signed.revision = log.map_or(1, |l| l.changes.max(1));
+                        rows.sign_key(&mut signed);
+                        if self.store.adopt_unsigned_key(&signed).await? {
+                            report.adopted += 1;
+                        } else {
+                            finding(true, "not adopted: the row changed meanwhile".into());
+                        }
+                    }
+                }
+                continue;
+            }
+            if !rows.key_is_intact(&key) {
+                finding(
+                    true,
+                    "the row fails its MAC: it was changed outside Sovra".into(),
+                );
+                continue;
+            }
+            let Some(log) = log else {
+                finding(
+                    false,
+                    "the audit log records no change to this key (created before the log's \
+                     first event, or the log was cut)"
+                        .into(),
+                );
+                continue;
+            };
+            if key.revision < log.changes {
+                finding(
+                    true,
+                    format!(
+                        "the row is revision {} but the audit log records {} changes: an older \
+                         row was put back (replayed)",
+                        key.revision, log.changes
+                    ),
+                );
+            } else if key.revision > log.changes {
+                finding(
+                    false,
+                    format!(
+                        "the row is revision {} and the audit log records {} changes: a change \
+                         whose audit event failed, or one not yet stored by a running node",
+                        key.revision, log.changes
+                    ),
+                );
+            } else if let Some(state) = log.state
+                && state != key.state
+            {
+                finding(
+                    true,
+                    format!(
+                        "the row is {} but the audit log's last change left it {}",
+                        key.state.as_str(),
+                        state.as_str()
+                    ),
+                );
+            }
+        }
+        Ok(report)
+    }
+
+    /// Reads the whole audit chain, checking each link, and counts each key's successful
+    /// changes. A broken link is a finding: the counts then prove nothing.
+    async fn audited_key_changes(
+        &self,
+        report: &mut RowCheck,
+    ) -> Result<HashMap<Uuid, AuditedKey>, CoreError> {
+        let mut keys: HashMap<Uuid, AuditedKey> = HashMap::new();
+        let mut prev = GENESIS.to_string();
+        let mut next_seq = 1u64;
+        loop {
+            let page = self.store.audit_events(next_seq, 1000).await?;
+            if page.is_empty() {
+                return Ok(keys);
+            }
+            for e in page {
+                if let Some(problem) = broken_link(&e, next_seq, &prev) {
+                    report.findings.push(RowFinding {
+                        subject: "audit".into(),
+                        fatal: true,
+                        problem,
+                    });
+                }
+                report.audit_events_read += 1;
+                next_seq = e.seq + 1;
+                prev.clone_from(&e.hash);
+                let change = KEY_ROW_CHANGES.iter().find(|(a, _)| *a == e.action);
+                let key = e
+                    .resource
+                    .strip_prefix("key/")
+                    .and_then(|id| Uuid::parse_str(id).ok());
+                if let (Some((_, state)), Some(id), "success") = (change, key, e.outcome.as_str()) {
+                    let k = keys.entry(id).or_default();
+                    k.changes += 1;
+                    if state.is_some() {
+                        k.state = *state;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn broken_link(e: &AuditEvent, seq: u64, prev: &str) -> Option<String> {
+    if e.seq != seq {
+        Some(format!(
+            "event {} follows event {} (events missing)",
+            e.seq,
+            seq - 1
+        ))
+    } else if e.prev_hash != prev {
+        Some(format!("event {seq} does not link to the event before it"))
+    } else if e.compute_hash() != e.hash {
+        Some(format!("event {seq} was changed after it was written"))
+    } else {
+        None
+    }
+}
