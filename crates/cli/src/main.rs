@@ -2,6 +2,7 @@
 //! offline tools.
 
 mod client_cmds;
+mod db_verify;
 
 /// mimalloc rather than glibc's allocator: in a profile of the audited encrypt path, glibc's
 /// malloc and free (fastbin consolidation above all) took about a fifth of the server's CPU.
@@ -93,6 +94,27 @@ enum DbCmd {
         /// Database URL (sqlite://path or postgres://owner@host/db).
         #[arg(long, env = "SOVRA_DATABASE_URL", hide_env_values = true)]
         database_url: String,
+    },
+    /// Check every key row's MAC, and its revision and state against the audit log (a row
+    /// edited or replayed outside Sovra is named); exits non-zero if anything is wrong. Needs
+    /// the unseal material, since the row-MAC key exists only while unsealed.
+    Verify {
+        /// Database URL (sqlite://path or postgres://user@host/db).
+        #[arg(long, env = "SOVRA_DATABASE_URL", hide_env_values = true)]
+        database_url: String,
+        /// The unseal key, base64 (a dev-file seal: `dev-seal.key` in the data directory).
+        #[arg(long)]
+        unseal_key_file: Option<PathBuf>,
+        /// An unseal share, base64, one file per share; as many as the threshold.
+        #[arg(long = "share-file")]
+        share_files: Vec<PathBuf>,
+        /// Sign the rows written before row MACs existed, where the audit log agrees with them.
+        #[arg(long)]
+        adopt_unsigned: bool,
+        /// The server's `audit.checkpoint_interval_seconds`: a chain tail unsigned for longer
+        /// is reported.
+        #[arg(long, default_value_t = 60)]
+        checkpoint_interval_seconds: u64,
     },
 }
 
@@ -303,6 +325,23 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("applied migrations: {}", applied.join(", "));
             }
             Ok(())
+        }
+        Command::Db(DbCmd::Verify {
+            database_url,
+            unseal_key_file,
+            share_files,
+            adopt_unsigned,
+            checkpoint_interval_seconds,
+        }) => {
+            db_verify::run(db_verify::VerifyArgs {
+                database_url,
+                unseal_key_file,
+                share_files,
+                adopt_unsigned,
+                checkpoint_interval_seconds,
+                json: matches!(cli.output, Output::Json),
+            })
+            .await
         }
         command => {
             let ca = match &cli.cacert {

@@ -7,7 +7,7 @@
 mod common;
 mod jwt;
 
-use common::{Resp, Server, TempDir, free_port, send, sovra_bin, text};
+use common::{Resp, Server, TempDir, free_port, list_all, send, sovra_bin, text};
 use jwt::{AUDIENCE, ISSUER, Signer, claims_with_roles};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -17,29 +17,6 @@ use std::time::{Duration, Instant};
 
 fn dev_token(s: &Server) -> &str {
     s.token.as_deref().unwrap()
-}
-
-/// Every event the caller may list, newest first (paging through `next_before_seq`).
-async fn list_all(s: &Server, token: &str) -> Vec<Value> {
-    let mut out = Vec::new();
-    let mut before = String::new();
-    loop {
-        let r = send(
-            s,
-            &s.http(),
-            Method::GET,
-            &format!("/api/v1/audit?limit=1000{before}"),
-            Some(token),
-            None,
-        )
-        .await;
-        assert_eq!(r.status, 200, "audit list: {}", r.text);
-        out.extend(r.json["events"].as_array().unwrap().iter().cloned());
-        match r.json["next_before_seq"].as_u64() {
-            Some(n) => before = format!("&before_seq={n}"),
-            None => return out,
-        }
-    }
 }
 
 async fn export(s: &Server, token: &str, query: &str) -> String {

@@ -22,11 +22,14 @@ use sovra_crypto::wrap::context;
 /// The HKDF `info` of the row-MAC key (no salt; the root key is uniformly random).
 pub(crate) const ROW_MAC_KEY_INFO: &[u8] = b"sovra/row-mac/v1";
 
+/// The audit action of a key's creation: its actor and org are the row's owner and org.
+pub const KEY_CREATE: &str = "key.create";
+
 /// The audit actions that change a key row, each writing it exactly once when it succeeds,
 /// and the state each leaves the key in (`None`: unchanged). A key's revision is the number of
 /// these in the audit log; the server's route table is tested to agree with this list.
 pub const KEY_ROW_CHANGES: &[(&str, Option<KeyState>)] = &[
-    ("key.create", Some(KeyState::Enabled)),
+    (KEY_CREATE, Some(KeyState::Enabled)),
     ("key.update", None),
     ("key.rotate", None),
     ("key.disable", Some(KeyState::Disabled)),

@@ -882,6 +882,44 @@ both!(
     }
 );
 
+// An insider who marks someone's key as pending deletion with a date in the past (threat
+// rows mini-kms 16, platform T-2) destroys nothing: the purge checks each row's MAC first.
+both!(
+    the_purge_destroys_no_row_edited_outside_sovra,
+    |db| async move {
+        let (kms, _) = unsealed_kms(&db).await;
+        let a = user("acme", "alice");
+        let victim = create(&kms, &a, "victim", KeyType::Aes256Gcm).await;
+        let due = create(&kms, &a, "due", KeyType::Aes256Gcm).await;
+        kms.schedule_deletion(&a, due, 7).await.unwrap();
+        db.exec(&format!(
+            "UPDATE keys SET state = 'pending_deletion', deletion_date = 1 WHERE id = '{victim}'"
+        ))
+        .await;
+        db.exec(&format!(
+            "UPDATE keys SET deletion_date = 1 WHERE id = '{due}'"
+        ))
+        .await;
+        assert_eq!(kms.purge_due_keys().await.unwrap(), 0);
+        for id in [victim, due] {
+            assert_eq!(
+                db.i64s(&format!(
+                    "SELECT COUNT(*) FROM key_versions WHERE key_id = '{id}'"
+                ))
+                .await,
+                vec![1],
+                "{id} keeps its material"
+            );
+            let r = kms.get_key(&a, id).await;
+            assert!(
+                matches!(r, Err(CoreError::IntegrityViolation)),
+                "{:?}",
+                r.err()
+            );
+        }
+    }
+);
+
 both!(
     rotation_min_decryption_version_and_reencrypt,
     |db| async move {

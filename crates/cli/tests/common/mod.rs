@@ -595,6 +595,29 @@ impl Server {
     }
 }
 
+/// Every event the caller may list, newest first (paging through `next_before_seq`).
+pub(crate) async fn list_all(s: &Server, token: &str) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    let mut before = String::new();
+    loop {
+        let r = send(
+            s,
+            &s.http(),
+            reqwest::Method::GET,
+            &format!("/api/v1/audit?limit=1000{before}"),
+            Some(token),
+            None,
+        )
+        .await;
+        assert_eq!(r.status, 200, "audit list: {}", r.text);
+        out.extend(r.json["events"].as_array().unwrap().iter().cloned());
+        match r.json["next_before_seq"].as_u64() {
+            Some(n) => before = format!("&before_seq={n}"),
+            None => return out,
+        }
+    }
+}
+
 // ---- raw TLS connections ----
 
 impl Server {
@@ -676,6 +699,26 @@ impl DevApi {
             server,
             _dir: dir,
         }
+    }
+
+    /// Stops the server cleanly (its audit events flushed and signed), runs `offline` on the
+    /// data directory while it is down, and starts it again there with `extra_config`.
+    pub(crate) fn restart_after<T>(
+        self,
+        extra_config: &str,
+        offline: impl FnOnce(&Path) -> T,
+    ) -> (DevApi, T) {
+        let DevApi { server, _dir, .. } = self;
+        assert!(server.stop(), "the server stops cleanly");
+        let result = offline(_dir.path());
+        let server = Server::start_dev(_dir.path(), extra_config);
+        let api = DevApi {
+            http: server.http(),
+            token: server.token.clone().unwrap(),
+            server,
+            _dir,
+        };
+        (api, result)
     }
 
     /// The dev token as [`send`] takes it.

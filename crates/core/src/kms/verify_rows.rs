@@ -6,7 +6,7 @@
 use super::Kms;
 use crate::audit::{AuditEvent, GENESIS};
 use crate::error::CoreError;
-use crate::integrity::KEY_ROW_CHANGES;
+use crate::integrity::{KEY_CREATE, KEY_ROW_CHANGES};
 use crate::model::KeyState;
 use std::collections::HashMap;
 use uuid::Uuid;
@@ -44,6 +44,33 @@ pub struct RowFinding {
 struct AuditedKey {
     changes: u64,
     state: Option<KeyState>,
+    /// The org and identity of the successful `key.create`: the row's org and owner.
+    created_by: Option<(Option<String>, String)>,
+}
+
+impl AuditedKey {
+    /// What the row says that the audit log contradicts (owner, org, or state when the row
+    /// is at the log's revision).
+    fn contradiction(&self, key: &crate::model::KeyRecord) -> Option<String> {
+        if let Some((org, actor)) = &self.created_by
+            && (*actor != key.owner || org.as_deref() != Some(key.org_id.as_str()))
+        {
+            return Some(format!(
+                "the row names owner {} in org {}, but the audit log records {actor} creating it in org {}",
+                key.owner,
+                key.org_id,
+                org.as_deref().unwrap_or("-")
+            ));
+        }
+        match self.state {
+            Some(state) if state != key.state => Some(format!(
+                "the row is {} but the audit log's last change left it {}",
+                key.state.as_str(),
+                state.as_str()
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl Kms {
@@ -89,16 +116,9 @@ impl Kms {
                     );
                     continue;
                 }
-                match log.and_then(|l| l.state) {
-                    Some(state) if state != key.state => finding(
-                        true,
-                        format!(
-                            "not adopted: the row is {} but the audit log's last change left it {}",
-                            key.state.as_str(),
-                            state.as_str()
-                        ),
-                    ),
-                    _ => {
+                match log.and_then(|l| l.contradiction(&key)) {
+                    Some(problem) => finding(true, format!("not adopted: {problem}")),
+                    None => {
                         let mut signed = key.clone();
                         signed.revision = log.map_or(1, |l| l.changes.max(1));
                         rows.sign_key(&mut signed);
@@ -145,17 +165,8 @@ impl Kms {
                         key.revision, log.changes
                     ),
                 );
-            } else if let Some(state) = log.state
-                && state != key.state
-            {
-                finding(
-                    true,
-                    format!(
-                        "the row is {} but the audit log's last change left it {}",
-                        key.state.as_str(),
-                        state.as_str()
-                    ),
-                );
+            } else if let Some(problem) = log.contradiction(&key) {
+                finding(true, problem);
             }
         }
         Ok(report)
@@ -194,6 +205,9 @@ impl Kms {
                 if let (Some((_, state)), Some(id), "success") = (change, key, e.outcome.as_str()) {
                     let k = keys.entry(id).or_default();
                     k.changes += 1;
+                    if e.action == KEY_CREATE {
+                        k.created_by = Some((e.org.clone(), e.actor.clone()));
+                    }
                     if state.is_some() {
                         k.state = *state;
                     }

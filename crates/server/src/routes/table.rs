@@ -784,4 +784,30 @@ mod tests {
             }
         }
     }
+
+    /// `sovra db verify` counts a key's changes by their audit action names: exactly the
+    /// operations that write a key row (create and the management actions) are in its list,
+    /// and every name in it is one of them.
+    #[test]
+    fn key_row_changes_are_the_key_writing_operations() {
+        use sovra_core::integrity::KEY_ROW_CHANGES;
+        let listed: BTreeSet<&str> = KEY_ROW_CHANGES.iter().map(|(a, _)| *a).collect();
+        assert_eq!(
+            listed.len(),
+            KEY_ROW_CHANGES.len(),
+            "an action listed twice"
+        );
+        let writing: BTreeSet<&str> = ROUTES
+            .iter()
+            .map(|r| r.operation)
+            .filter(|op| {
+                matches!(
+                    op.requires(),
+                    Some(authz::Action::KeyCreate | authz::Action::KeyManage)
+                )
+            })
+            .map(Operation::as_str)
+            .collect();
+        assert_eq!(listed, writing);
+    }
 }
