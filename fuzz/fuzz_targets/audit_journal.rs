@@ -42,14 +42,19 @@ fuzz_target!(|data: &[u8]| {
     } else {
         rest.to_vec()
     };
-    if let Ok((events, end)) = parse_journal(Path::new("fuzz.journal"), &file) {
+    if let Ok((read, end)) = parse_journal(Path::new("fuzz.journal"), &file) {
+        let events = &read.events;
+        // A signed head it accepts is the head of one of its events.
+        for cp in &read.checkpoints {
+            assert!(events.iter().any(|e| e.seq == cp.seq && e.hash == cp.head));
+        }
         // What recovery accepts is a chain: consecutive, linked, each hash matching its fields.
         assert!(end <= file.len().max(FIRST_FRAME));
         for pair in events.windows(2) {
             assert_eq!(pair[1].seq, pair[0].seq.wrapping_add(1));
             assert_eq!(pair[1].prev_hash, pair[0].hash);
         }
-        for ev in &events {
+        for ev in events {
             assert_eq!(ev.hash, ev.compute_hash());
         }
     }

@@ -333,6 +333,26 @@ pub async fn check_chain_at_start(st: &AppState, head: Option<&(u64, String)>) -
     true
 }
 
+/// Once the chain found at start has been checked: while unsealed, the audit keys are in
+/// memory and every group commit's head is signed with them (the writer asks the key service,
+/// which has no key while sealed).
+pub async fn sign_group_commits(st: &AppState) {
+    let Some(writer) = &st.audit else { return };
+    if !st.kms.is_unsealed() {
+        return;
+    }
+    // Unwraps the keys after an unseal; a cache hit otherwise.
+    if let Err(e) = st.kms.audit_keys().await {
+        tracing::warn!(error = %e, "audit keys unavailable; group commits stay unsigned for now");
+        return;
+    }
+    if !writer.signs_heads() {
+        writer.sign_heads_with(st.kms.clone());
+        metrics::gauge!("sovra_audit_group_commits_signed").set(1.0);
+        tracing::info!("audit group commits are signed from now on");
+    }
+}
+
 /// Signs the newest head this node appended, if it is newer than the last one signed.
 pub async fn checkpoint(st: &AppState, last_signed: &mut u64) {
     let Some(writer) = &st.audit else { return };

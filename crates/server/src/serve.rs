@@ -222,7 +222,11 @@ fn spawn_background(state: Arc<AppState>, start_head: Option<(u64, String)>) {
     let s = state.clone();
     tokio::spawn(async move {
         let every = Duration::from_secs(s.config.audit.checkpoint_interval_seconds);
-        let mut tick = tokio::time::interval(every);
+        // Each second until the start check has passed and group commits are signed (so that
+        // signing starts within a second of unsealing); then the periodic checkpoint, which
+        // signs a head left by events appended while no signing key was in memory.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut next_checkpoint = tokio::time::Instant::now();
         let mut last_signed = 0;
         let mut start_checked = false;
         loop {
@@ -230,7 +234,13 @@ fn spawn_background(state: Arc<AppState>, start_head: Option<(u64, String)>) {
             if !start_checked {
                 start_checked = crate::audit::check_chain_at_start(&s, start_head.as_ref()).await;
             }
-            crate::audit::checkpoint(&s, &mut last_signed).await;
+            if start_checked {
+                crate::audit::sign_group_commits(&s).await;
+            }
+            if tokio::time::Instant::now() >= next_checkpoint {
+                next_checkpoint += every;
+                crate::audit::checkpoint(&s, &mut last_signed).await;
+            }
         }
     });
     let s = state.clone();

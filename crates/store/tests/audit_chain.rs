@@ -254,7 +254,7 @@ both!(
     sealed_events_are_stored_only_when_they_continue_the_head,
     |db| async move {
         let batch = sealed(1, sovra_core::audit::GENESIS, 4);
-        db.store.insert_sealed_audit(&batch).await.unwrap();
+        db.store.insert_sealed_audit(&batch, &[]).await.unwrap();
         assert_eq!(
             db.store.audit_head().await.unwrap(),
             Some((4, batch[3].hash.clone()))
@@ -264,13 +264,33 @@ both!(
         let skipping = sealed(6, &batch[3].hash, 2);
         let forked = sealed(5, &batch[2].hash, 2);
         for refused in [&batch, &skipping, &forked] {
-            let err = db.store.insert_sealed_audit(refused).await.unwrap_err();
+            let err = db
+                .store
+                .insert_sealed_audit(refused, &[])
+                .await
+                .unwrap_err();
             assert!(matches!(err, sovra_core::StoreError::Conflict(_)), "{err}");
         }
         assert_eq!(db.store.audit_events(1, 100).await.unwrap(), batch);
+        // The signed heads travel in the same transaction: a refused batch stores none.
+        let head = |e: &AuditEvent| sovra_core::audit::Checkpoint {
+            seq: e.seq,
+            head: e.hash.clone(),
+            time_ms: 1,
+            signature: "c2ln".into(),
+        };
+        let refused_head = head(&skipping[1]);
+        let err = db
+            .store
+            .insert_sealed_audit(&skipping, std::slice::from_ref(&refused_head))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, sovra_core::StoreError::Conflict(_)), "{err}");
         let next = sealed(5, &batch[3].hash, 3);
-        db.store.insert_sealed_audit(&next).await.unwrap();
+        let heads = [head(&next[0]), head(&next[2])];
+        db.store.insert_sealed_audit(&next, &heads).await.unwrap();
         assert_eq!(verified_event_count(&db).await, 7);
+        assert_eq!(db.store.audit_checkpoints(1, 100).await.unwrap(), heads);
     }
 );
 
@@ -478,7 +498,7 @@ async fn start_refused_with_journal(db: &TestDb, journaled: &[AuditEvent]) {
 async fn a_journal_that_does_not_continue_the_stored_chain_stops_startup() {
     common::run(Backend::Sqlite, |db| async move {
         db.store
-            .insert_sealed_audit(&sealed(1, sovra_core::audit::GENESIS, 3))
+            .insert_sealed_audit(&sealed(1, sovra_core::audit::GENESIS, 3), &[])
             .await
             .unwrap();
         // A journal from another chain (say, the database was restored from an older backup
@@ -494,7 +514,7 @@ async fn a_journal_that_does_not_continue_the_stored_chain_stops_startup() {
 async fn a_journal_whose_events_differ_from_the_stored_ones_is_kept_and_refused() {
     common::run(Backend::Sqlite, |db| async move {
         let stored = sealed(1, sovra_core::audit::GENESIS, 3);
-        db.store.insert_sealed_audit(&stored).await.unwrap();
+        db.store.insert_sealed_audit(&stored, &[]).await.unwrap();
         // Another chain from the same genesis: same sequence numbers, different events.
         let mut other = sealed(1, sovra_core::audit::GENESIS, 4);
         other[0].actor = "idp#someone-else".into();

@@ -28,7 +28,7 @@
 //! A journal written before version 2 (frames `len | SHA-256(payload) | payload` from byte 0,
 //! no header) is still read; emptying it rewrites it in the current format.
 
-use super::AuditEvent;
+use super::{AuditEvent, Checkpoint};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -106,7 +106,7 @@ pub struct AuditJournal {
 impl AuditJournal {
     /// Opens (or creates, mode 0600) the journal, locks it exclusively, and returns it with the
     /// events it holds, in chain order. A torn last frame is dropped.
-    pub fn open(path: &Path) -> Result<(AuditJournal, Vec<AuditEvent>), JournalError> {
+    pub fn open(path: &Path) -> Result<(AuditJournal, JournalContents), JournalError> {
         Self::open_preallocated(path, PREALLOCATED_BYTES)
     }
 
@@ -114,7 +114,7 @@ impl AuditJournal {
     pub fn open_preallocated(
         path: &Path,
         preallocated: u64,
-    ) -> Result<(AuditJournal, Vec<AuditEvent>), JournalError> {
+    ) -> Result<(AuditJournal, JournalContents), JournalError> {
         let io = |source| JournalError::Io {
             path: path.to_path_buf(),
             source,
@@ -148,7 +148,7 @@ impl AuditJournal {
         if data.iter().all(|&b| b == 0) {
             journal.file.set_len(0).map_err(io)?;
             journal.format(1).map_err(io)?;
-            return Ok((journal, Vec::new()));
+            return Ok((journal, JournalContents::default()));
         }
         let (layout, events, end) = read_journal(path, &data)?;
         journal.layout = layout;
@@ -328,9 +328,9 @@ impl AuditJournal {
 /// end (a torn last frame, stale frames or zeros may follow). Bytes that are all zeros are a
 /// new, empty journal. `path` only names the file in errors. The fuzz target `audit_journal`
 /// calls this.
-pub fn parse_journal(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize), JournalError> {
+pub fn parse_journal(path: &Path, data: &[u8]) -> Result<(JournalContents, usize), JournalError> {
     if data.iter().all(|&b| b == 0) {
-        return Ok((Vec::new(), FIRST_FRAME as usize));
+        return Ok((JournalContents::default(), FIRST_FRAME as usize));
     }
     let (_, events, end) = read_journal(path, data)?;
     Ok((events, end))
@@ -341,7 +341,7 @@ pub fn parse_journal(path: &Path, data: &[u8]) -> Result<(Vec<AuditEvent>, usize
 fn read_journal(
     path: &Path,
     data: &[u8],
-) -> Result<(Layout, Vec<AuditEvent>, usize), JournalError> {
+) -> Result<(Layout, JournalContents, usize), JournalError> {
     let (layout, start) = if data.starts_with(MAGIC) {
         (Layout::Generation(read_header(path, data)?), FIRST_FRAME)
     } else if data.first() == Some(&0) {
@@ -401,16 +401,16 @@ fn parse(
     data: &[u8],
     layout: Layout,
     start: usize,
-) -> Result<(Vec<AuditEvent>, usize), JournalError> {
+) -> Result<(JournalContents, usize), JournalError> {
     let corrupt = |offset: usize, reason: &str| JournalError::Corrupt {
         path: path.to_path_buf(),
         offset: offset as u64,
         reason: reason.to_string(),
     };
-    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut read = JournalContents::default();
     let mut offset = start;
     while offset < data.len() {
-        let Some((frame_events, frame_len)) = read_frame(&data[offset..], layout) else {
+        let Some((items, frame_len)) = read_frame(&data[offset..], layout) else {
             // Only the last frame written can be torn, since a frame is written only after the
             // previous one was synced: a bad frame with an intact one of its generation
             // anywhere after it means synced bytes changed.
@@ -424,10 +424,28 @@ fn parse(
                     return Err(corrupt(offset, "a frame fails its checksum"));
                 }
             }
-            return Ok((events, offset));
+            return Ok((read, offset));
         };
-        for ev in frame_events {
-            if let Some(prev) = events.last()
+        for item in items {
+            let ev = match item {
+                FrameItem::Event(ev) => ev,
+                FrameItem::SignedHead(cp) => {
+                    // It signs the head the events before it leave.
+                    if read
+                        .events
+                        .last()
+                        .is_none_or(|last| last.seq != cp.seq || last.hash != cp.head)
+                    {
+                        return Err(corrupt(
+                            offset,
+                            "a signed head does not match the events before it",
+                        ));
+                    }
+                    read.checkpoints.push(cp);
+                    continue;
+                }
+            };
+            if let Some(prev) = read.events.last()
                 && (ev.seq != prev.seq.wrapping_add(1) || ev.prev_hash != prev.hash)
             {
                 return Err(corrupt(offset, "events do not continue the chain"));
@@ -435,11 +453,28 @@ fn parse(
             if ev.hash != ev.compute_hash() {
                 return Err(corrupt(offset, "an event's hash does not match its fields"));
             }
-            events.push(ev);
+            read.events.push(*ev);
         }
         offset += frame_len;
     }
-    Ok((events, offset))
+    Ok((read, offset))
+}
+
+/// What a journal's intact frames hold: the events in chain order, and the signed heads the
+/// frames carry (each over the head its frame's events leave).
+#[derive(Debug, Default)]
+pub struct JournalContents {
+    pub events: Vec<AuditEvent>,
+    pub checkpoints: Vec<Checkpoint>,
+}
+
+/// One item of a frame's payload: an event, or (last) the signature over the head the frame's
+/// events leave. A checkpoint has none of an event's fields, so they cannot be confused.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum FrameItem {
+    Event(Box<AuditEvent>),
+    SignedHead(Checkpoint),
 }
 
 /// The bytes of a torn frame at `end`, where the valid frames stop: for version 2, a frame
@@ -481,7 +516,7 @@ fn declared_payload(data: &[u8], layout: Layout) -> Option<usize> {
 }
 
 /// One whole, intact frame at the start of `data`: its events and its length.
-fn read_frame(data: &[u8], layout: Layout) -> Option<(Vec<AuditEvent>, usize)> {
+fn read_frame(data: &[u8], layout: Layout) -> Option<(Vec<FrameItem>, usize)> {
     let len = declared_payload(data, layout)?;
     // What the checksum covers: the payload, after the generation in version 2.
     let (covered, payload) = match layout {
@@ -497,7 +532,7 @@ fn read_frame(data: &[u8], layout: Layout) -> Option<(Vec<AuditEvent>, usize)> {
     if sovra_crypto::sha256(covered).as_slice() != data.get(4..36)? {
         return None;
     }
-    let events: Vec<AuditEvent> = serde_json::from_slice(payload).ok()?;
+    let events: Vec<FrameItem> = serde_json::from_slice(payload).ok()?;
     let header = match layout {
         Layout::Generation(_) => FRAME_HEADER,
         Layout::V1 => V1_FRAME_HEADER,
@@ -539,7 +574,7 @@ mod tests {
     const TEST_BYTES: u64 = 64 << 10;
 
     fn open(path: &Path) -> Result<(AuditJournal, Vec<AuditEvent>), JournalError> {
-        AuditJournal::open_preallocated(path, TEST_BYTES)
+        AuditJournal::open_preallocated(path, TEST_BYTES).map(|(j, read)| (j, read.events))
     }
 
     fn kept_evidence(dir: &Path) -> Vec<PathBuf> {

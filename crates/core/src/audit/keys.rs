@@ -55,6 +55,29 @@ impl AuditKeys {
     }
 }
 
+/// Signs chain heads for the audit writer, one signature per group commit
+/// ([`super::AuditWriter::sign_heads_with`]).
+pub trait HeadSigner: Send + Sync {
+    /// A checkpoint over `(seq, head)`, or `None` while no signing key is in memory (sealed):
+    /// the first head signed after unsealing covers what was appended meanwhile.
+    fn sign_head(&self, seq: u64, head: &str) -> Option<Checkpoint>;
+}
+
+impl HeadSigner for Kms {
+    fn sign_head(&self, seq: u64, head: &str) -> Option<Checkpoint> {
+        // The cached keys only: they are dropped when Sovra seals, and signing must not wait
+        // for the store inside a group commit.
+        let keys = self.audit_keys_cache()?;
+        match keys.sign_checkpoint(seq, head, self.clock().now()) {
+            Ok(cp) => Some(cp),
+            Err(e) => {
+                tracing::error!(error = %e, "audit head could not be signed");
+                None
+            }
+        }
+    }
+}
+
 impl Kms {
     /// The audit keys, unwrapped on first use after unsealing; created on first use ever.
     pub async fn audit_keys(&self) -> Result<Arc<AuditKeys>, CoreError> {

@@ -16,11 +16,12 @@ pub use chain::{
     seal_chain, verify_export, verify_export_since,
 };
 pub use journal::{
-    AuditJournal, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES, parse_journal,
+    AuditJournal, JournalContents, JournalError, PREALLOCATED_BYTES as JOURNAL_PREALLOCATED_BYTES,
+    parse_journal,
 };
-pub use keys::AuditKeys;
 #[cfg(test)]
 pub(crate) use keys::aad as keys_aad;
+pub use keys::{AuditKeys, HeadSigner};
 pub use read::MAX_PAGE;
 pub use writer::{AuditWriter, OnRollback};
 

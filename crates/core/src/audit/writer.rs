@@ -1,7 +1,7 @@
 //! Group commit of audit events: into the store directly (several nodes on one database), or
 //! through this node's journal (a single node on SQLite).
 
-use super::{AuditEvent, AuditJournal, GENESIS, JournalError};
+use super::{AuditEvent, AuditJournal, Checkpoint, GENESIS, HeadSigner, JournalError};
 use crate::store::{Store, StoreError};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +47,8 @@ struct Progress {
     store_now: tokio::sync::Notify,
     /// Set when the writer stopped appending because the chain was rolled back under it.
     halted: std::sync::OnceLock<String>,
+    /// Signs the head of each group commit, once installed ([`AuditWriter::sign_heads_with`]).
+    signer: std::sync::RwLock<Option<Arc<dyn HeadSigner>>>,
 }
 
 /// What a node does when the database's audit chain no longer holds the last event it
@@ -68,7 +70,14 @@ impl Progress {
             last_stored: Mutex::new(None),
             store_now: tokio::sync::Notify::new(),
             halted: std::sync::OnceLock::new(),
+            signer: std::sync::RwLock::new(None),
         })
+    }
+
+    /// A signature over the head a group commit leaves, if a signer is installed and can sign.
+    fn sign_head(&self, seq: u64, head: &str) -> Option<Checkpoint> {
+        let signer = self.signer.read().ok()?.clone()?;
+        signer.sign_head(seq, head)
     }
 
     fn stored_up_to(&self, seq: u64, hash: &str) {
@@ -141,6 +150,20 @@ impl AuditWriter {
                             shared.durable.fetch_max(ev.seq, Ordering::SeqCst);
                             shared.stored_up_to(ev.seq, &ev.hash);
                         }
+                        // The batch's head is signed before its requests are answered, so no
+                        // answered request's event lies beyond a signature.
+                        let signed = match stored
+                            .last()
+                            .and_then(|ev| shared.sign_head(ev.seq, &ev.hash))
+                        {
+                            Some(cp) => store.add_audit_checkpoint(&cp).await,
+                            None => Ok(()),
+                        };
+                        if let Err(e) = signed {
+                            tracing::error!(error = %e, "the audit batch's signed head could not be stored; its requests fail");
+                            fail(waiters);
+                            continue;
+                        }
                         for (ev, w) in stored.iter().zip(waiters) {
                             let _ = w.send(Ok(ev.seq));
                         }
@@ -158,14 +181,15 @@ impl AuditWriter {
         }
     }
 
-    /// Opens this node's journal at `path`, stores the events it holds that the store lacks
-    /// (those of requests answered before a crash), and starts the journaled writer. Only one
+    /// Opens this node's journal at `path`, stores the events and signed heads it holds that the
+    /// store lacks (those of requests answered before a crash), and starts the journaled writer. Only one
     /// process may write the store's chain this way; the journal's lock refuses a second.
     pub async fn start_journaled(
         store: Arc<dyn Store>,
         path: &Path,
     ) -> Result<AuditWriter, JournalError> {
         let (mut journal, recovered) = AuditJournal::open(path)?;
+        let (recovered, recovered_heads) = (recovered.events, recovered.checkpoints);
         let store_err = |e: StoreError| JournalError::Store {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -191,8 +215,14 @@ impl AuditWriter {
         let missing: Vec<AuditEvent> = recovered.into_iter().filter(|e| e.seq > head_seq).collect();
         if !missing.is_empty() {
             for chunk in missing.chunks(MAX_STORE_BATCH) {
+                let (first, last) = (chunk[0].seq, chunk[chunk.len() - 1].seq);
+                let heads: Vec<Checkpoint> = recovered_heads
+                    .iter()
+                    .filter(|cp| (first..=last).contains(&cp.seq))
+                    .cloned()
+                    .collect();
                 store
-                    .insert_sealed_audit(chunk)
+                    .insert_sealed_audit(chunk, &heads)
                     .await
                     .map_err(|e| match e {
                         StoreError::Conflict(c) => mismatch(c),
@@ -271,6 +301,21 @@ impl AuditWriter {
     /// The sequence and hash of the last event this writer put in the store, as computed in
     /// this process. Checkpoints sign this rather than a head read back from the database, so
     /// a row altered in the database is never signed over.
+    /// From now on, signs the chain head each group commit leaves (one signature per batch:
+    /// per store transaction, or per journal frame, written with it) before the batch's
+    /// requests are answered. Install it only once the chain found at start has been checked,
+    /// so that a rewritten chain is never signed as whole.
+    pub fn sign_heads_with(&self, signer: Arc<dyn HeadSigner>) {
+        if let Ok(mut slot) = self.progress.signer.write() {
+            *slot = Some(signer);
+        }
+    }
+
+    /// Whether group commits are being signed.
+    pub fn signs_heads(&self) -> bool {
+        self.progress.signer.read().is_ok_and(|s| s.is_some())
+    }
+
     pub fn last_appended(&self) -> Option<(u64, String)> {
         self.progress
             .last_stored
@@ -550,8 +595,14 @@ impl Drop for JournalThreadExit {
 }
 
 /// Journaled batches on their way to the store, each with its room in the backlog.
-type ToStore =
-    tokio::sync::mpsc::UnboundedSender<(Vec<AuditEvent>, tokio::sync::OwnedSemaphorePermit)>;
+type ToStore = tokio::sync::mpsc::UnboundedSender<JournaledBatch>;
+
+/// A journaled frame's events and signed head, with their room in the store backlog.
+type JournaledBatch = (
+    Vec<AuditEvent>,
+    Option<Checkpoint>,
+    tokio::sync::OwnedSemaphorePermit,
+);
 
 /// The journaled writer's first part, a thread of its own: writes each frame the requests
 /// filled to the journal with one `fdatasync`, wakes its requests, and passes its events on to
@@ -580,6 +631,11 @@ fn journal_frames(
         last_sync = Some(std::time::Instant::now());
         let mut taken = staging.take(spare, events_hint);
         events_hint = taken.sealed.len();
+        // The frame's head is signed and written with it, in its one sync.
+        let signed_head = progress.sign_head(taken.last.0, &taken.last.1);
+        if let Some(cp) = &signed_head {
+            append_signed_head(&mut taken.frame, cp);
+        }
         // Room in the store backlog first, so that what is journaled can always be passed on.
         // None means the store has been failing for a while: fail these requests (503) now
         // rather than let them, and every retry, wait without end.
@@ -621,10 +677,24 @@ fn journal_frames(
         durable = taken.last;
         progress.durable.store(durable.0, Ordering::SeqCst);
         taken.done.0.finish(true);
-        if to_store.send((taken.sealed, room)).is_err() {
+        if to_store.send((taken.sealed, signed_head, room)).is_err() {
             return;
         }
     }
+}
+
+/// Adds a signed head as the last item of a taken frame's payload (`[events…]` becomes
+/// `[events…,checkpoint]`; docs/formats.md, section 5).
+fn append_signed_head(frame: &mut Vec<u8>, cp: &Checkpoint) {
+    let closed = frame.pop();
+    debug_assert_eq!(closed, Some(b']'));
+    frame.push(b',');
+    let mark = frame.len();
+    if serde_json::to_writer(&mut *frame, cp).is_err() {
+        // Cannot happen for these field types; the frame goes without its signature.
+        frame.truncate(mark - 1);
+    }
+    frame.push(b']');
 }
 
 /// Whether the store holds every event up to `seq`, waiting up to `wait` for it.
@@ -671,26 +741,27 @@ fn poll_for<T>(
 /// retrying until the store takes them (they are safe in the journal meanwhile).
 async fn store_batches(
     store: Arc<dyn Store>,
-    mut from_writer: tokio::sync::mpsc::UnboundedReceiver<(
-        Vec<AuditEvent>,
-        tokio::sync::OwnedSemaphorePermit,
-    )>,
+    mut from_writer: tokio::sync::mpsc::UnboundedReceiver<JournaledBatch>,
     progress: Arc<Progress>,
 ) {
     // One buffer for the whole life of the task (about 3 MB): a batch of thousands of events
     // is megabytes, and growing a fresh one for each commit reallocated and copied it.
     let mut batch: Vec<AuditEvent> = Vec::with_capacity(MAX_STORE_BATCH + MAX_FRAME_EVENTS);
-    while let Some((mut first, mut room)) = from_writer.recv().await {
+    let mut heads: Vec<Checkpoint> = Vec::new();
+    while let Some((mut first, head, mut room)) = from_writer.recv().await {
         // Let batches gather: a store commit costs about the same for one event as for
         // thousands, and the events are already durable in the journal. Cut short when the
         // journal writer wants to empty the journal.
         let _ = tokio::time::timeout(STORE_GATHER, progress.store_now.notified()).await;
         batch.clear();
         batch.append(&mut first);
+        heads.clear();
+        heads.extend(head);
         while batch.len() < MAX_STORE_BATCH {
             match from_writer.try_recv() {
-                Ok((mut more, more_room)) => {
+                Ok((mut more, more_head, more_room)) => {
                     batch.append(&mut more);
+                    heads.extend(more_head);
                     room.merge(more_room);
                 }
                 Err(_) => break,
@@ -698,7 +769,7 @@ async fn store_batches(
         }
         let mut delay = Duration::from_millis(10);
         loop {
-            match store.insert_sealed_audit(&batch).await {
+            match store.insert_sealed_audit(&batch, &heads).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "storing journaled audit events failed; retrying");
@@ -714,6 +785,9 @@ async fn store_batches(
                             Ok(true) => {
                                 let done = last_known.clone();
                                 batch.retain(|e| e.seq > head);
+                                // The stored part's signed heads may be lost with its answer;
+                                // they are in the journal, and later heads cover them.
+                                heads.retain(|cp| cp.seq > head);
                                 if batch.is_empty() {
                                     progress.stored_up_to(done.seq, &done.hash);
                                     break;

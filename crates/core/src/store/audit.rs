@@ -20,7 +20,13 @@ pub trait AuditStore: Send + Sync {
     /// Stores events already sealed into the chain (by a node's audit journal) in one
     /// transaction. The first must continue the stored head exactly (next sequence number,
     /// `prev_hash` equal to the head's hash), else this is a conflict and nothing is stored.
-    async fn insert_sealed_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError>;
+    /// The signed heads of those events (`checkpoints`, each for a sequence number among
+    /// them) are stored in the same transaction.
+    async fn insert_sealed_audit(
+        &self,
+        events: &[AuditEvent],
+        checkpoints: &[Checkpoint],
+    ) -> Result<(), StoreError>;
     /// Where a node keeps its audit journal when it is the only writer of this store (a SQLite
     /// file: the journal sits beside it); `None` when nodes share the store or it is in memory.
     fn audit_journal_path(&self) -> Option<std::path::PathBuf>;

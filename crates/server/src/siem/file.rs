@@ -6,7 +6,7 @@ use super::config::FileSinkConfig;
 use super::cursor::sync_dir;
 use super::{DeliveryError, export_line};
 use crate::private_files;
-use sovra_core::audit::AuditEvent;
+use sovra_core::audit::ExportLine;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -28,8 +28,8 @@ impl FileSink {
         Ok(FileSink(Arc::new(Mutex::new(state))))
     }
 
-    pub(super) async fn deliver(&self, events: &[AuditEvent]) -> Result<(), DeliveryError> {
-        let lines = events.iter().map(export_line).collect::<Vec<_>>();
+    pub(super) async fn deliver(&self, lines: &[ExportLine]) -> Result<(), DeliveryError> {
+        let lines = lines.iter().map(export_line).collect::<Vec<_>>();
         let state = self.0.clone();
         tokio::task::spawn_blocking(move || {
             let mut s = state.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,8 +2,9 @@
 //! optional) or an HTTPS webhook.
 //!
 //! The durable chain in the database is the source of truth. Each sink has a forwarder task that
-//! reads the events after its cursor, delivers them in sequence order, and only then advances
-//! and persists the cursor (`<data_dir>/audit-sinks/<name>.cursor`). Requests only ever write the
+//! reads the events after its cursor, delivers them in sequence order with every signed head
+//! (checkpoint line) among them, so that what a SIEM keeps verifies with `sovra audit verify`
+//! and catches a rolled-back log, and only then advances and persists the cursor (`<data_dir>/audit-sinks/<name>.cursor`). Requests only ever write the
 //! database, so a sink that is down never blocks them; it falls behind (the backlog gauge shows
 //! by how much) and catches up when it returns: delivery is at least once, duplicates carry the
 //! same `seq`. A sink without a cursor file starts at the beginning of the chain.
@@ -26,7 +27,7 @@ pub use cursor::cursor_path;
 use config::Tuning;
 use cursor::{read_cursor, write_cursor};
 use file::FileSink;
-use sovra_core::audit::{AuditEvent, ExportLine};
+use sovra_core::audit::{AuditEvent, Checkpoint, ExportLine};
 use sovra_core::{Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -298,6 +299,10 @@ async fn forward(
         failures: 0,
         last: None,
     };
+    // The last signed head forwarded. A head may be stored just after the events it signs (a
+    // node stores its batch, then the batch's signature): it is forwarded once it appears,
+    // after the events delivered meanwhile.
+    let mut heads_cursor = shared.cursor.load(Ordering::SeqCst);
     while !shared.stop.load(Ordering::SeqCst) {
         let cursor = shared.cursor.load(Ordering::SeqCst);
         let attempt = async {
@@ -310,19 +315,32 @@ async fn forward(
                 warned_ahead = true;
                 tracing::warn!(sink = %name, cursor, head, "audit sink cursor is past the chain head (was the database replaced?); waiting for the chain to reach it");
             }
-            if head <= cursor {
+            let mut events = if head > cursor {
+                store.audit_events(cursor + 1, tuning.batch).await?
+            } else {
+                Vec::new()
+            };
+            events.retain(|e| e.seq > cursor);
+            let last = events.last().map_or(cursor, |e| e.seq);
+            let heads = if last > heads_cursor {
+                store.audit_checkpoints(heads_cursor + 1, last).await?
+            } else {
+                Vec::new()
+            };
+            if events.is_empty() && heads.is_empty() {
                 return Ok::<_, DeliveryError>(None);
             }
-            let mut events = store.audit_events(cursor + 1, tuning.batch).await?;
-            events.retain(|e| e.seq > cursor);
-            let Some(last) = events.last().map(|e| e.seq) else {
-                return Ok(None);
-            };
-            sink.deliver(&events).await?;
+            let last_head = heads.last().map(|cp| cp.seq);
+            sink.deliver(&export_lines(events.iter(), heads.into_iter()))
+                .await?;
+            if let Some(h) = last_head {
+                heads_cursor = h;
+            }
             Ok(Some((last, events.len() as u64, head)))
         };
         match attempt.await {
             Ok(None) => pause(&shared, tuning.poll).await,
+            Ok(Some((last, 0, _))) if last == cursor => {}
             Ok(Some((last, n, head))) => {
                 shared.cursor.store(last, Ordering::SeqCst);
                 shared.delivered.fetch_add(n, Ordering::SeqCst);
@@ -369,17 +387,35 @@ enum Sink {
 }
 
 impl Sink {
-    async fn deliver(&mut self, events: &[AuditEvent]) -> Result<(), DeliveryError> {
+    async fn deliver(&mut self, lines: &[ExportLine]) -> Result<(), DeliveryError> {
         match self {
-            Sink::File(f) => f.deliver(events).await,
-            Sink::Syslog(s) => s.deliver(events).await,
-            Sink::Webhook(w) => w.deliver(events).await,
+            Sink::File(f) => f.deliver(lines).await,
+            Sink::Syslog(s) => s.deliver(lines).await,
+            Sink::Webhook(w) => w.deliver(lines).await,
         }
     }
 }
 
-/// The event as one export line (`{"type":"event",…}`), the same as `sovra audit export`.
-fn export_line(event: &AuditEvent) -> String {
-    serde_json::to_string(&ExportLine::Event(Box::new(event.clone())))
+/// Events in sequence order, each signed head right after the event it signs (one signing an
+/// event delivered earlier comes first).
+fn export_lines<'a>(
+    events: impl Iterator<Item = &'a AuditEvent>,
+    heads: impl Iterator<Item = Checkpoint>,
+) -> Vec<ExportLine> {
+    let mut heads = heads.peekable();
+    let mut lines = Vec::new();
+    for e in events {
+        while let Some(cp) = heads.next_if(|cp| cp.seq < e.seq) {
+            lines.push(ExportLine::Checkpoint(cp));
+        }
+        lines.push(ExportLine::Event(Box::new(e.clone())));
+    }
+    lines.extend(heads.map(ExportLine::Checkpoint));
+    lines
+}
+
+/// A line as `sovra audit export` writes it (`{"type":"event",…}`, `{"type":"checkpoint",…}`).
+fn export_line(line: &ExportLine) -> String {
+    serde_json::to_string(line)
         .unwrap_or_else(|e| format!("{{\"type\":\"error\",\"message\":\"{e}\"}}"))
 }

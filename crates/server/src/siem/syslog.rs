@@ -4,7 +4,7 @@
 
 use super::config::{SyslogSinkConfig, split_address};
 use super::{DeliveryError, IO_TIMEOUT, export_line};
-use sovra_core::audit::AuditEvent;
+use sovra_core::audit::ExportLine;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,13 +136,18 @@ impl SyslogSink {
         })
     }
 
-    fn frame(&self, event: &AuditEvent, out: &mut Vec<u8>) {
+    fn frame(&self, line: &ExportLine, out: &mut Vec<u8>) {
+        let time_ms = match line {
+            ExportLine::Event(e) => e.time_ms,
+            ExportLine::Checkpoint(cp) => cp.time_ms,
+            ExportLine::Redacted(_) => 0,
+        };
         let msg = format!(
             "<{SYSLOG_PRI}>1 {} {} sovra {} audit - {}",
-            rfc5424_time(event.time_ms),
+            rfc5424_time(time_ms),
             self.hostname,
             self.procid,
-            ascii_json(&export_line(event))
+            ascii_json(&export_line(line))
         );
         // RFC 6587 octet counting: "<length> <message>".
         out.extend_from_slice(format!("{} ", msg.len()).as_bytes());
@@ -178,10 +183,10 @@ impl SyslogSink {
         }
     }
 
-    pub(super) async fn deliver(&mut self, events: &[AuditEvent]) -> Result<(), DeliveryError> {
+    pub(super) async fn deliver(&mut self, lines: &[ExportLine]) -> Result<(), DeliveryError> {
         let mut batch = Vec::new();
-        for e in events {
-            self.frame(e, &mut batch);
+        for line in lines {
+            self.frame(line, &mut batch);
         }
         if let Some(conn) = self.conn.as_mut()
             && !still_open(conn.as_mut()).await

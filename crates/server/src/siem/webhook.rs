@@ -4,7 +4,7 @@
 
 use super::config::WebhookSinkConfig;
 use super::{DeliveryError, IO_TIMEOUT};
-use sovra_core::audit::{AuditEvent, ExportLine};
+use sovra_core::audit::ExportLine;
 
 pub(super) struct WebhookSink {
     client: reqwest::Client,
@@ -55,12 +55,8 @@ impl WebhookSink {
         })
     }
 
-    pub(super) async fn deliver(&mut self, events: &[AuditEvent]) -> Result<(), DeliveryError> {
-        let body: Vec<ExportLine> = events
-            .iter()
-            .map(|e| ExportLine::Event(Box::new(e.clone())))
-            .collect();
-        let body = serde_json::to_vec(&body).map_err(|e| DeliveryError::Request {
+    pub(super) async fn deliver(&mut self, lines: &[ExportLine]) -> Result<(), DeliveryError> {
+        let body = serde_json::to_vec(lines).map_err(|e| DeliveryError::Request {
             url: self.shown.clone(),
             message: e.to_string(),
         })?;

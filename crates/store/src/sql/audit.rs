@@ -134,6 +134,30 @@ macro_rules! audit_store {
             async fn insert_audit_rows(tx: &mut sqlx::Transaction<'_, $db>, events: &[AuditEvent]) -> Result<(), StoreError> {
                 $insert_rows(tx, events).await
             }
+
+            /// Stores a signed head once: a sequence already signed (by another node, or a
+            /// recovery) is kept.
+            async fn insert_checkpoint<'e, E>(on: E, cp: &Checkpoint) -> Result<(), StoreError>
+            where
+                E: sqlx::Executor<'e, Database = $db>,
+            {
+                sqlx::query(
+                    // A sequence another node already signed is skipped before the INSERT, as
+                    // SQLite's append-only trigger refuses an INSERT onto an existing row; the
+                    // ON CONFLICT covers two PostgreSQL nodes racing past the check.
+                    "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) SELECT $1, $2, $3, $4 \
+                     WHERE NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE seq = $1) \
+                     ON CONFLICT (seq) DO NOTHING",
+                )
+                .bind(cp.seq as i64)
+                .bind(&cp.head)
+                .bind(cp.time_ms)
+                .bind(&cp.signature)
+                .execute(on)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
         }
 
         #[async_trait]
@@ -178,7 +202,7 @@ macro_rules! audit_store {
                 *self.audit_head.lock().unwrap_or_else(|e| e.into_inner()) = None;
             }
 
-            async fn insert_sealed_audit(&self, events: &[AuditEvent]) -> Result<(), StoreError> {
+            async fn insert_sealed_audit(&self, events: &[AuditEvent], checkpoints: &[Checkpoint]) -> Result<(), StoreError> {
                 let Some(first) = events.first() else { return Ok(()) };
                 let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
                 let (seq, hash) = Self::audit_head_on(&mut *tx).await?.unwrap_or((0, GENESIS.to_string()));
@@ -189,6 +213,9 @@ macro_rules! audit_store {
                     )));
                 }
                 Self::insert_audit_rows(&mut tx, events).await?;
+                for cp in checkpoints {
+                    Self::insert_checkpoint(&mut *tx, cp).await?;
+                }
                 tx.commit().await.map_err(map_err)?;
                 Ok(())
             }
@@ -233,22 +260,7 @@ macro_rules! audit_store {
             }
 
             async fn add_audit_checkpoint(&self, cp: &Checkpoint) -> Result<(), StoreError> {
-                sqlx::query(
-                    // A sequence another node already signed is skipped before the INSERT, as
-                    // SQLite's append-only trigger refuses an INSERT onto an existing row; the
-                    // ON CONFLICT covers two PostgreSQL nodes racing past the check.
-                    "INSERT INTO audit_checkpoints (seq, head, time_ms, signature) SELECT $1, $2, $3, $4 \
-                     WHERE NOT EXISTS (SELECT 1 FROM audit_checkpoints WHERE seq = $1) \
-                     ON CONFLICT (seq) DO NOTHING",
-                )
-                .bind(cp.seq as i64)
-                .bind(&cp.head)
-                .bind(cp.time_ms)
-                .bind(&cp.signature)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
-                Ok(())
+                Self::insert_checkpoint(&self.pool, cp).await
             }
 
             async fn audit_checkpoints(&self, from_seq: u64, to_seq: u64) -> Result<Vec<Checkpoint>, StoreError> {
