@@ -435,7 +435,7 @@ def v1_frame(p: bytes) -> bytes:
     return be32(len(p)) + hashlib.sha256(p).digest() + p
 
 
-def journal_vectors(chain):
+def journal_vectors(chain, checkpoint):
     evs = [e["event"] for e in chain]
     p1, p2 = payload(evs[:2]), payload(evs[2:])
     f1, f2 = frame(1, p1), frame(1, p2)
@@ -448,9 +448,15 @@ def journal_vectors(chain):
     f3 = frame(2, p2)
     regenerated = journal_header(2).ljust(FIRST_FRAME, b"\x00") + f3 + (f1 + f2)[len(f3):]
     v1 = v1_frame(p1) + v1_frame(p2)
+    # The writer signs each frame's head into the frame, as its last item.
+    p2_signed = payload(evs[2:] + [checkpoint])
+    f2_signed = frame(1, p2_signed)
+    signed = journal_header(1).ljust(FIRST_FRAME, b"\x00") + f1 + f2_signed
+    # A head in the first frame that signs an event of the second: corrupt.
+    misplaced = journal_header(1).ljust(FIRST_FRAME, b"\x00") + frame(1, payload(evs[:2] + [checkpoint])) + f2
     return {
-        "description": "Audit journal files (docs/formats.md, section 5). Events are those of "
-        "audit.json.",
+        "description": "Audit journal files (docs/formats.md, section 5). Events and the signed "
+        "head are those of audit.json.",
         "header_generation_1": journal_header(1).hex(),
         "header_generation_2": journal_header(2).hex(),
         "frames": [
@@ -464,8 +470,15 @@ def journal_vectors(chain):
             {"name": "v2_generation_2", "bytes": regenerated.hex(), "events": [3],
              "end": FIRST_FRAME + len(f3)},
             {"name": "v1", "bytes": v1.hex(), "events": [1, 2, 3], "end": len(v1)},
+            {"name": "v2_signed", "bytes": signed.hex(), "events": [1, 2, 3], "end": len(signed),
+             "checkpoints": [3]},
         ],
-    }, {"raw_v2": v2, "raw_v2_torn": torn, "raw_v2_generation_2": regenerated, "raw_v1": v1}
+        "signed_frame": {"events": [3], "payload": p2_signed.hex(), "frame": f2_signed.hex()},
+        "corrupt_files": [
+            {"name": "head_before_its_event", "bytes": misplaced.hex(), "offset": FIRST_FRAME},
+        ],
+    }, {"raw_v2": v2, "raw_v2_torn": torn, "raw_v2_generation_2": regenerated, "raw_v1": v1,
+        "raw_v2_signed": signed}
 
 
 # --- (f) row MACs ---------------------------------------------------------------------------
@@ -542,7 +555,8 @@ def row_mac_vectors():
 
 def outputs():
     audit = audit_vectors()
-    journal, files = journal_vectors(audit["events"])
+    head = {k: audit["checkpoint"][k] for k in ("seq", "head", "time_ms", "signature")}
+    journal, files = journal_vectors(audit["events"], head)
     out = {}
     for name, data in [
         ("envelope.json", envelope_vectors()),

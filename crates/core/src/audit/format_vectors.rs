@@ -114,13 +114,50 @@ fn journal_files_match_the_vectors() {
     };
     // Python's files parse to their events, the valid frames ending where Python says.
     let files = v["files"].as_array().unwrap();
-    assert_eq!(files.len(), 4);
+    assert_eq!(files.len(), 5);
+    let audit = vectors("audit.json");
+    let checkpoint: Checkpoint = serde_json::from_value(serde_json::json!({
+        "seq": audit["checkpoint"]["seq"],
+        "head": audit["checkpoint"]["head"],
+        "time_ms": audit["checkpoint"]["time_ms"],
+        "signature": audit["checkpoint"]["signature"],
+    }))
+    .unwrap();
     for f in files {
         let name = f["name"].as_str().unwrap();
         let (found, end) = parse_journal(Path::new(name), &bytes(&f["bytes"])).unwrap();
         assert_eq!(found.events, pick(&f["events"]), "{name}");
         assert_eq!(end as u64, f["end"].as_u64().unwrap(), "{name}: end");
+        let heads: Vec<u64> = found.checkpoints.iter().map(|c| c.seq).collect();
+        let expected: Vec<u64> = f["checkpoints"].as_array().map_or(Vec::new(), |a| {
+            a.iter().map(|s| s.as_u64().unwrap()).collect()
+        });
+        assert_eq!(heads, expected, "{name}: signed heads");
+        if !heads.is_empty() {
+            assert_eq!(found.checkpoints, vec![checkpoint.clone()], "{name}");
+        }
     }
+    // A signed head that does not sign the events before it is corruption, not a head.
+    for f in v["corrupt_files"].as_array().unwrap() {
+        let name = f["name"].as_str().unwrap();
+        match parse_journal(Path::new(name), &bytes(&f["bytes"])) {
+            Err(super::JournalError::Corrupt { offset, .. }) => {
+                assert_eq!(offset, f["offset"].as_u64().unwrap(), "{name}")
+            }
+            other => panic!("{name}: {other:?}"),
+        }
+    }
+    // The writer's signed frame is Python's byte for byte.
+    let signed = &v["signed_frame"];
+    let mut frame = super::journal::new_frame();
+    frame.push(b'[');
+    serde_json::to_writer(&mut frame, &pick(&signed["events"])[0]).unwrap();
+    frame.push(b']');
+    super::writer::append_signed_head(&mut frame, &checkpoint);
+    assert_eq!(
+        frame[super::journal::FRAME_PAYLOAD_START..],
+        bytes(&signed["payload"])[..]
+    );
     // The journal writes Python's bytes: header, zeros to 4 KiB, then the frames.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("audit.journal");

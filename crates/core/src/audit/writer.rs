@@ -685,7 +685,7 @@ fn journal_frames(
 
 /// Adds a signed head as the last item of a taken frame's payload (`[events…]` becomes
 /// `[events…,checkpoint]`; docs/formats.md, section 5).
-fn append_signed_head(frame: &mut Vec<u8>, cp: &Checkpoint) {
+pub(crate) fn append_signed_head(frame: &mut Vec<u8>, cp: &Checkpoint) {
     let closed = frame.pop();
     debug_assert_eq!(closed, Some(b']'));
     frame.push(b',');
