@@ -339,6 +339,8 @@ pub async fn check_chain_at_start(st: &AppState, head: Option<&(u64, String)>) -
 pub async fn sign_group_commits(st: &AppState) {
     let Some(writer) = &st.audit else { return };
     if !st.kms.is_unsealed() {
+        // Sealed, the key service has no key: commits go unsigned until the next unseal.
+        metrics::gauge!("sovra_audit_group_commits_signed").set(0.0);
         return;
     }
     // Unwraps the keys after an unseal; a cache hit otherwise.
@@ -348,9 +350,9 @@ pub async fn sign_group_commits(st: &AppState) {
     }
     if !writer.signs_heads() {
         writer.sign_heads_with(st.kms.clone());
-        metrics::gauge!("sovra_audit_group_commits_signed").set(1.0);
         tracing::info!("audit group commits are signed from now on");
     }
+    metrics::gauge!("sovra_audit_group_commits_signed").set(1.0);
 }
 
 /// Signs the newest head this node appended, if it is newer than the last one signed.
