@@ -83,6 +83,13 @@ async fn create_key(api: &DevApi, name: &str) -> String {
     r.json["id"].as_str().unwrap().to_string()
 }
 
+/// Disables a key through the API, as its owner does.
+async fn disable(api: &DevApi, id: &str) {
+    let path = format!("/api/v1/keys/{id}/disable");
+    let r = call(api, Method::POST, &path, None).await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
+
 async fn encrypt(api: &DevApi, id: &str) -> common::Resp {
     call(
         api,
@@ -240,17 +247,7 @@ async fn each_bound_column_edited_on_postgres_is_refused() {
 async fn a_re_enabled_or_widened_key_is_not_used() {
     let (api, db) = deployment("integrity-attacks", false);
     let id = create_key(&api, "disabled-by-owner").await;
-    assert_eq!(
-        call(
-            &api,
-            Method::POST,
-            &format!("/api/v1/keys/{id}/disable"),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    disable(&api, &id).await;
     db.exec(&format!(
         "UPDATE keys SET state = 'enabled' WHERE id = '{id}'"
     ));
@@ -316,17 +313,7 @@ async fn a_replayed_row_is_found(postgres: bool) {
     );
     let id = create_key(&api, "replayed").await;
     let control = create_key(&api, "control").await;
-    assert_eq!(
-        call(
-            &api,
-            Method::POST,
-            &format!("/api/v1/keys/{control}/disable"),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    disable(&api, &control).await;
     let saved = db.exec(&format!(
         "SELECT state, revision, {} FROM keys WHERE id = '{id}'",
         if postgres {
@@ -342,17 +329,7 @@ async fn a_replayed_row_is_found(postgres: bool) {
         saved.next().unwrap().to_string(),
     );
     assert_eq!(state, "enabled");
-    assert_eq!(
-        call(
-            &api,
-            Method::POST,
-            &format!("/api/v1/keys/{id}/disable"),
-            None
-        )
-        .await
-        .status,
-        200
-    );
+    disable(&api, &id).await;
     let dir = api.server.data_dir.clone();
     assert!(api.server.stop());
 
