@@ -69,6 +69,14 @@ fn add_shared_errors(doc: &mut utoipa::openapi::OpenApi) {
                 ensure(r, "413", "Request body over the size limit");
                 ensure(r, "415", "Content-Type is not application/json");
             }
+            if spec.is_some_and(|s| loads_key_rows(s.operation)) {
+                // sovra_core::integrity: a key row edited outside Sovra is refused.
+                ensure(
+                    r,
+                    "500",
+                    "A stored key row fails its integrity check (integrity_violation)",
+                );
+            }
             if gated {
                 // crate::middleware::seal_gate; storage and the RSA pool answer 503 too.
                 ensure(
@@ -105,6 +113,15 @@ fn add_shared_errors(doc: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
+}
+
+/// Whether an operation reads key rows from the store (and so checks their MACs).
+pub(crate) fn loads_key_rows(op: table::Operation) -> bool {
+    use sovra_core::authz::Action;
+    matches!(
+        op.requires(),
+        Some(Action::KeyList | Action::KeyRead | Action::KeyManage | Action::KeyUse)
+    )
 }
 
 fn error_body() -> Ref {

@@ -782,6 +782,11 @@ mod tests {
             if !spec.allowed_while_sealed {
                 assert!(r.contains_key("503"), "{what}: 503");
             }
+            assert_eq!(
+                r.contains_key("500"),
+                crate::openapi::loads_key_rows(spec.operation),
+                "{what}: 500 integrity_violation"
+            );
         }
     }
 
