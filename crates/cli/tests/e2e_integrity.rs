@@ -376,7 +376,7 @@ async fn a_replayed_row_is_found_on_postgres() {
 
 /// A row written before row MACs (no MAC, revision 0) is refused, then adopted by an operator
 /// with the unseal material if the audit log agrees with it; one whose owner the log
-/// contradicts is not adopted.
+/// contradicts is not adopted, and once an adoption is recorded in the chain nothing more is.
 #[tokio::test(flavor = "multi_thread")]
 async fn unsigned_rows_are_refused_until_adopted() {
     let (api, db) = deployment("integrity-adopt", false);
@@ -426,4 +426,20 @@ async fn unsigned_rows_are_refused_until_adopted() {
         "the adopted key works again"
     );
     assert_error(&encrypt(&api, &stolen).await, 500, "integrity_violation");
+
+    // Adoption happened once, and the chain says so: an insider who now strips a signed row's
+    // MAC (and lowers its minimum decryption version) cannot have it adopted.
+    db.exec(&format!(
+        "UPDATE keys SET row_mac = NULL, revision = 0, min_decryption_version = 1 WHERE id = '{legacy}'"
+    ));
+    let (_api, again) = api.restart_after("", |dir| db_verify(dir, &db, &["--adopt-unsigned"]));
+    let report = text(&again.stdout);
+    assert!(!again.status.success(), "{report}");
+    assert!(
+        report.contains(&format!(
+            "ERROR: key/{legacy}: not adopted: rows were adopted already"
+        )),
+        "{report}"
+    );
+    assert!(!report.contains("unsigned rows adopted"), "{report}");
 }

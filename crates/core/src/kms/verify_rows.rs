@@ -19,7 +19,14 @@ pub struct RowCheck {
     pub adopted: usize,
     pub audit_events_read: u64,
     pub findings: Vec<RowFinding>,
+    /// The sequence of an earlier adoption run's event: after it, no row may be adopted.
+    pub adoption_recorded: Option<u64>,
 }
+
+/// The audit action of an adoption run (`sovra db verify --adopt-unsigned`). Appended to the
+/// chain and signed by the run, so that it cannot be removed unnoticed: the pre-MAC era ends
+/// with it, and a row found without a MAC afterwards was stripped, never adopted.
+pub const ADOPTION_ACTION: &str = "db.adopt_unsigned";
 
 impl RowCheck {
     /// Whether anything was found that makes a row (or the log it is checked against)
@@ -95,6 +102,9 @@ impl Kms {
                 problem: alarm,
             });
         }
+        // Adoption trusts what the log does not record; it needs a whole log, and happens once.
+        let log_intact = report.intact();
+        let adoption_recorded = report.adoption_recorded;
         for key in self.store.all_keys().await? {
             report.keys_checked += 1;
             let subject = format!("key/{}", key.id);
@@ -116,8 +126,31 @@ impl Kms {
                     );
                     continue;
                 }
-                match log.and_then(|l| l.contradiction(&key)) {
-                    Some(problem) => finding(true, format!("not adopted: {problem}")),
+                let refusal = if let Some(seq) = adoption_recorded {
+                    Some(format!(
+                        "not adopted: rows were adopted already (audit event {seq}); a row \
+                         without a MAC since then had it removed"
+                    ))
+                } else if !log_intact {
+                    Some("not adopted: the audit log is not intact (above)".into())
+                } else if key.revision != 0 {
+                    Some(format!(
+                        "not adopted: a row written before row MACs has revision 0, this one {}",
+                        key.revision
+                    ))
+                } else {
+                    match log {
+                        None => Some(
+                            "not adopted: the audit log records no creation of this key".into(),
+                        ),
+                        Some(l) if l.created_by.is_none() => Some(
+                            "not adopted: the audit log records no creation of this key".into(),
+                        ),
+                        Some(l) => l.contradiction(&key).map(|p| format!("not adopted: {p}")),
+                    }
+                };
+                match refusal {
+                    Some(problem) => finding(true, problem),
                     None => {
                         let mut signed = key.clone();
                         signed.revision = log.map_or(1, |l| l.changes.max(1));
@@ -169,7 +202,30 @@ impl Kms {
                 finding(true, problem);
             }
         }
+        if adopt_unsigned && adoption_recorded.is_none() && log_intact {
+            self.record_adoption(report.adopted).await?;
+        }
         Ok(report)
+    }
+
+    /// Appends the adoption run's event to the chain and signs the new head, so that the next
+    /// start finds no unsigned tail and no later run adopts again.
+    async fn record_adoption(&self, adopted: usize) -> Result<(), CoreError> {
+        let mut event = AuditEvent::node_alarm(
+            ADOPTION_ACTION,
+            format!("{adopted} key rows written before row MACs were signed"),
+            self.clock().now().as_millis(),
+        );
+        event.actor = "sovra db verify".into();
+        event.resource = "keys".into();
+        event.outcome = "success".into();
+        event.error_code = None;
+        event.source = "offline".into();
+        let stored = self.store.append_audit(vec![event]).await?;
+        if let Some(last) = stored.last() {
+            self.audit_checkpoint(last.seq, &last.hash).await?;
+        }
+        Ok(())
     }
 
     /// Reads the whole audit chain, checking each link, and counts each key's successful
@@ -179,6 +235,7 @@ impl Kms {
         report: &mut RowCheck,
     ) -> Result<HashMap<Uuid, AuditedKey>, CoreError> {
         let mut keys: HashMap<Uuid, AuditedKey> = HashMap::new();
+        report.adoption_recorded = None;
         let mut prev = GENESIS.to_string();
         let mut next_seq = 1u64;
         loop {
@@ -195,6 +252,9 @@ impl Kms {
                     });
                 }
                 report.audit_events_read += 1;
+                if e.action == ADOPTION_ACTION {
+                    report.adoption_recorded = Some(e.seq);
+                }
                 next_seq = e.seq + 1;
                 prev.clone_from(&e.hash);
                 let change = KEY_ROW_CHANGES.iter().find(|(a, _)| *a == e.action);
