@@ -355,10 +355,12 @@ pub async fn sign_group_commits(st: &AppState) {
     metrics::gauge!("sovra_audit_group_commits_signed").set(1.0);
 }
 
-/// Signs the newest head this node appended, if it is newer than the last one signed.
+/// Signs the newest head this node appended, if it is newer than the last one signed; only
+/// once the chain found at start has been checked ([`sign_group_commits`] has run), so that a
+/// rewritten chain is never signed as whole.
 pub async fn checkpoint(st: &AppState, last_signed: &mut u64) {
     let Some(writer) = &st.audit else { return };
-    if !st.kms.is_unsealed() {
+    if !st.kms.is_unsealed() || !writer.signs_heads() {
         return;
     }
     let Some((seq, head)) = writer.last_appended() else {

@@ -118,6 +118,12 @@ impl Kms {
             public_key_spki: record.public_key,
         });
         self.set_audit_keys_cache(keys.clone());
+        // A seal that ran while the keys were being read must not leave them cached (the
+        // group-commit signer would go on signing with them).
+        if !self.is_unsealed() {
+            self.clear_audit_keys_cache();
+            return Err(CoreError::Sealed);
+        }
         Ok(keys)
     }
 

@@ -130,6 +130,10 @@ impl Kms {
         *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = Some(keys);
     }
 
+    pub(crate) fn clear_audit_keys_cache(&self) {
+        *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
@@ -185,7 +189,7 @@ impl Kms {
         self.seal.seal()?;
         self.keks.clear();
         self.keys.clear();
-        *self.audit_keys.write().unwrap_or_else(|e| e.into_inner()) = None;
+        self.clear_audit_keys_cache();
         Ok(())
     }
 

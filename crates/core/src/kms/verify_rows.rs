@@ -26,7 +26,7 @@ pub struct RowCheck {
 /// The audit action of an adoption run (`sovra db verify --adopt-unsigned`). Appended to the
 /// chain and signed by the run, so that it cannot be removed unnoticed: the pre-MAC era ends
 /// with it, and a row found without a MAC afterwards was stripped, never adopted.
-pub const ADOPTION_ACTION: &str = "db.adopt_unsigned";
+pub(crate) const ADOPTION_ACTION: &str = "db.adopt_unsigned";
 
 impl RowCheck {
     /// Whether anything was found that makes a row (or the log it is checked against)
