@@ -124,7 +124,7 @@ async fn on_postgres_no_answered_event_lies_beyond_a_signed_head() {
 
 /// SQLite (the journaled writer): the journal itself carries each frame's signed head, so a
 /// node killed right after answering leaves every answered event under a valid signature in
-/// its journal; the next start stores those heads with the events.
+/// its journal, and they are in the database after the next start.
 #[tokio::test(flavor = "multi_thread")]
 async fn on_sqlite_each_journal_frame_carries_its_signed_head() {
     let api = DevApi::start("signed-heads-sqlite");
@@ -162,7 +162,8 @@ async fn on_sqlite_each_journal_frame_carries_its_signed_head() {
         "an answered event lies beyond the last signed head"
     );
 
-    // Restarted, the node stores the journal's heads with its events.
+    // The heads are in the database after a restart (stored by the node before it was killed,
+    // or by the recovery of its journal).
     let restarted = Server::start_dev(&dir, "");
     let db = dir.join("sovra.db");
     for cp in &read.checkpoints {
