@@ -242,6 +242,22 @@ impl Checkpoint {
         )
     }
 
+    /// Whether the signature is the audit key's (SPKI DER) over this checkpoint.
+    pub fn verifies(&self, public_key_spki: &[u8]) -> bool {
+        use base64::Engine;
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(&self.signature) else {
+            return false;
+        };
+        let msg = Self::signed_bytes(self.seq, &self.head, self.time_ms);
+        verify_spki(
+            SignatureAlgorithm::Ed25519,
+            public_key_spki,
+            SignInput::Message(&msg),
+            &sig,
+        )
+        .unwrap_or(false)
+    }
+
     pub fn sign(
         key: &SigningKey,
         seq: u64,
@@ -380,19 +396,7 @@ pub fn verify_export_since(
     public_key_spki: &[u8],
     seen: &Checkpoint,
 ) -> Result<VerifyReport, VerifyError> {
-    use base64::Engine;
-    let sig = base64::engine::general_purpose::STANDARD
-        .decode(&seen.signature)
-        .unwrap_or_default();
-    let msg = Checkpoint::signed_bytes(seen.seq, &seen.head, seen.time_ms);
-    if !verify_spki(
-        SignatureAlgorithm::Ed25519,
-        public_key_spki,
-        SignInput::Message(&msg),
-        &sig,
-    )
-    .unwrap_or(false)
-    {
+    if !seen.verifies(public_key_spki) {
         return Err(VerifyError {
             line: 0,
             problem: "the head seen earlier is not signed by this audit key".into(),
@@ -455,19 +459,7 @@ fn verify(
                 st.report.redacted += 1;
             }
             ExportLine::Checkpoint(cp) => {
-                use base64::Engine;
-                let sig = base64::engine::general_purpose::STANDARD
-                    .decode(&cp.signature)
-                    .unwrap_or_default();
-                let msg = Checkpoint::signed_bytes(cp.seq, &cp.head, cp.time_ms);
-                let valid = verify_spki(
-                    SignatureAlgorithm::Ed25519,
-                    public_key_spki,
-                    SignInput::Message(&msg),
-                    &sig,
-                )
-                .unwrap_or(false);
-                if !valid {
+                if !cp.verifies(public_key_spki) {
                     return fail(
                         line,
                         format!(

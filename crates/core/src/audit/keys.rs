@@ -162,18 +162,7 @@ impl Kms {
                 "the stored audit public key is not this deployment's".into(),
             ));
         }
-        let signature =
-            base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &cp.signature)
-                .unwrap_or_default();
-        let signed = Checkpoint::signed_bytes(cp.seq, &cp.head, cp.time_ms);
-        if !sovra_crypto::sign::verify_spki(
-            sovra_crypto::sign::SignatureAlgorithm::Ed25519,
-            &keys.public_key_spki,
-            sovra_crypto::sign::SignInput::Message(&signed),
-            &signature,
-        )
-        .unwrap_or(false)
-        {
+        if !cp.verifies(&keys.public_key_spki) {
             return Ok(Some(format!(
                 "the checkpoint at seq {} does not verify under this deployment's audit key",
                 cp.seq

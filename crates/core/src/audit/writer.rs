@@ -213,6 +213,25 @@ impl AuditWriter {
             )));
         }
         let missing: Vec<AuditEvent> = recovered.into_iter().filter(|e| e.seq > head_seq).collect();
+        // A head goes into the append-only checkpoints only if the deployment's audit key
+        // signed it: a crafted journal must not take a sequence's place with a forgery.
+        let public_key = match store.get_audit_keys().await.map_err(store_err)? {
+            Some(keys) => keys.public_key,
+            None => Vec::new(),
+        };
+        let recovered_heads: Vec<Checkpoint> = recovered_heads
+            .into_iter()
+            .filter(|cp| {
+                let valid = cp.verifies(&public_key);
+                if !valid {
+                    tracing::error!(
+                        seq = cp.seq,
+                        "a signed head in the audit journal does not verify; not stored"
+                    );
+                }
+                valid
+            })
+            .collect();
         if !missing.is_empty() {
             for chunk in missing.chunks(MAX_STORE_BATCH) {
                 let (first, last) = (chunk[0].seq, chunk[chunk.len() - 1].seq);
