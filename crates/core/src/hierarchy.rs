@@ -164,18 +164,24 @@ impl Kms {
     /// Rewraps every key version of the org still under an older KEK. Returns how many.
     pub async fn rewrap_org(&self, org_id: &str) -> Result<usize, CoreError> {
         let mut total = 0;
+        // Pages past what it could not move (a version that does not unwrap, a row that fails
+        // its MAC), so that such rows, however many, never stop the sweep; starts over if the
+        // KEK is rotated meanwhile.
+        let mut after: Option<(uuid::Uuid, u32)> = None;
+        let mut active = None;
         loop {
             let org = self.ensure_org(org_id).await?;
+            if active.replace(org.active_kek_version) != Some(org.active_kek_version) {
+                after = None;
+            }
             let batch = self
                 .store
-                .versions_below_kek(org_id, org.active_kek_version, 100)
+                .versions_below_kek(org_id, org.active_kek_version, after, 100)
                 .await?;
-            if batch.is_empty() {
+            let Some(last) = batch.last() else {
                 return Ok(total);
-            }
-            // A version that does not unwrap is logged and skipped, so one bad row does not
-            // block the org; a batch that moves nothing ends the sweep (no endless loop).
-            let mut progressed = false;
+            };
+            after = Some((last.key_id, last.version));
             for v in batch {
                 // A row that fails its MAC is skipped here (and logged by the check).
                 let key = match self.stored_key(org_id, v.key_id).await {
@@ -185,17 +191,11 @@ impl Kms {
                 };
                 // Unwrapping rewraps under the active KEK (the lazy path).
                 match self.unwrap_material(&key, &v).await {
-                    Ok(_) => {
-                        progressed = true;
-                        total += 1;
-                    }
+                    Ok(_) => total += 1,
                     Err(e) => {
                         tracing::error!(key_id = %v.key_id, version = v.version, error = %e, "rewrap skipped")
                     }
                 }
-            }
-            if !progressed {
-                return Ok(total);
             }
         }
     }

@@ -751,8 +751,28 @@ both!(versions_below_kek_per_org, |db| async move {
     );
     assert!(below3.contains(&version(a.id, 2, 2)));
 
-    let limited = db.store.versions_below_kek("acme", 3, 1).await.unwrap();
+    let limited = db
+        .store
+        .versions_below_kek("acme", 3, None, 1)
+        .await
+        .unwrap();
     assert_eq!(limited.len(), 1, "limit is respected");
+    // Paging: after the first, the rest in (key id, version) order, and nothing after the last.
+    let mut ordered = below3.clone();
+    ordered.sort_by_key(|v| (v.key_id.to_string(), v.version));
+    assert_eq!(limited[0], ordered[0]);
+    let page = |after: &KeyVersionRecord| {
+        let store = db.store.clone();
+        let after = (after.key_id, after.version);
+        async move {
+            store
+                .versions_below_kek("acme", 3, Some(after), 100)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(page(&ordered[0]).await, ordered[1..].to_vec());
+    assert!(page(&ordered[2]).await.is_empty());
 
     assert_eq!(
         db.versions_below_kek("globex", 2).await,

@@ -59,11 +59,14 @@ pub trait KeyStore: Send + Sync {
         old_kek_version: u32,
         new: &KeyVersionRecord,
     ) -> Result<bool, StoreError>;
-    /// Versions of the org's keys still wrapped under a KEK older than `kek_version`.
+    /// Versions of the org's keys still wrapped under a KEK older than `kek_version`, in
+    /// (key id, version) order, after `after` when given (to page past versions a sweep could
+    /// not move).
     async fn versions_below_kek(
         &self,
         org_id: &str,
         kek_version: u32,
+        after: Option<(Uuid, u32)>,
         limit: u32,
     ) -> Result<Vec<KeyVersionRecord>, StoreError>;
     /// Keys pending deletion whose date has passed.

@@ -262,15 +262,23 @@ macro_rules! key_store {
                 &self,
                 org_id: &str,
                 kek_version: u32,
+                after: Option<(Uuid, u32)>,
                 limit: u32,
             ) -> Result<Vec<KeyVersionRecord>, StoreError> {
+                // Without `after`, from before every key id ('' sorts first).
+                let (after_key, after_version) =
+                    after.map_or((String::new(), 0), |(k, v)| (k.to_string(), v as i64));
                 let rows = sqlx::query(
                     "SELECT v.key_id, v.version, v.kek_version, v.wrapped_material, v.created_at \
                      FROM key_versions v JOIN keys k ON k.id = v.key_id \
-                     WHERE k.org_id = $1 AND v.kek_version < $2 ORDER BY v.key_id, v.version LIMIT $3",
+                     WHERE k.org_id = $1 AND v.kek_version < $2 \
+                     AND (v.key_id > $3 OR (v.key_id = $3 AND v.version > $4)) \
+                     ORDER BY v.key_id, v.version LIMIT $5",
                 )
                 .bind(org_id)
                 .bind(kek_version as i64)
+                .bind(after_key)
+                .bind(after_version)
                 .bind(limit as i64)
                 .fetch_all(&self.pool)
                 .await

@@ -189,7 +189,7 @@ impl TestDb {
         kek_version: u32,
     ) -> Vec<KeyVersionRecord> {
         self.store
-            .versions_below_kek(org, kek_version, 100)
+            .versions_below_kek(org, kek_version, None, 100)
             .await
             .unwrap()
     }
