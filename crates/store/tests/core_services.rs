@@ -887,11 +887,19 @@ both!(
 both!(
     the_purge_destroys_no_row_edited_outside_sovra,
     |db| async move {
-        let (kms, _) = unsealed_kms(&db).await;
+        let start = Timestamp::from_millis(1_800_000_000_000);
+        let clock = ManualClock::new(start);
+        let kms = Kms::with_clock(db.store.clone(), KmsConfig::default(), clock.clone())
+            .await
+            .unwrap();
+        let (kms, _) = unseal_new(Arc::new(kms)).await;
         let a = user("acme", "alice");
         let victim = create(&kms, &a, "victim", KeyType::Aes256Gcm).await;
         let due = create(&kms, &a, "due", KeyType::Aes256Gcm).await;
         kms.schedule_deletion(&a, due, 7).await.unwrap();
+        // The control: a key its owner scheduled, untouched, is destroyed once due.
+        let control = create(&kms, &a, "control", KeyType::Aes256Gcm).await;
+        kms.schedule_deletion(&a, control, 7).await.unwrap();
         db.exec(&format!(
             "UPDATE keys SET state = 'pending_deletion', deletion_date = 1 WHERE id = '{victim}'"
         ))
@@ -901,6 +909,12 @@ both!(
         ))
         .await;
         assert_eq!(kms.purge_due_keys().await.unwrap(), 0);
+        clock.set(start.plus_days(8));
+        assert_eq!(kms.purge_due_keys().await.unwrap(), 1, "only the control");
+        assert!(matches!(
+            kms.get_key(&a, control).await,
+            Err(CoreError::NotFound)
+        ));
         for id in [victim, due] {
             assert_eq!(
                 db.i64s(&format!(
