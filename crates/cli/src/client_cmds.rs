@@ -369,6 +369,8 @@ pub(crate) async fn run(client: &Client, output: Output, command: Cmd) -> Result
             unreachable!("handled by main")
         }
         Cmd::Audit(a) => audit(client, output, a).await?,
+        Cmd::Org(c) => crate::org_cmds::org(client, output, c).await?,
+        Cmd::Identity(c) => crate::org_cmds::identity(client, output, c).await?,
         Cmd::Operator(op) => match op {
             OperatorCmd::Init {
                 shares,

@@ -3,6 +3,7 @@
 
 mod client_cmds;
 mod db_verify;
+mod org_cmds;
 
 /// mimalloc rather than glibc's allocator: in a profile of the audited encrypt path, glibc's
 /// malloc and free (fastbin consolidation above all) took about a fifth of the server's CPU.
@@ -60,6 +61,12 @@ enum Command {
     /// Seal management.
     #[command(subcommand)]
     Operator(client_cmds::OperatorCmd),
+    /// Organizations (server operators).
+    #[command(subcommand)]
+    Org(org_cmds::OrgCmd),
+    /// Identities of your organization (its admins and auditors).
+    #[command(subcommand)]
+    Identity(org_cmds::IdentityCmd),
     /// Key lifecycle.
     #[command(subcommand)]
     Key(client_cmds::KeyCmd),

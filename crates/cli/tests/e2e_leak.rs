@@ -207,6 +207,14 @@ async fn a_trace_level_session_leaks_no_secret_anywhere() {
         s.ok("", Method::POST, "/api/v1/sys/unseal", json!({"share": sh}))
             .await;
     }
+    // The operator creates the users' org (nothing creates one implicitly).
+    s.ok(
+        &admin,
+        Method::POST,
+        "/api/v1/orgs",
+        json!({"id": "acme", "display_name": "Acme"}),
+    )
+    .await;
 
     // Keys of every type.
     let mut ids = std::collections::HashMap::new();

@@ -204,7 +204,36 @@ const OPERATIONS: &[(&str, &str, &[u16])] = &[
     ("post", "/api/v1/sys/unseal", &[400, 503, 429]),
     ("post", "/api/v1/sys/seal", &[401, 403, 503, 429]),
     ("post", "/api/v1/sys/kek/rotate", &[401, 403, 409, 503, 429]),
-    ("post", "/api/v1/keys", &[400, 401, 409, 503, 429]),
+    ("post", "/api/v1/orgs", &[400, 401, 403, 409, 503, 429]),
+    ("get", "/api/v1/orgs", &[401, 403, 503, 429]),
+    ("get", "/api/v1/orgs/{id}", &[401, 403, 404, 503, 429]),
+    (
+        "post",
+        "/api/v1/orgs/{id}/suspend",
+        &[401, 403, 404, 409, 503, 429],
+    ),
+    (
+        "post",
+        "/api/v1/orgs/{id}/resume",
+        &[401, 403, 404, 409, 503, 429],
+    ),
+    ("get", "/api/v1/identities", &[401, 403, 500, 503, 429]),
+    (
+        "post",
+        "/api/v1/identities",
+        &[400, 401, 403, 409, 503, 429],
+    ),
+    (
+        "get",
+        "/api/v1/identities/{id}",
+        &[401, 403, 404, 500, 503, 429],
+    ),
+    (
+        "patch",
+        "/api/v1/identities/{id}",
+        &[400, 401, 403, 404, 409, 503, 429],
+    ),
+    ("post", "/api/v1/keys", &[400, 401, 403, 409, 503, 429]),
     ("get", "/api/v1/keys", &[401, 503, 429]),
     ("get", "/api/v1/keys/{id}", &[401, 404, 503, 429]),
     ("patch", "/api/v1/keys/{id}", &[400, 401, 404, 503, 429]),
@@ -314,7 +343,12 @@ fn valid_body(method: &str, path: &str, ct_b64: &str) -> Option<String> {
         ("post", "init") => json!({"shares": 1, "threshold": 1}),
         ("post", "unseal") => json!({"share": "AQI="}),
         ("post", "keys") => json!({"name": "doc-probe", "type": "aes-256-gcm"}),
+        ("patch", "{id}") if path.contains("identities") => json!({"status": "active"}),
         ("patch", "{id}") => json!({"description": "d"}),
+        ("post", "orgs") => json!({"id": "doc-probe"}),
+        ("post", "identities") => {
+            json!({"issuer": "https://idp.doc.test", "subject": "probe", "kind": "user"})
+        }
         ("post", "schedule-deletion") => json!({"pending_days": 7}),
         ("post", "encrypt") => json!({"plaintext": "aGk="}),
         ("post", "batch") if path.contains("encrypt") => json!({"items": [{"plaintext": "aGk="}]}),

@@ -342,6 +342,16 @@ async fn shamir_init_unseal_seal_and_restart() {
     assert_eq!((r.status, r.json["status"].as_str()), (200, Some("ready")));
     assert!(cli_ok(&s, &["operator", "status"], None).contains("sealed:      false"));
 
+    // Nothing creates an org implicitly: the user's org does not exist yet, and the operator
+    // (whose own org is no record either) creates it.
+    let r = get(&s, "/api/v1/keys", Some(&user)).await;
+    assert_eq!(
+        (r.status, r.json["error"]["code"].as_str()),
+        (403, Some("unknown_org")),
+        "{r:?}"
+    );
+    cli_ok(&s, &["org", "create", "acme"], Some(&admin));
+
     // Use it: a JWT user creates a key and encrypts.
     let key = cli_json(
         &s,

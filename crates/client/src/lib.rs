@@ -62,6 +62,32 @@ pub struct KeyInfo {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct OrgInfo {
+    pub id: String,
+    pub display_name: String,
+    pub status: String,
+    pub created: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct IdentityInfo {
+    pub id: String,
+    pub kind: String,
+    pub roles: Vec<String>,
+    pub status: String,
+    pub auth_source: String,
+    pub issuer: String,
+    pub subject: String,
+    pub created: String,
+    pub last_seen: Option<String>,
+}
+
+/// A path segment percent-encoded (identity ids hold `/`, `:` and `#`).
+pub fn path_segment(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct SealStatus {
     pub initialized: bool,
     pub sealed: bool,
@@ -332,6 +358,55 @@ impl Client {
     }
     pub async fn seal(&self) -> Result<SealStatus> {
         self.call(Method::POST, "/api/v1/sys/seal", None).await
+    }
+
+    // ---- orgs (server operators) ----
+    pub async fn create_org(&self, id: &str, display_name: Option<&str>) -> Result<OrgInfo> {
+        let mut body = json!({"id": id});
+        if let Some(d) = display_name {
+            body["display_name"] = json!(d);
+        }
+        self.call(Method::POST, "/api/v1/orgs", Some(&body)).await
+    }
+    pub async fn list_orgs(&self) -> Result<Vec<OrgInfo>> {
+        let v: Value = self.call(Method::GET, "/api/v1/orgs", None).await?;
+        serde_json::from_value(v["orgs"].clone()).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+    pub async fn get_org(&self, id: &str) -> Result<OrgInfo> {
+        let path = format!("/api/v1/orgs/{}", path_segment(id));
+        self.call(Method::GET, &path, None).await
+    }
+    /// `suspend` or `resume`.
+    pub async fn org_action(&self, id: &str, action: &str) -> Result<OrgInfo> {
+        let path = format!("/api/v1/orgs/{}/{action}", path_segment(id));
+        self.call(Method::POST, &path, None).await
+    }
+
+    // ---- identities (org admins) ----
+    pub async fn list_identities(&self) -> Result<Vec<IdentityInfo>> {
+        let v: Value = self.call(Method::GET, "/api/v1/identities", None).await?;
+        serde_json::from_value(v["identities"].clone())
+            .map_err(|e| ClientError::Decode(e.to_string()))
+    }
+    pub async fn get_identity(&self, id: &str) -> Result<IdentityInfo> {
+        let path = format!("/api/v1/identities/{}", path_segment(id));
+        self.call(Method::GET, &path, None).await
+    }
+    pub async fn register_identity(
+        &self,
+        issuer: &str,
+        subject: &str,
+        kind: &str,
+        roles: &[String],
+    ) -> Result<IdentityInfo> {
+        let body = json!({"issuer": issuer, "subject": subject, "kind": kind, "roles": roles});
+        self.call(Method::POST, "/api/v1/identities", Some(&body))
+            .await
+    }
+    /// Changes kind, roles or status (fields left out stay as they are).
+    pub async fn update_identity(&self, id: &str, change: &Value) -> Result<IdentityInfo> {
+        let path = format!("/api/v1/identities/{}", path_segment(id));
+        self.call(Method::PATCH, &path, Some(change)).await
     }
 
     // ---- keys ----

@@ -15,6 +15,12 @@ pub enum Action {
     KeyManage,
     KeyUse,
     OrgKekRotate,
+    /// Create, list, show, suspend and resume organizations (server operators).
+    OrgManage,
+    /// List and show the org's identities.
+    IdentityRead,
+    /// Register identities and change their kind, roles and status.
+    IdentityManage,
     SysSeal,
     /// Read the org's audit log (list, export, keyed-hash lookups).
     AuditRead,
@@ -29,6 +35,9 @@ impl Action {
             Action::KeyManage => "key.manage",
             Action::KeyUse => "key.use",
             Action::OrgKekRotate => "org.kek.rotate",
+            Action::OrgManage => "org.manage",
+            Action::IdentityRead => "identity.read",
+            Action::IdentityManage => "identity.manage",
             Action::SysSeal => "sys.seal",
             Action::AuditRead => "audit.read",
         }
@@ -44,9 +53,15 @@ pub enum Resource<'a> {
 }
 
 /// Base rules: a key is visible and usable only by its owner in its org; rotating an org's KEK
-/// takes an admin of that org; sealing the server takes an operator. A key that is not the
+/// and managing its identities take an admin of that org (auditors may read identities);
+/// sealing the server and managing organizations take an operator. A key that is not the
 /// caller's answers `NotFound`, exactly like a key that does not exist, so ids reveal nothing.
 pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Result<(), CoreError> {
+    // Only server-wide actions are open to a principal whose org or identity was not found
+    // active (an operator whose token names an org that does not exist yet).
+    if !p.is_admitted() && !matches!(resource, Resource::System) {
+        return Err(CoreError::Forbidden);
+    }
     match (action, resource) {
         (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org() => Ok(()),
         (Action::KeyRead | Action::KeyManage | Action::KeyUse, Resource::Key(k)) => {
@@ -64,7 +79,19 @@ pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Resul
         {
             Ok(())
         }
-        (Action::SysSeal, Resource::System) if p.has_role(Role::Operator) => Ok(()),
+        (Action::IdentityRead, Resource::Org(org))
+            if org == p.org() && (p.has_role(Role::Admin) || p.has_role(Role::Auditor)) =>
+        {
+            Ok(())
+        }
+        (Action::IdentityManage, Resource::Org(org))
+            if org == p.org() && p.has_role(Role::Admin) =>
+        {
+            Ok(())
+        }
+        (Action::SysSeal | Action::OrgManage, Resource::System) if p.has_role(Role::Operator) => {
+            Ok(())
+        }
         _ => Err(CoreError::Forbidden),
     }
 }

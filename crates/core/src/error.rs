@@ -31,6 +31,21 @@ pub enum CoreError {
     InvalidShare(String),
     #[error("permission denied")]
     Forbidden,
+    /// The credential names an org that is not a record.
+    #[error("organization {0} does not exist")]
+    UnknownOrg(String),
+    #[error("organization {0} is suspended")]
+    OrgSuspended(String),
+    /// A valid credential of a subject that is no identity of the org, from an issuer that
+    /// does not provision identities.
+    #[error("no identity of this organization matches the credential")]
+    UnknownIdentity,
+    #[error("this identity is disabled")]
+    IdentityDisabled,
+    /// The identity may not hold what the credential asserts (a service account claiming
+    /// the admin role).
+    #[error("{0}")]
+    IdentityRefused(String),
     #[error("storage unavailable")]
     Storage(#[from] StoreError),
     #[error("server busy, retry later")]
@@ -62,6 +77,11 @@ impl CoreError {
             CoreError::MalformedCiphertext(_) => "malformed_ciphertext",
             CoreError::InvalidShare(_) => "invalid_share",
             CoreError::Forbidden => "forbidden",
+            CoreError::UnknownOrg(_) => "unknown_org",
+            CoreError::OrgSuspended(_) => "org_suspended",
+            CoreError::UnknownIdentity => "unknown_identity",
+            CoreError::IdentityDisabled => "identity_disabled",
+            CoreError::IdentityRefused(_) => "identity_refused",
             CoreError::Storage(StoreError::Conflict(_)) => "conflict",
             CoreError::Storage(_) => "storage_unavailable",
             CoreError::Busy => "busy",
@@ -69,6 +89,14 @@ impl CoreError {
             CoreError::IntegrityViolation => "integrity_violation",
             CoreError::RateLimited { .. } => "rate_limited",
         }
+    }
+}
+
+impl CoreError {
+    /// Whether admission refused the caller's org (not the identity): an operator is then
+    /// still let through for server-wide actions.
+    pub fn is_org_refusal(&self) -> bool {
+        matches!(self, CoreError::UnknownOrg(_) | CoreError::OrgSuspended(_))
     }
 }
 

@@ -7,7 +7,7 @@
 
 use crate::error::CoreError;
 use crate::kms::Kms;
-use crate::model::{KekRecord, KeyRecord, KeyVersionRecord, OrgRecord};
+use crate::model::{KekRecord, KeyRecord, KeyVersionRecord};
 use crate::store::StoreError;
 use sovra_crypto::wrap::{WrappingKey, context};
 use sovra_crypto::{SecretBytes, rng};
@@ -33,35 +33,6 @@ pub(crate) fn material_aad(key: &KeyRecord, version: u32) -> Vec<u8> {
 }
 
 impl Kms {
-    /// The org record, created with its first KEK on first use.
-    pub async fn ensure_org(&self, org_id: &str) -> Result<OrgRecord, CoreError> {
-        if let Some(org) = self.store.get_org(org_id).await? {
-            return Ok(org);
-        }
-        let root = self.seal.root()?;
-        let kek = SecretBytes::new(rng::random_vec(32)?);
-        let now = self.clock().now().as_millis();
-        let org = OrgRecord {
-            id: org_id.to_string(),
-            active_kek_version: 1,
-            created_at: now,
-        };
-        let rec = KekRecord {
-            org_id: org_id.to_string(),
-            version: 1,
-            wrapped_kek: root.wrap(&kek, &kek_aad(org_id, 1))?,
-            created_at: now,
-        };
-        match self.store.create_org(&org, &rec).await {
-            Ok(()) => Ok(org),
-            // Another request (or node) created it first: use theirs.
-            Err(StoreError::Conflict(_)) => {
-                self.store.get_org(org_id).await?.ok_or(CoreError::Internal)
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
     pub(crate) async fn kek(
         &self,
         org_id: &str,
@@ -104,7 +75,7 @@ impl Kms {
         version: u32,
         material: &SecretBytes,
     ) -> Result<KeyVersionRecord, CoreError> {
-        let org = self.ensure_org(&key.org_id).await?;
+        let org = self.org_for_keys(&key.org_id).await?;
         let kek = self.kek(&key.org_id, org.active_kek_version).await?;
         Ok(KeyVersionRecord {
             key_id: key.id,
@@ -126,7 +97,7 @@ impl Kms {
             tracing::error!(key_id = %key.id, version = v.version, "key material does not unwrap");
             CoreError::Internal
         })?;
-        let org = self.ensure_org(&key.org_id).await?;
+        let org = self.org_for_keys(&key.org_id).await?;
         if v.kek_version < org.active_kek_version {
             let new = self.wrap_material(key, v.version, &material).await?;
             self.store
@@ -140,7 +111,7 @@ impl Kms {
     /// [`Kms::rewrap_org`]; old KEK versions stay readable, so there is no downtime.
     pub(crate) async fn rotate_kek(&self, org_id: &str) -> Result<u32, CoreError> {
         let root = self.seal.root()?;
-        let org = self.ensure_org(org_id).await?;
+        let org = self.org_for_keys(org_id).await?;
         let version = org.active_kek_version + 1;
         let kek = SecretBytes::new(rng::random_vec(32)?);
         let rec = KekRecord {
@@ -170,7 +141,7 @@ impl Kms {
         let mut after: Option<(uuid::Uuid, u32)> = None;
         let mut active = None;
         loop {
-            let org = self.ensure_org(org_id).await?;
+            let org = self.org_for_keys(org_id).await?;
             if active.replace(org.active_kek_version) != Some(org.active_kek_version) {
                 after = None;
             }

@@ -75,13 +75,20 @@ impl KeyMetaCache {
         self.entries.clear();
     }
 
+    /// Applies one change of a store's feed (org and identity changes concern no key row).
+    pub(crate) fn apply(&self, change: &KeyChange) {
+        match change {
+            KeyChange::Key(id) => self.invalidate(*id),
+            KeyChange::Lost => self.invalidate_all(),
+            KeyChange::Org(_) | KeyChange::Identity { .. } => {}
+        }
+    }
+
     /// Applies a store's change feed until it ends.
-    pub(crate) async fn follow(self: Arc<Self>, mut feed: tokio::sync::mpsc::Receiver<KeyChange>) {
+    #[cfg(test)]
+    async fn follow(self: Arc<Self>, mut feed: tokio::sync::mpsc::Receiver<KeyChange>) {
         while let Some(change) = feed.recv().await {
-            match change {
-                KeyChange::Key(id) => self.invalidate(id),
-                KeyChange::Lost => self.invalidate_all(),
-            }
+            self.apply(&change);
         }
     }
 }

@@ -44,11 +44,124 @@ impl SealKind {
     }
 }
 
+/// An organization: created by a server operator, never implicitly; a suspended org's
+/// principals are refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrgRecord {
     pub id: String,
+    pub display_name: String,
+    pub status: OrgStatus,
     pub active_kek_version: u32,
     pub created_at: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OrgStatus {
+    Active,
+    Suspended,
+}
+
+impl OrgStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OrgStatus::Active => "active",
+            OrgStatus::Suspended => "suspended",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OrgStatus> {
+        match s {
+            "active" => Some(OrgStatus::Active),
+            "suspended" => Some(OrgStatus::Suspended),
+            _ => None,
+        }
+    }
+}
+
+/// What an identity is. A service account can never hold the admin role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// A person administering the org.
+    Admin,
+    /// A person using keys.
+    User,
+    /// A person reading the audit log.
+    Auditor,
+    /// A machine.
+    ServiceAccount,
+}
+
+impl IdentityKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityKind::Admin => "admin",
+            IdentityKind::User => "user",
+            IdentityKind::Auditor => "auditor",
+            IdentityKind::ServiceAccount => "service_account",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IdentityKind> {
+        match s {
+            "admin" => Some(IdentityKind::Admin),
+            "user" => Some(IdentityKind::User),
+            "auditor" => Some(IdentityKind::Auditor),
+            "service_account" => Some(IdentityKind::ServiceAccount),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityStatus {
+    Active,
+    Disabled,
+}
+
+impl IdentityStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentityStatus::Active => "active",
+            IdentityStatus::Disabled => "disabled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<IdentityStatus> {
+        match s {
+            "active" => Some(IdentityStatus::Active),
+            "disabled" => Some(IdentityStatus::Disabled),
+            _ => None,
+        }
+    }
+}
+
+/// A stored identity of an org: every principal is one. Its id is the owner of the keys it
+/// creates (`ISSUER#SUB` for a JWT subject, `dev-token#SUB` for the dev identity: the forms key
+/// owners had before identities were records, so every existing key keeps its owner).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityRecord {
+    pub org_id: String,
+    pub id: String,
+    pub kind: IdentityKind,
+    /// Roles granted in Sovra, besides those its credential asserts (names as
+    /// [`crate::identity::Role::as_str`], sorted).
+    pub roles: Vec<String>,
+    pub status: IdentityStatus,
+    /// Where it authenticates: `jwt` (issuer + subject) or `dev-token`.
+    pub auth_source: String,
+    pub issuer: String,
+    pub subject: String,
+    pub created_at: i64,
+    /// When a credential of it was last accepted (updated at most once a minute; not covered
+    /// by the row MAC: it decides nothing).
+    pub last_seen_at: Option<i64>,
+    /// Incremented by every change to the row ([`crate::integrity`]).
+    pub revision: u64,
+    /// HMAC-SHA256 of the columns above except `last_seen_at`.
+    pub row_mac: Vec<u8>,
 }
 
 /// One version of an org's KEK, wrapped by the root key.

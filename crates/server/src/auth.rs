@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use sovra_core::clock::Clock;
 use sovra_core::identity::{
     AuthError, Authenticated, Authenticator, Credential, IssuerPolicy, JwksError, KeySetSource,
-    TrustedIssuer,
+    Role, TrustedIssuer,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -108,6 +108,7 @@ pub async fn authenticator(
                 roles_claim: config.roles_claim.clone(),
                 allowed_orgs: config.allowed_orgs.clone(),
                 allow_operator: config.allow_operator,
+                provision_identities: config.provision_identities,
                 refresh: Duration::from_secs(config.jwks_refresh_seconds),
                 algorithms: sovra_core::identity::parse_algorithms(&config.algorithms).map_err(
                     |message| JwksError::Load {
@@ -165,9 +166,21 @@ pub async fn authenticate(
         Ok(token) => st.auth.authenticate(Credential::Bearer(token)).await,
         Err(e) => return e.into_response(),
     };
-    let authenticated: Arc<Authenticated> = match authenticated {
+    let verified: Arc<Authenticated> = match authenticated {
         Ok(a) => a,
         Err(e) => return ApiError::from(e).into_response(),
+    };
+    // The credential is valid; it is let in only as a stored identity of an active org. An
+    // operator whose org is not (yet) a record keeps server-wide actions only: the core
+    // authorizes nothing else for a principal that was not admitted.
+    let authenticated = match st.kms.admit(&verified).await {
+        Ok(admitted) => admitted,
+        Err(e) if e.is_org_refusal() && verified.principal.has_role(Role::Operator) => verified,
+        Err(e) => {
+            let mut resp = ApiError::from(e).into_response();
+            resp.extensions_mut().insert(verified);
+            return resp;
+        }
     };
     let mut resp = match crate::ratelimit::charge_identity(&st, class, &authenticated.principal) {
         Ok(()) => {

@@ -105,6 +105,10 @@ pub struct JwtIssuerConfig {
     /// Whether this issuer's `operator` role is honoured (sealing is server-wide).
     #[serde(default)]
     pub allow_operator: bool,
+    /// Whether a subject of this issuer with no identity record becomes one on first use
+    /// (its kind from its roles); `false`: refused until an org admin registers it.
+    #[serde(default = "default_true")]
+    pub provision_identities: bool,
     /// How often the JWKS is fetched again.
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_seconds: u64,

@@ -73,7 +73,8 @@ impl From<CoreError> for ApiError {
             | DecryptFailed
             | MalformedCiphertext(_)
             | InvalidShare(_) => StatusCode::BAD_REQUEST,
-            Forbidden => StatusCode::FORBIDDEN,
+            Forbidden | UnknownOrg(_) | OrgSuspended(_) | UnknownIdentity | IdentityDisabled
+            | IdentityRefused(_) => StatusCode::FORBIDDEN,
             Storage(sovra_core::StoreError::Conflict(_)) => StatusCode::CONFLICT,
             Storage(_) | Busy => StatusCode::SERVICE_UNAVAILABLE,
             Internal | IntegrityViolation => StatusCode::INTERNAL_SERVER_ERROR,

@@ -16,7 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 #[openapi(
     info(title = "Sovra", description = "Sovereign key management service"),
     modifiers(&BearerAuth),
-    tags((name = "keys"), (name = "crypto"), (name = "sys"), (name = "audit"), (name = "meta"))
+    tags((name = "keys"), (name = "crypto"), (name = "sys"), (name = "orgs"), (name = "identities"), (name = "audit"), (name = "meta"))
 )]
 struct ApiDoc;
 
@@ -59,6 +59,20 @@ fn add_shared_errors(doc: &mut utoipa::openapi::OpenApi) {
             if let Access::Authenticated(_) = access {
                 // The bearer extractor, then the caller's rate limit (crate::ratelimit).
                 ensure(r, "401", "Missing, malformed or rejected bearer token");
+                // Admission (sovra_core::kms::Kms::admit): unknown or suspended org, unknown
+                // or disabled identity, a service account claiming admin.
+                ensure(
+                    r,
+                    "403",
+                    "The credential's org or identity is not admitted, or the action is denied",
+                );
+                // sovra_core::integrity: every authenticated request loads its identity's row
+                // (and key routes their key's); one edited outside Sovra is refused.
+                ensure(
+                    r,
+                    "500",
+                    "A stored row fails its integrity check (integrity_violation)",
+                );
             }
             if access.class().is_some() {
                 ensure(r, "429", "Rate limited");
@@ -68,14 +82,6 @@ fn add_shared_errors(doc: &mut utoipa::openapi::OpenApi) {
                 ensure(r, "400", "Malformed JSON or invalid input");
                 ensure(r, "413", "Request body over the size limit");
                 ensure(r, "415", "Content-Type is not application/json");
-            }
-            if spec.is_some_and(|s| loads_key_rows(s.operation)) {
-                // sovra_core::integrity: a key row edited outside Sovra is refused.
-                ensure(
-                    r,
-                    "500",
-                    "A stored key row fails its integrity check (integrity_violation)",
-                );
             }
             if gated {
                 // crate::middleware::seal_gate; storage and the RSA pool answer 503 too.
@@ -113,15 +119,6 @@ fn add_shared_errors(doc: &mut utoipa::openapi::OpenApi) {
             }
         }
     }
-}
-
-/// Whether an operation reads key rows from the store (and so checks their MACs).
-pub(crate) fn loads_key_rows(op: table::Operation) -> bool {
-    use sovra_core::authz::Action;
-    matches!(
-        op.requires(),
-        Some(Action::KeyList | Action::KeyRead | Action::KeyManage | Action::KeyUse)
-    )
 }
 
 fn error_body() -> Ref {

@@ -699,7 +699,11 @@ mod tests {
                 Access::Unlimited
             } else if UNAUTHENTICATED.contains(&path) {
                 Access::Unauthenticated
-            } else if path.starts_with("/api/v1/sys/") {
+            } else if path.starts_with("/api/v1/sys/")
+                || ((path.starts_with("/api/v1/orgs") || path.starts_with("/api/v1/identities"))
+                    && spec.method != Method::GET)
+            {
+                // Seal, KEK, org and identity administration.
                 Access::Authenticated(Class::Sys)
             } else if path.starts_with("/api/v1/audit") {
                 // Reading the audit log, including keyed-hash lookups, is a read.

@@ -148,7 +148,7 @@ pub async fn start(opts: ServerOptions) -> Result<(), ServeError> {
     };
     if dev_setup.is_some() {
         dev::unseal(&kms, &data_dir).await?;
-        kms.ensure_org(sovra_core::identity::DEV_ORG).await?;
+        kms.ensure_dev_org().await?;
     } else if kms.seal_kind() == Some(sovra_core::model::SealKind::DevFile) {
         return Err(ServeError::Config(
             "this database was initialized by a dev server (dev seal key file); it cannot run outside --dev".into(),

@@ -229,6 +229,8 @@ async fn service_role_uses_the_store_but_cannot_rewrite_the_audit_log() {
             .unwrap_or_else(|e| panic!("the service role cannot open an up-to-date store: {e}"));
         let org = OrgRecord {
             id: "acme".into(),
+            display_name: "Acme".into(),
+            status: sovra_core::model::OrgStatus::Active,
             active_kek_version: 1,
             created_at: 1_000,
         };

@@ -68,6 +68,19 @@ async fn unseal(kms: &Kms, shares: &[SecretBytes]) {
         kms.submit_unseal_share(s.clone()).await.unwrap();
     }
     assert!(!kms.seal_status().sealed, "the shares must unseal");
+    fixture_orgs(kms).await;
+}
+
+/// The orgs the tests' principals name, created by the operator (nothing creates an org
+/// implicitly); already there is fine.
+async fn fixture_orgs(kms: &Kms) {
+    for org in ["acme", "globex"] {
+        let id = sovra_core::ids::OrgId::parse(org).unwrap();
+        match kms.create_org(&operator(), &id, None).await {
+            Ok(_) | Err(CoreError::Conflict(_)) => {}
+            Err(e) => panic!("create org {org}: {e:?}"),
+        }
+    }
 }
 
 /// Seals and unseals again, dropping every cached KEK and key so the next use reads the store.
@@ -201,6 +214,7 @@ both!(initialize_and_unseal_with_shares, |db| async move {
     assert_eq!(st.progress, 0);
     assert!(kms.is_unsealed());
 
+    fixture_orgs(&kms).await;
     let id = kms.create_key(&alice, aes("k")).await.unwrap().id;
     let c = ctx(&[("purpose", "restart")]);
     let ct = kms

@@ -8,7 +8,7 @@ mod common;
 use common::TestDb;
 use sovra_core::StoreError;
 use sovra_core::model::{
-    KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, SealKind, SealRecord,
+    KekRecord, KeyRecord, KeyState, KeyVersionRecord, OrgRecord, OrgStatus, SealKind, SealRecord,
 };
 use sovra_crypto::KeyType;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use uuid::Uuid;
 fn org(id: &str) -> OrgRecord {
     OrgRecord {
         id: id.into(),
+        display_name: format!("Org {id}"),
+        status: OrgStatus::Active,
         active_kek_version: 1,
         created_at: 1_000,
     }

@@ -38,6 +38,9 @@ pub(crate) fn uuid_like() -> String {
 }
 
 /// A running server. Killed on drop.
+/// The orgs test JWTs name; a dev server trusting an issuer has them created at start.
+pub(crate) const FIXTURE_ORGS: [&str; 4] = ["acme", "globex", "other", "partner"];
+
 pub(crate) struct Server {
     pub child: Child,
     pub data_dir: PathBuf,
@@ -183,7 +186,23 @@ impl Server {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        if extra_config.contains("[[auth.jwt]]") {
+            s.create_fixture_orgs();
+        }
         s
+    }
+
+    /// Creates the orgs the tests' JWTs name ([`FIXTURE_ORGS`]) as the dev operator: nothing
+    /// creates an org implicitly. Already there (a restart on the same data) is fine.
+    pub(crate) fn create_fixture_orgs(&self) {
+        for org in FIXTURE_ORGS {
+            let out = self.cli(&["org", "create", org], None);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                out.status.success() || err.contains("already exists"),
+                "org create {org}: {err}"
+            );
+        }
     }
 
     /// `sovra server --config FILE` (not dev): the config must set listen, tls and

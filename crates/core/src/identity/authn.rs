@@ -67,6 +67,9 @@ pub struct Authenticated {
     /// each request would otherwise hash it again. Valid because the audit HMAC key never
     /// changes; a rotation of it must clear the verified-token cache.
     pub token_hash: Arc<OnceLock<String>>,
+    /// Whether a subject with no identity record yet becomes one on first use (the issuer's
+    /// `provision_identities`; always for the dev token).
+    pub provision_identity: bool,
 }
 
 /// Why a credential was refused. The message is safe to show the caller.
@@ -93,6 +96,9 @@ pub struct IssuerPolicy {
     pub allowed_orgs: Vec<String>,
     /// Whether this issuer's `operator` role is honoured (sealing is server-wide).
     pub allow_operator: bool,
+    /// Subjects without an identity record become one (kind from their roles) on first use;
+    /// otherwise they are refused until an admin registers them.
+    pub provision_identities: bool,
     /// How often the key set is fetched again.
     pub refresh: Duration,
     /// The algorithms accepted from this issuer: a subset of [`ALLOWED_ALGS`].
@@ -318,6 +324,7 @@ impl Authenticator {
                 let authenticated = Arc::new(Authenticated {
                     principal,
                     token_hash: Default::default(),
+                    provision_identity: true,
                 });
                 Some((token, authenticated))
             }
@@ -524,6 +531,7 @@ impl Authenticator {
             authenticated: Arc::new(Authenticated {
                 principal,
                 token_hash: Default::default(),
+                provision_identity: policy.provision_identities,
             }),
             issuer: issuer_index,
             valid_from: claim_secs("nbf").map_or(0, |nbf| nbf.saturating_sub(CLOCK_SKEW_SECONDS)),

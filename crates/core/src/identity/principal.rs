@@ -32,6 +32,15 @@ pub enum Role {
 }
 
 impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Operator => "operator",
+            Role::User => "user",
+            Role::Auditor => "auditor",
+        }
+    }
+
     pub fn parse(s: &str) -> Option<Role> {
         match s {
             "admin" => Some(Role::Admin),
@@ -56,6 +65,9 @@ pub struct Principal {
     auth_method: AuthMethod,
     /// SHA-256 fingerprint of the client certificate, when mTLS authenticated the caller.
     cert_fingerprint: Option<String>,
+    /// Set by [`crate::kms::Kms::admit`] once the org is an active record and the identity
+    /// an active stored one: until then only server-wide (operator) actions are authorized.
+    admitted: bool,
 }
 
 impl Principal {
@@ -76,14 +88,36 @@ impl Principal {
             roles,
             auth_method,
             cert_fingerprint: None,
+            admitted: false,
         }
     }
 
-    /// A principal for tests of the core and the store, which have no credentials to verify.
+    /// This principal admitted as its stored identity, with the roles the identity record
+    /// adds to those of the credential.
+    pub(crate) fn admitted(&self, extra_roles: &[Role]) -> Principal {
+        let mut p = self.clone();
+        for r in extra_roles {
+            if !p.roles.contains(r) {
+                p.roles.push(*r);
+            }
+        }
+        p.admitted = true;
+        p
+    }
+
+    /// Whether the org and identity were found active ([`crate::kms::Kms::admit`]).
+    pub fn is_admitted(&self) -> bool {
+        self.admitted
+    }
+
+    /// A principal for tests of the core and the store, which have no credentials to verify;
+    /// taken as admitted (its org must still exist for keys to be created in it).
     #[cfg(any(test, feature = "test-support"))]
     pub fn for_tests(org: &str, subject: &str, roles: Vec<Role>, auth_method: AuthMethod) -> Self {
         let org = OrgId::parse(org).unwrap_or_else(|e| panic!("test org {org:?}: {e}"));
-        Principal::new(org, subject, roles, auth_method)
+        let mut p = Principal::new(org, subject, roles, auth_method);
+        p.admitted = true;
+        p
     }
 
     pub fn org(&self) -> &OrgId {
@@ -125,6 +159,7 @@ impl fmt::Debug for Principal {
             .field("identity", &self.identity.as_str())
             .field("roles", &self.roles)
             .field("auth_method", &self.auth_method.as_str())
+            .field("admitted", &self.admitted)
             .finish()
     }
 }

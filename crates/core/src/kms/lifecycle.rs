@@ -24,7 +24,15 @@ impl Kms {
         validate_name(&req.name)?;
         validate_description(req.description.as_deref())?;
         let key_type = req.key_type;
-        self.ensure_org(p.org().as_str()).await?;
+        // Admission checked the org already; a principal built without it (the core's tests)
+        // meets the same refusal here.
+        match self.store.get_org(p.org().as_str()).await? {
+            None => return Err(CoreError::UnknownOrg(p.org().to_string())),
+            Some(o) if o.status != crate::model::OrgStatus::Active => {
+                return Err(CoreError::OrgSuspended(p.org().to_string()));
+            }
+            Some(_) => {}
+        }
         let now = self.clock.now().as_millis();
         let mut key = KeyRecord {
             id: KeyId::random().as_uuid(),

@@ -5,15 +5,20 @@
 //! CPU-heavy work); the types it speaks in are in [`types`], with typed ids and times and no
 //! wire format: the server's JSON shapes are its own.
 
+mod admission;
 mod heavy;
+mod identities;
 mod lifecycle;
 mod loaded;
 mod operations;
+mod orgs;
 mod types;
 mod verify_rows;
 
 pub use heavy::{HeavyOpAdmission, heavy_cost};
+pub use identities::{ASSIGNABLE_ROLES, IdentityUpdate, MAX_SUBJECT_LEN, NewIdentity};
 pub use lifecycle::{MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
+pub use orgs::MAX_DISPLAY_NAME_LEN;
 pub use types::{DataKey, Decrypted, Encrypted, KeyInfo, KeyUpdate, NewKey, Signed};
 pub use verify_rows::{RowCheck, RowFinding};
 
@@ -71,8 +76,10 @@ pub struct Kms {
     pub(crate) keks: BoundedCache<(String, u32), WrappingKey>,
     keys: BoundedCache<(Uuid, u32), loaded::LoadedKey>,
     key_meta: Arc<KeyMetaCache>,
-    /// Applies the store's key-change feed to `key_meta`; stopped when the service is dropped
-    /// (which also ends the store's listener).
+    /// Org statuses and identity records for admission ([`admission`]).
+    pub(crate) admission: Arc<admission::AdmissionCache>,
+    /// Applies the store's change feed to `key_meta` and `admission`; stopped when the
+    /// service is dropped (which also ends the store's listener).
     _key_change_follower: Option<AbortOnDrop>,
     heavy: heavy::HeavyPool,
     audit_keys: std::sync::RwLock<Option<Arc<crate::audit::AuditKeys>>>,
@@ -92,16 +99,23 @@ impl Kms {
     ) -> Result<Kms, CoreError> {
         let seal = Seal::load(store.as_ref()).await?;
         let key_meta = Arc::new(KeyMetaCache::new(config.key_cache_capacity));
-        let follower = store
-            .key_changes()
-            .await?
-            .map(|feed| AbortOnDrop(tokio::spawn(key_meta.clone().follow(feed))));
+        let admission = Arc::new(admission::AdmissionCache::default());
+        let follower = store.key_changes().await?.map(|mut feed| {
+            let (key_meta, admission) = (key_meta.clone(), admission.clone());
+            AbortOnDrop(tokio::spawn(async move {
+                while let Some(change) = feed.recv().await {
+                    key_meta.apply(&change);
+                    admission.forget(&change);
+                }
+            }))
+        });
         Ok(Kms {
             store,
             seal,
             keks: BoundedCache::new(1024),
             keys: BoundedCache::new(config.key_cache_capacity),
             key_meta,
+            admission,
             _key_change_follower: follower,
             heavy: heavy::HeavyPool::new(
                 config.heavy_ops_concurrency,
@@ -189,6 +203,7 @@ impl Kms {
         self.seal.seal()?;
         self.keks.clear();
         self.keys.clear();
+        self.admission.clear();
         self.clear_audit_keys_cache();
         Ok(())
     }

@@ -26,6 +26,9 @@ pub trait KeyStore: Send + Sync {
         name: &str,
     ) -> Result<Option<KeyRecord>, StoreError>;
     async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Whether the org holds a key of this owner (an identity from before identities were
+    /// records is recognised by its keys).
+    async fn owner_has_keys(&self, org_id: &str, owner: &str) -> Result<bool, StoreError>;
     /// Updates the mutable metadata (state, min_decryption_version, description, deletion
     /// date) and the revision and row MAC from `before` to `after`, if the stored row still
     /// holds `before`'s values and revision; conflict otherwise, so a concurrent change

@@ -3,11 +3,13 @@
 //! `sovra-store` and pass the same test-suite.
 
 mod audit;
+mod identities;
 mod keys;
 mod orgs;
 mod seal;
 
 pub use audit::AuditStore;
+pub use identities::IdentityStore;
 pub use keys::KeyStore;
 pub use orgs::OrgStore;
 pub use seal::SealStore;
@@ -40,16 +42,27 @@ pub enum StoreError {
     },
 }
 
-/// A change to stored keys, made by any process sharing the database (other nodes included).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A change to stored keys, orgs or identities, made by any process sharing the database
+/// (other nodes included): what caches of them must forget.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyChange {
     /// This key's metadata or versions changed, or it was deleted.
     Key(Uuid),
-    /// Changes may have been missed (the listening connection dropped): forget every key.
+    /// This org's record changed (its status).
+    Org(String),
+    /// This identity of this org changed (kind, roles, status).
+    Identity { org: String, id: String },
+    /// Changes may have been missed (the listening connection dropped): forget everything.
     Lost,
 }
 
 /// Everything the services store. A new entity gets a trait of its own, added here.
-pub trait Store: SealStore + OrgStore + KeyStore + AuditStore + Send + Sync + 'static {}
+pub trait Store:
+    SealStore + OrgStore + IdentityStore + KeyStore + AuditStore + Send + Sync + 'static
+{
+}
 
-impl<T> Store for T where T: SealStore + OrgStore + KeyStore + AuditStore + Send + Sync + 'static {}
+impl<T> Store for T where
+    T: SealStore + OrgStore + IdentityStore + KeyStore + AuditStore + Send + Sync + 'static
+{
+}

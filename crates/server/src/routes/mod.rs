@@ -3,7 +3,9 @@
 pub mod audit;
 pub mod body;
 pub mod crypto;
+pub mod identities;
 pub mod keys;
 pub mod meta;
+pub mod orgs;
 pub mod sys;
 pub mod table;

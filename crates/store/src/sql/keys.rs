@@ -130,6 +130,16 @@ macro_rules! key_store {
                 rows.iter().map(Self::key_from_row).collect()
             }
 
+            async fn owner_has_keys(&self, org_id: &str, owner: &str) -> Result<bool, StoreError> {
+                let row = sqlx::query("SELECT 1 FROM keys WHERE org_id = $1 AND owner = $2 LIMIT 1")
+                    .bind(org_id)
+                    .bind(owner)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(row.is_some())
+            }
+
             async fn update_key(&self, before: &KeyRecord, k: &KeyRecord) -> Result<(), StoreError> {
                 let done = sqlx::query(
                     "UPDATE keys SET state = $1, min_decryption_version = $2, description = $3, deletion_date = $4, \
@@ -384,7 +394,23 @@ impl SqliteStore {
     }
 }
 
-/// The channel a trigger on `keys` notifies with the changed key's id (migration 0005).
+/// What a notification names: a key id (migration 0005), `org:ID` or `identity:ORG:ID`
+/// (migration 0008). Org ids hold no `:`; identity ids may.
+fn parse_change(payload: &str) -> Option<KeyChange> {
+    if let Some(org) = payload.strip_prefix("org:") {
+        return Some(KeyChange::Org(org.to_string()));
+    }
+    if let Some(rest) = payload.strip_prefix("identity:") {
+        let (org, id) = rest.split_once(':')?;
+        return Some(KeyChange::Identity {
+            org: org.to_string(),
+            id: id.to_string(),
+        });
+    }
+    Uuid::parse_str(payload).ok().map(KeyChange::Key)
+}
+
+/// The channel triggers on `keys`, `orgs` and `identities` notify with what changed.
 const KEY_CHANGE_CHANNEL: &str = "sovra_key_changed";
 
 impl PostgresStore {
@@ -411,9 +437,9 @@ impl PostgresStore {
                     r = listener.try_recv() => r,
                 };
                 let change = match received {
-                    Ok(Some(n)) => match Uuid::parse_str(n.payload()) {
-                        Ok(id) => KeyChange::Key(id),
-                        Err(_) => continue,
+                    Ok(Some(n)) => match parse_change(n.payload()) {
+                        Some(change) => change,
+                        None => continue,
                     },
                     Ok(None) => KeyChange::Lost,
                     Err(e) => {

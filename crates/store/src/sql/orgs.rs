@@ -1,36 +1,70 @@
 //! Organizations and their KEK versions.
 
-use super::{PG_BEGIN, PostgresStore, SQLITE_BEGIN, SqliteStore, map_err, to_u32};
+use super::{PG_BEGIN, PostgresStore, SQLITE_BEGIN, SqliteStore, corrupt, map_err, to_u32};
 use async_trait::async_trait;
 use sovra_core::StoreError;
-use sovra_core::model::{KekRecord, OrgRecord};
+use sovra_core::model::{KekRecord, OrgRecord, OrgStatus};
 use sovra_core::store::OrgStore;
 
+/// The columns of `orgs`, as a literal so that queries stay static strings.
+macro_rules! org_columns {
+    () => {
+        "id, display_name, status, active_kek_version, created_at"
+    };
+}
+
 macro_rules! org_store {
-    ($name:ident, $db:ty, $begin:expr) => {
+    ($name:ident, $db:ty, $row:ty, $begin:expr) => {
+        impl $name {
+            fn org_from_row(r: &$row) -> Result<OrgRecord, StoreError> {
+                use sqlx::Row;
+                let status: String = r.try_get("status").map_err(map_err)?;
+                Ok(OrgRecord {
+                    id: r.try_get("id").map_err(map_err)?,
+                    display_name: r.try_get("display_name").map_err(map_err)?,
+                    status: OrgStatus::parse(&status).ok_or_else(|| corrupt("org status"))?,
+                    active_kek_version: to_u32(r.try_get("active_kek_version").map_err(map_err)?, "kek version")?,
+                    created_at: r.try_get("created_at").map_err(map_err)?,
+                })
+            }
+        }
+
         #[async_trait]
         impl OrgStore for $name {
             async fn get_org(&self, org_id: &str) -> Result<Option<OrgRecord>, StoreError> {
-                use sqlx::Row;
-                let row = sqlx::query("SELECT id, active_kek_version, created_at FROM orgs WHERE id = $1")
+                let row = sqlx::query(concat!("SELECT ", org_columns!(), " FROM orgs WHERE id = $1"))
                     .bind(org_id)
                     .fetch_optional(&self.pool)
                     .await
                     .map_err(map_err)?;
-                row.map(|r| {
-                    Ok(OrgRecord {
-                        id: r.try_get("id").map_err(map_err)?,
-                        active_kek_version: to_u32(r.try_get("active_kek_version").map_err(map_err)?, "kek version")?,
-                        created_at: r.try_get("created_at").map_err(map_err)?,
-                    })
-                })
-                .transpose()
+                row.as_ref().map(Self::org_from_row).transpose()
+            }
+
+            async fn list_orgs(&self) -> Result<Vec<OrgRecord>, StoreError> {
+                let rows = sqlx::query(concat!("SELECT ", org_columns!(), " FROM orgs ORDER BY id"))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                rows.iter().map(Self::org_from_row).collect()
+            }
+
+            async fn set_org_status(&self, org_id: &str, from: OrgStatus, to: OrgStatus) -> Result<bool, StoreError> {
+                let moved = sqlx::query("UPDATE orgs SET status = $1 WHERE id = $2 AND status = $3")
+                    .bind(to.as_str())
+                    .bind(org_id)
+                    .bind(from.as_str())
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(moved.rows_affected() == 1)
             }
 
             async fn create_org(&self, org: &OrgRecord, kek: &KekRecord) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin_with($begin).await.map_err(map_err)?;
-                sqlx::query("INSERT INTO orgs (id, active_kek_version, created_at) VALUES ($1, $2, $3)")
+                sqlx::query("INSERT INTO orgs (id, display_name, status, active_kek_version, created_at) VALUES ($1, $2, $3, $4, $5)")
                     .bind(&org.id)
+                    .bind(&org.display_name)
+                    .bind(org.status.as_str())
                     .bind(org.active_kek_version as i64)
                     .bind(org.created_at)
                     .execute(&mut *tx)
@@ -92,5 +126,15 @@ macro_rules! org_store {
     };
 }
 
-org_store!(SqliteStore, sqlx::Sqlite, SQLITE_BEGIN);
-org_store!(PostgresStore, sqlx::Postgres, PG_BEGIN);
+org_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    SQLITE_BEGIN
+);
+org_store!(
+    PostgresStore,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    PG_BEGIN
+);
