@@ -74,7 +74,7 @@ pub(crate) fn stored_roles(names: &[String]) -> Vec<Role> {
 fn kind_from_roles(roles: &[Role]) -> IdentityKind {
     if roles.contains(&Role::Admin) {
         IdentityKind::Admin
-    } else if roles.contains(&Role::Auditor) && !roles.contains(&Role::User) {
+    } else if roles.contains(&Role::Auditor) {
         IdentityKind::Auditor
     } else {
         IdentityKind::User
