@@ -57,7 +57,8 @@ fn serve_https(dir: &Path, cert: &Path, key: &Path) -> (Https, u16) {
 fn issuer(port: u16, ca: &Path) -> String {
     format!(
         "[[auth.jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n\
-         jwks = \"https://127.0.0.1:{port}/jwks.json\"\njwks_ca_file = \"{}\"\n",
+         jwks = \"https://127.0.0.1:{port}/jwks.json\"\njwks_ca_file = \"{}\"\n\
+         provision_identities = true\n",
         ca.display()
     )
 }

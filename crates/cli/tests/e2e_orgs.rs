@@ -615,6 +615,26 @@ async fn a_service_account_never_becomes_admin() {
     )
     .await;
     assert_error(&r, 403, "identity_refused");
+    // Only subjects of a configured issuer: `dev-token#dev-admin` would be the dev identity
+    // itself (made a service account, it would lock the operator out).
+    for issuer in ["dev-token", "https://idp.unknown.test"] {
+        let r = call(
+            &s,
+            &admin,
+            Method::POST,
+            "/api/v1/identities",
+            Some(json!({"issuer": issuer, "subject": "dev-admin", "kind": "service_account"})),
+        )
+        .await;
+        assert_error(&r, 400, "invalid_input");
+    }
+    assert_eq!(
+        db(
+            &s,
+            "SELECT count(*) FROM identities WHERE subject = 'dev-admin' AND kind != 'admin'"
+        ),
+        "0"
+    );
     let out = s.cli(
         &[
             "identity",

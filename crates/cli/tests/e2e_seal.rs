@@ -99,7 +99,7 @@ impl Node {
         );
         if let Some(idp) = idp {
             cfg.push_str(&format!(
-                "\n[[auth.jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks = \"{}\"\nallow_operator = true\n",
+                "\n[[auth.jwt]]\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\njwks = \"{}\"\nallow_operator = true\nprovision_identities = true\n",
                 idp.jwks.display()
             ));
         }

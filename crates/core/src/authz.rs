@@ -59,8 +59,12 @@ pub enum Resource<'a> {
 pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Result<(), CoreError> {
     // Only server-wide actions are open to a principal whose org or identity was not found
     // active (an operator whose token names an org that does not exist yet).
-    if !p.is_admitted() && !matches!(resource, Resource::System) {
-        return Err(CoreError::Forbidden);
+    match resource {
+        Resource::System => {}
+        // A key answers like a missing one, as for any caller it is not for.
+        Resource::Key(_) if !p.is_admitted() => return Err(CoreError::NotFound),
+        _ if !p.is_admitted() => return Err(CoreError::Forbidden),
+        _ => {}
     }
     match (action, resource) {
         (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org() => Ok(()),

@@ -92,14 +92,6 @@ impl CoreError {
     }
 }
 
-impl CoreError {
-    /// Whether admission refused the caller's org (not the identity): an operator is then
-    /// still let through for server-wide actions.
-    pub fn is_org_refusal(&self) -> bool {
-        matches!(self, CoreError::UnknownOrg(_) | CoreError::OrgSuspended(_))
-    }
-}
-
 impl From<CryptoError> for CoreError {
     fn from(e: CryptoError) -> Self {
         match e {

@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use sovra_core::clock::Clock;
 use sovra_core::identity::{
     AuthError, Authenticated, Authenticator, Credential, IssuerPolicy, JwksError, KeySetSource,
-    Role, TrustedIssuer,
+    TrustedIssuer,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,25 +170,26 @@ pub async fn authenticate(
         Ok(a) => a,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    // The credential is valid; it is let in only as a stored identity of an active org. An
-    // operator whose org is not (yet) a record keeps server-wide actions only: the core
-    // authorizes nothing else for a principal that was not admitted.
+    // Charged before admission, which reads the store: a valid token of an unknown org or
+    // identity is refused at its identity's rate, not at the database's.
+    if let Err(limited) = crate::ratelimit::charge_identity(&st, class, &verified.principal) {
+        let mut resp = limited.into_response();
+        resp.extensions_mut().insert(verified);
+        return resp;
+    }
+    // The credential is valid; it is let in only as a stored identity of an active org (an
+    // operator whose org is not a record yet keeps server-wide actions only: the core
+    // authorizes nothing else for a principal that was not admitted).
     let authenticated = match st.kms.admit(&verified).await {
         Ok(admitted) => admitted,
-        Err(e) if e.is_org_refusal() && verified.principal.has_role(Role::Operator) => verified,
         Err(e) => {
             let mut resp = ApiError::from(e).into_response();
             resp.extensions_mut().insert(verified);
             return resp;
         }
     };
-    let mut resp = match crate::ratelimit::charge_identity(&st, class, &authenticated.principal) {
-        Ok(()) => {
-            req.extensions_mut().insert(authenticated.clone());
-            next.run(req).await
-        }
-        Err(limited) => limited.into_response(),
-    };
+    req.extensions_mut().insert(authenticated.clone());
+    let mut resp = next.run(req).await;
     resp.extensions_mut().insert(authenticated);
     resp
 }

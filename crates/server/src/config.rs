@@ -106,8 +106,10 @@ pub struct JwtIssuerConfig {
     #[serde(default)]
     pub allow_operator: bool,
     /// Whether a subject of this issuer with no identity record becomes one on first use
-    /// (its kind from its roles); `false`: refused until an org admin registers it.
-    #[serde(default = "default_true")]
+    /// (its kind from its roles). Off by default: a subject is refused until an org admin
+    /// registers it (or, upgraded from before identities were records, until it shows that it
+    /// owns keys).
+    #[serde(default)]
     pub provision_identities: bool,
     /// How often the JWKS is fetched again.
     #[serde(default = "default_jwks_refresh")]

@@ -194,10 +194,16 @@ pub(crate) fn write_jwks(path: &Path, keys: &[Value]) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// A `[[auth.jwt]]` table for the server config.
+/// A `[[auth.jwt]]` table for the server config. Its subjects are provisioned as identities
+/// on first use unless `extra` says otherwise (`provision_identities = false`).
 pub(crate) fn issuer_toml(issuer: &str, audience: &str, jwks_path: &Path, extra: &str) -> String {
+    let provision = if extra.contains("provision_identities") {
+        ""
+    } else {
+        "provision_identities = true\n"
+    };
     format!(
-        "[[auth.jwt]]\nissuer = \"{issuer}\"\naudience = \"{audience}\"\njwks = \"{}\"\n{extra}\n",
+        "[[auth.jwt]]\nissuer = \"{issuer}\"\naudience = \"{audience}\"\njwks = \"{}\"\n{provision}{extra}\n",
         jwks_path.display()
     )
 }

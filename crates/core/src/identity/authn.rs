@@ -358,6 +358,12 @@ impl Authenticator {
             .collect()
     }
 
+    /// Whether `issuer` is one of the configured JWT issuers (identities are registered only
+    /// for subjects of those).
+    pub fn trusts_issuer(&self, issuer: &str) -> bool {
+        self.issuers.iter().any(|i| i.policy.issuer == issuer)
+    }
+
     /// The shortest refresh interval of the issuers: how often [`Self::refresh_stale`] needs
     /// to run.
     pub fn shortest_refresh(&self) -> Option<Duration> {

@@ -65,6 +65,17 @@ impl AdmissionCache {
     }
 }
 
+/// Makes room for one entry: many distinct callers evict one entry each, never the cache.
+fn evict_one_at_capacity<K: Eq + std::hash::Hash + Clone, V>(map: &DashMap<K, V>) {
+    if map.len() >= CAPACITY {
+        // The iterator holds a shard lock: let it go before removing.
+        let victim = map.iter().next().map(|e| e.key().clone());
+        if let Some(victim) = victim {
+            map.remove(&victim);
+        }
+    }
+}
+
 /// Roles as an identity record stores them; a name Sovra does not know is ignored.
 pub(crate) fn stored_roles(names: &[String]) -> Vec<Role> {
     names.iter().filter_map(|n| Role::parse(n)).collect()
@@ -101,22 +112,43 @@ impl Kms {
     /// record adds, or the refusal ([`CoreError::UnknownOrg`], [`CoreError::OrgSuspended`],
     /// [`CoreError::UnknownIdentity`], [`CoreError::IdentityDisabled`],
     /// [`CoreError::IdentityRefused`], [`CoreError::IntegrityViolation`]).
+    ///
+    /// A server operator whose token names an org that is no record (the first operator, before
+    /// any org exists) is let through as it came, not admitted: the core then authorizes it for
+    /// server-wide actions only. One whose org is suspended must still be an active identity
+    /// of it (not a service account) to be let through that way.
     pub async fn admit(&self, a: &Arc<Authenticated>) -> Result<Arc<Authenticated>, CoreError> {
         let p = &a.principal;
-        self.check_org_active(p.org().as_str()).await?;
-        let identity = self.identity_for(a).await?;
-        let record = &identity.record;
-        if record.status != IdentityStatus::Active {
-            return Err(CoreError::IdentityDisabled);
+        let operator = p.has_role(Role::Operator);
+        match self.check_org_active(p.org().as_str()).await {
+            Ok(()) => {}
+            Err(CoreError::UnknownOrg(_)) if operator => return Ok(a.clone()),
+            Err(CoreError::OrgSuspended(_)) if operator => {
+                self.admitted_identity(a).await?;
+                return Ok(a.clone());
+            }
+            Err(e) => return Err(e),
         }
-        refuse_service_admin(record.kind, p.roles())?;
-        refuse_service_admin(record.kind, &identity.roles)?;
-        self.touch(&identity).await;
+        let identity = self.admitted_identity(a).await?;
         Ok(Arc::new(Authenticated {
             principal: p.admitted(&identity.roles),
             token_hash: a.token_hash.clone(),
             provision_identity: a.provision_identity,
         }))
+    }
+
+    /// The principal's identity if it may be admitted: active, and no service account holding
+    /// the admin or operator role.
+    async fn admitted_identity(&self, a: &Authenticated) -> Result<Arc<CachedIdentity>, CoreError> {
+        let identity = self.identity_for(a).await?;
+        let record = &identity.record;
+        if record.status != IdentityStatus::Active {
+            return Err(CoreError::IdentityDisabled);
+        }
+        refuse_service_admin(record.kind, a.principal.roles())?;
+        refuse_service_admin(record.kind, &identity.roles)?;
+        self.touch(&identity).await;
+        Ok(identity)
     }
 
     async fn check_org_active(&self, org: &str) -> Result<(), CoreError> {
@@ -130,10 +162,12 @@ impl Kms {
                     return Err(CoreError::UnknownOrg(org.to_string()));
                 };
                 if cache.generation.load(Ordering::SeqCst) == generation {
-                    if cache.orgs.len() >= CAPACITY {
-                        cache.orgs.clear();
-                    }
+                    evict_one_at_capacity(&cache.orgs);
                     cache.orgs.insert(org.to_string(), (rec.status, fetched));
+                    // A forget that ran between the check and the insert wins.
+                    if cache.generation.load(Ordering::SeqCst) != generation {
+                        cache.orgs.remove(org);
+                    }
                 }
                 rec.status
             }
@@ -170,11 +204,14 @@ impl Kms {
             record: Arc::new(record),
             fetched,
         });
-        if self.admission.generation.load(Ordering::SeqCst) == generation {
-            if self.admission.identities.len() >= CAPACITY {
-                self.admission.identities.clear();
+        let cache = &self.admission;
+        if cache.generation.load(Ordering::SeqCst) == generation {
+            evict_one_at_capacity(&cache.identities);
+            cache.identities.insert(cache_key.clone(), cached.clone());
+            // A forget that ran between the check and the insert wins.
+            if cache.generation.load(Ordering::SeqCst) != generation {
+                cache.identities.remove(&cache_key);
             }
-            self.admission.identities.insert(cache_key, cached.clone());
         }
         Ok(cached)
     }
@@ -184,7 +221,7 @@ impl Kms {
     async fn provision(&self, a: &Authenticated) -> Result<IdentityRecord, CoreError> {
         let p = &a.principal;
         let (org, id) = (p.org().as_str(), p.identity().as_str());
-        if !a.provision_identity && !self.store.owner_has_keys(org, id).await? {
+        if !a.provision_identity && !self.owns_intact_keys(org, id).await? {
             return Err(CoreError::UnknownIdentity);
         }
         let (auth_source, issuer) = match p.auth_method() {
@@ -227,6 +264,21 @@ impl Kms {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Whether a key row of this owner whose MAC holds exists in the org: a subject from before
+    /// identities were records. A row an insider wrote (no valid MAC) makes no identity.
+    async fn owns_intact_keys(&self, org: &str, owner: &str) -> Result<bool, CoreError> {
+        if !self.store.owner_has_keys(org, owner).await? {
+            return Ok(false);
+        }
+        let rows = self.seal.row_mac()?;
+        Ok(self
+            .store
+            .list_keys(org, owner)
+            .await?
+            .iter()
+            .any(|k| rows.key_is_intact(k)))
     }
 
     /// Writes `last_seen_at` at most once per [`TOUCH_INTERVAL_MS`]; a failure is logged,

@@ -114,17 +114,20 @@ impl Kms {
         } else {
             (OrgStatus::Suspended, OrgStatus::Active)
         };
-        let moved = self.store.set_org_status(id.as_str(), from, to).await?;
+        // Whether it moved or was there already, the record read after says where it is.
+        self.store.set_org_status(id.as_str(), from, to).await?;
         self.admission.forget(&KeyChange::Org(id.to_string()));
         let org = self
             .store
             .get_org(id.as_str())
             .await?
             .ok_or(CoreError::NotFound)?;
-        if !moved && org.status != to {
+        // Not moved and not already there, or moved back meanwhile: say so, never report a
+        // status the org does not have.
+        if org.status != to {
             return Err(CoreError::Conflict(format!(
-                "organization {id} is not {}",
-                from.as_str()
+                "organization {id} changed concurrently; it is {}",
+                org.status.as_str()
             )));
         }
         Ok(org)

@@ -127,6 +127,14 @@ pub async fn register_identity(
     Auth(p): Auth,
     ApiJson(req): ApiJson<RegisterIdentityRequest>,
 ) -> ApiResult<(StatusCode, Json<IdentityInfo>)> {
+    // Only subjects of a configured issuer: any other id could never authenticate, and one
+    // imitating another source (`dev-token`) would name its identity.
+    if !st.auth.trusts_issuer(&req.issuer) {
+        return Err(CoreError::InvalidInput(
+            "issuer is not a JWT issuer this server trusts".into(),
+        )
+        .into());
+    }
     let new = NewIdentity {
         kind: kind(&req.kind)?,
         roles: roles(&req.roles)?,
