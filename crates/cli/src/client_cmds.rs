@@ -65,6 +65,37 @@ pub(crate) enum KeyCmd {
     CancelDelete {
         id: String,
     },
+    /// Let another identity or a role of the org use the key.
+    Grant {
+        id: String,
+        /// The grantee identity's id (`ISSUER#SUBJECT`).
+        #[arg(long, conflicts_with = "role", required_unless_present = "role")]
+        identity: Option<String>,
+        /// Every identity with this role (admin, auditor, key_admin, user).
+        #[arg(long)]
+        role: Option<String>,
+        /// encrypt, decrypt, sign, verify, mac, datakey, reencrypt, read (repeatable).
+        #[arg(long = "op", required = true)]
+        operations: Vec<String>,
+        /// Only with exactly this encryption context, key=value (repeatable).
+        #[arg(long = "context-equals", value_parser = parse_kv, conflicts_with = "context_subset")]
+        context_equals: Vec<(String, String)>,
+        /// Only with a context holding these pairs, key=value (repeatable).
+        #[arg(long = "context-subset", value_parser = parse_kv)]
+        context_subset: Vec<(String, String)>,
+        /// Expire after this many seconds (default: until revoked).
+        #[arg(long)]
+        expires_in_seconds: Option<u64>,
+    },
+    /// The key's grants.
+    Grants {
+        id: String,
+    },
+    /// Revoke a grant (or, as its grantee, retire it).
+    RevokeGrant {
+        id: String,
+        grant: String,
+    },
     /// Change settings (min_decryption_version, description).
     Update {
         id: String,
@@ -456,6 +487,74 @@ pub(crate) async fn run(client: &Client, output: Output, command: Cmd) -> Result
                     client.schedule_deletion(&id, pending_days).await?
                 }
                 KeyCmd::CancelDelete { id } => client.key_action(&id, "cancel-deletion").await?,
+                KeyCmd::Grant {
+                    id,
+                    identity,
+                    role,
+                    operations,
+                    context_equals,
+                    context_subset,
+                    expires_in_seconds,
+                } => {
+                    let mut body = json!({
+                        "grantee": {"identity": identity, "role": role},
+                        "operations": operations,
+                        "expires_in_seconds": expires_in_seconds,
+                    });
+                    let map =
+                        |pairs: Vec<(String, String)>| -> Context { pairs.into_iter().collect() };
+                    if !context_equals.is_empty() {
+                        body["constraints"] =
+                            json!({"encryption_context_equals": map(context_equals)});
+                    } else if !context_subset.is_empty() {
+                        body["constraints"] =
+                            json!({"encryption_context_subset": map(context_subset)});
+                    }
+                    let g = client.create_grant(&id, &body).await?;
+                    match output {
+                        Output::Json => print_json(&g)?,
+                        Output::Text => println!("{}", g["id"].as_str().unwrap_or_default()),
+                    }
+                    return Ok(());
+                }
+                KeyCmd::Grants { id } => {
+                    let list = client.list_grants(&id).await?;
+                    match output {
+                        Output::Json => print_json(&list)?,
+                        Output::Text => {
+                            for g in list["grants"].as_array().into_iter().flatten() {
+                                let grantee = &g["grantee"];
+                                let who = grantee["identity"]
+                                    .as_str()
+                                    .map(str::to_string)
+                                    .or_else(|| {
+                                        grantee["role"].as_str().map(|r| format!("role:{r}"))
+                                    })
+                                    .unwrap_or_default();
+                                let ops: Vec<&str> = g["operations"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|o| o.as_str())
+                                    .collect();
+                                println!(
+                                    "{}\t{who}\t{}\t{}",
+                                    g["id"].as_str().unwrap_or_default(),
+                                    ops.join(","),
+                                    g["expires"].as_str().unwrap_or("-")
+                                );
+                            }
+                        }
+                    }
+                    return Ok(());
+                }
+                KeyCmd::RevokeGrant { id, grant } => {
+                    client.revoke_grant(&id, &grant).await?;
+                    if output == Output::Json {
+                        print_json(&json!({"revoked": grant}))?;
+                    }
+                    return Ok(());
+                }
                 KeyCmd::Update {
                     id,
                     min_decryption_version,

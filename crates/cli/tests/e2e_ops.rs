@@ -264,6 +264,21 @@ const OPERATIONS: &[(&str, &str, &[u16])] = &[
     ),
     (
         "post",
+        "/api/v1/keys/{id}/grants",
+        &[400, 401, 403, 404, 409, 413, 503, 429],
+    ),
+    (
+        "get",
+        "/api/v1/keys/{id}/grants",
+        &[401, 403, 404, 503, 429],
+    ),
+    (
+        "delete",
+        "/api/v1/keys/{id}/grants/{grant_id}",
+        &[401, 403, 404, 503, 429],
+    ),
+    (
+        "post",
         "/api/v1/keys/{id}/encrypt",
         &[400, 401, 404, 409, 413, 503, 429],
     ),
@@ -346,6 +361,7 @@ fn valid_body(method: &str, path: &str, ct_b64: &str) -> Option<String> {
         ("patch", "{id}") if path.contains("identities") => json!({"status": "active"}),
         ("patch", "{id}") => json!({"description": "d"}),
         ("post", "orgs") => json!({"id": "doc-probe"}),
+        ("post", "grants") => json!({"grantee": {"role": "user"}, "operations": ["encrypt"]}),
         ("post", "identities") => {
             json!({"issuer": "https://idp.doc.test", "subject": "probe", "kind": "user"})
         }

@@ -10,7 +10,10 @@
 mod common;
 mod jwt;
 
-use common::{DevNodes, Resp, Server, TempDir, assert_error, list_all, send, sqlite3, text};
+use common::{
+    DevNodes, Server, TempDir, api_call as call, api_ok as ok, assert_error, create_aes_key as key,
+    encrypt_hi as encrypt, list_all, sqlite3, text,
+};
 use jwt::{AUDIENCE, ISSUER, Signer, claims, claims_with_roles};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -32,17 +35,6 @@ fn server(tag: &str, issuer_extra: &str) -> (TempDir, Signer, Server) {
     (dir, idp, s)
 }
 
-async fn call(s: &Server, token: &str, method: Method, path: &str, body: Option<Value>) -> Resp {
-    let body = body.map(|b| b.to_string());
-    send(s, &s.http(), method, path, Some(token), body.as_deref()).await
-}
-
-async fn ok(s: &Server, token: &str, method: Method, path: &str, body: Option<Value>) -> Value {
-    let r = call(s, token, method.clone(), path, body).await;
-    assert!((200..300).contains(&r.status), "{method} {path}: {r:?}");
-    r.json
-}
-
 fn dev(s: &Server) -> &str {
     s.token.as_deref().unwrap()
 }
@@ -50,30 +42,6 @@ fn dev(s: &Server) -> &str {
 /// Rows of a SQL query on the dev server's SQLite database, as an insider reads it.
 fn db(s: &Server, sql: &str) -> String {
     sqlite3(&s.data_dir.join("sovra.db"), sql)
-}
-
-/// A key made by `token`; its id.
-async fn key(s: &Server, token: &str, name: &str) -> String {
-    let k = ok(
-        s,
-        token,
-        Method::POST,
-        "/api/v1/keys",
-        Some(json!({"name": name, "type": "aes-256-gcm"})),
-    )
-    .await;
-    k["id"].as_str().unwrap().to_string()
-}
-
-async fn encrypt(s: &Server, token: &str, key: &str) -> Resp {
-    call(
-        s,
-        token,
-        Method::POST,
-        &format!("/api/v1/keys/{key}/encrypt"),
-        Some(json!({"plaintext": "aGk="})),
-    )
-    .await
 }
 
 /// The identity path of `id` (ids hold ':', '/' and '#').

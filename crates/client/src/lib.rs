@@ -409,6 +409,26 @@ impl Client {
         self.call(Method::PATCH, &path, Some(change)).await
     }
 
+    // ---- grants ----
+    /// Grants on a key; `grant` as the API takes it (grantee, operations, constraints,
+    /// expires_in_seconds). Returns the grant as JSON.
+    pub async fn create_grant(&self, key: &str, grant: &Value) -> Result<Value> {
+        let path = format!("/api/v1/keys/{}/grants", path_segment(key));
+        self.call(Method::POST, &path, Some(grant)).await
+    }
+    pub async fn list_grants(&self, key: &str) -> Result<Value> {
+        let path = format!("/api/v1/keys/{}/grants", path_segment(key));
+        self.call(Method::GET, &path, None).await
+    }
+    pub async fn revoke_grant(&self, key: &str, grant: &str) -> Result<()> {
+        let path = format!(
+            "/api/v1/keys/{}/grants/{}",
+            path_segment(key),
+            path_segment(grant)
+        );
+        self.send(Method::DELETE, &path, None).await.map(|_| ())
+    }
+
     // ---- keys ----
     pub async fn create_key(
         &self,

@@ -5,7 +5,8 @@
 use crate::error::CoreError;
 use crate::identity::{Principal, Role};
 use crate::ids::OrgId;
-use crate::model::KeyRecord;
+use crate::model::{GrantRecord, Grantee, KeyOp, KeyRecord};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
@@ -14,6 +15,8 @@ pub enum Action {
     KeyRead,
     KeyManage,
     KeyUse,
+    /// Grant others operations on a key, list and revoke its grants.
+    KeyGrant,
     OrgKekRotate,
     /// Create, list, show, suspend and resume organizations (server operators).
     OrgManage,
@@ -34,6 +37,7 @@ impl Action {
             Action::KeyRead => "key.read",
             Action::KeyManage => "key.manage",
             Action::KeyUse => "key.use",
+            Action::KeyGrant => "key.grant",
             Action::OrgKekRotate => "org.kek.rotate",
             Action::OrgManage => "org.manage",
             Action::IdentityRead => "identity.read",
@@ -68,8 +72,15 @@ pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Resul
     }
     match (action, resource) {
         (Action::KeyCreate | Action::KeyList, Resource::Org(org)) if org == p.org() => Ok(()),
-        (Action::KeyRead | Action::KeyManage | Action::KeyUse, Resource::Key(k)) => {
-            if p.org().as_str() == k.org_id && *p.identity() == k.owner {
+        (
+            Action::KeyRead | Action::KeyManage | Action::KeyUse | Action::KeyGrant,
+            Resource::Key(k),
+        ) => {
+            let in_org = p.org().as_str() == k.org_id;
+            let owner = in_org && *p.identity() == k.owner;
+            // A key admin manages every key of its org but uses none.
+            let key_admin = in_org && p.has_role(Role::KeyAdmin) && action != Action::KeyUse;
+            if owner || key_admin {
                 Ok(())
             } else {
                 Err(CoreError::NotFound)
@@ -98,4 +109,37 @@ pub fn authorize(p: &Principal, action: Action, resource: Resource<'_>) -> Resul
         }
         _ => Err(CoreError::Forbidden),
     }
+}
+
+/// Whether one of the key's grants lets the principal do `op` with this encryption context
+/// (`None` for an operation without one) at `now_ms`: a grant of the key's org, to the
+/// principal's identity or one of its roles, naming the operation, not expired, whose context
+/// condition the request meets. The grants must be intact (checked by the caller).
+pub fn grant_allows(
+    p: &Principal,
+    key: &KeyRecord,
+    grants: &[GrantRecord],
+    op: KeyOp,
+    context: Option<&BTreeMap<String, String>>,
+    now_ms: i64,
+) -> bool {
+    if !p.is_admitted() || p.org().as_str() != key.org_id {
+        return false;
+    }
+    grants.iter().any(|g| {
+        let for_caller = match &g.grantee {
+            Grantee::Identity(id) => id == p.identity().as_str(),
+            Grantee::Role(role) => Role::parse(role).is_some_and(|r| p.has_role(r)),
+        };
+        for_caller
+            && g.org_id == key.org_id
+            && g.key_id == key.id
+            && g.operations.contains(&op)
+            && g.expires_at.is_none_or(|t| now_ms < t)
+            && match (&g.constraint, context) {
+                (None, _) => true,
+                (Some(c), Some(ctx)) => c.allows(ctx),
+                (Some(_), None) => false,
+            }
+    })
 }

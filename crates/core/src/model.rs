@@ -243,3 +243,119 @@ pub struct AuditKeyRecord {
     pub public_key: Vec<u8>,
     pub created_at: i64,
 }
+
+/// What a grant gives: one operation on one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyOp {
+    Encrypt,
+    Decrypt,
+    Sign,
+    Verify,
+    /// Computing and verifying MACs.
+    Mac,
+    /// Data keys, with or without plaintext.
+    Datakey,
+    Reencrypt,
+    /// The key's metadata and public key.
+    Read,
+}
+
+impl KeyOp {
+    pub const ALL: [KeyOp; 8] = [
+        KeyOp::Encrypt,
+        KeyOp::Decrypt,
+        KeyOp::Sign,
+        KeyOp::Verify,
+        KeyOp::Mac,
+        KeyOp::Datakey,
+        KeyOp::Reencrypt,
+        KeyOp::Read,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyOp::Encrypt => "encrypt",
+            KeyOp::Decrypt => "decrypt",
+            KeyOp::Sign => "sign",
+            KeyOp::Verify => "verify",
+            KeyOp::Mac => "mac",
+            KeyOp::Datakey => "datakey",
+            KeyOp::Reencrypt => "reencrypt",
+            KeyOp::Read => "read",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<KeyOp> {
+        KeyOp::ALL.into_iter().find(|op| op.as_str() == s)
+    }
+
+    /// Whether the operation carries an encryption context (a constrained grant allows only
+    /// these).
+    pub fn has_context(self) -> bool {
+        matches!(
+            self,
+            KeyOp::Encrypt | KeyOp::Decrypt | KeyOp::Datakey | KeyOp::Reencrypt
+        )
+    }
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Grantee {
+    /// One identity of the key's org, by id.
+    Identity(String),
+    /// Every identity of the key's org holding this role (its name).
+    Role(String),
+}
+
+/// The encryption-context condition of a grant, as AWS KMS grants have them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContextConstraint {
+    /// The request's context is exactly this one.
+    Equals(std::collections::BTreeMap<String, String>),
+    /// The request's context holds every pair of this one (and maybe more).
+    Subset(std::collections::BTreeMap<String, String>),
+}
+
+impl ContextConstraint {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ContextConstraint::Equals(_) => "equals",
+            ContextConstraint::Subset(_) => "subset",
+        }
+    }
+
+    pub fn context(&self) -> &std::collections::BTreeMap<String, String> {
+        match self {
+            ContextConstraint::Equals(c) | ContextConstraint::Subset(c) => c,
+        }
+    }
+
+    pub fn allows(&self, request: &std::collections::BTreeMap<String, String>) -> bool {
+        match self {
+            ContextConstraint::Equals(c) => c == request,
+            ContextConstraint::Subset(c) => c.iter().all(|(k, v)| request.get(k) == Some(v)),
+        }
+    }
+}
+
+/// A grant: an identity or a role of the key's org may do these operations on the key, under
+/// an optional context condition, until it expires or is revoked (the row is deleted).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRecord {
+    pub id: Uuid,
+    pub org_id: String,
+    pub key_id: Uuid,
+    pub grantee: Grantee,
+    /// Sorted, without repeats.
+    pub operations: Vec<KeyOp>,
+    pub constraint: Option<ContextConstraint>,
+    pub expires_at: Option<i64>,
+    /// The identity that granted it.
+    pub created_by: String,
+    pub created_at: i64,
+    /// HMAC-SHA256 of every column above ([`crate::integrity`]): a grant row an insider
+    /// writes hands out nothing.
+    pub row_mac: Vec<u8>,
+}

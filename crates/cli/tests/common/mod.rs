@@ -605,6 +605,56 @@ pub(crate) async fn send(
         .expect("response body")
 }
 
+/// One JSON API request as the holder of `token`.
+pub(crate) async fn api_call(
+    s: &Server,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Resp {
+    let body = body.map(|b| b.to_string());
+    send(s, &s.http(), method, path, Some(token), body.as_deref()).await
+}
+
+/// [`api_call`] that must succeed; its JSON body.
+pub(crate) async fn api_ok(
+    s: &Server,
+    token: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let r = api_call(s, token, method.clone(), path, body).await;
+    assert!((200..300).contains(&r.status), "{method} {path}: {r:?}");
+    r.json
+}
+
+/// An AES key `name` made by the holder of `token`; its id.
+pub(crate) async fn create_aes_key(s: &Server, token: &str, name: &str) -> String {
+    let k = api_ok(
+        s,
+        token,
+        reqwest::Method::POST,
+        "/api/v1/keys",
+        Some(serde_json::json!({"name": name, "type": "aes-256-gcm"})),
+    )
+    .await;
+    k["id"].as_str().unwrap().to_string()
+}
+
+/// Encrypts "hi" (no context) under `key` as the holder of `token`.
+pub(crate) async fn encrypt_hi(s: &Server, token: &str, key: &str) -> Resp {
+    api_call(
+        s,
+        token,
+        reqwest::Method::POST,
+        &format!("/api/v1/keys/{key}/encrypt"),
+        Some(serde_json::json!({"plaintext": "aGk="})),
+    )
+    .await
+}
+
 impl Server {
     /// An unauthenticated `GET path` over HTTPS that must answer 200.
     pub(crate) async fn get_ok(&self, path: &str) -> Resp {

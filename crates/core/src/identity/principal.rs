@@ -29,6 +29,9 @@ pub enum Role {
     User,
     /// Reads its organization's audit log.
     Auditor,
+    /// Manages every key of its organization (read, rotate, disable, schedule deletion,
+    /// grants) without using any: separation of duties as AWS KMS draws it.
+    KeyAdmin,
 }
 
 impl Role {
@@ -38,6 +41,7 @@ impl Role {
             Role::Operator => "operator",
             Role::User => "user",
             Role::Auditor => "auditor",
+            Role::KeyAdmin => "key_admin",
         }
     }
 
@@ -47,6 +51,7 @@ impl Role {
             "operator" => Some(Role::Operator),
             "user" => Some(Role::User),
             "auditor" => Some(Role::Auditor),
+            "key_admin" => Some(Role::KeyAdmin),
             _ => None,
         }
     }

@@ -12,7 +12,7 @@ use crate::model::{IdentityKind, IdentityRecord, IdentityStatus};
 use crate::store::{KeyChange, StoreError};
 
 /// Roles an org admin may give an identity. `operator` is server-wide: no org grants it.
-pub const ASSIGNABLE_ROLES: [Role; 3] = [Role::Admin, Role::Auditor, Role::User];
+pub const ASSIGNABLE_ROLES: [Role; 4] = [Role::Admin, Role::Auditor, Role::KeyAdmin, Role::User];
 
 /// Longest issuer URL or subject accepted when registering an identity.
 pub const MAX_SUBJECT_LEN: usize = 512;

@@ -8,7 +8,7 @@ use crate::authz::{Action, Resource, authorize};
 use crate::error::CoreError;
 use crate::identity::Principal;
 use crate::ids::{KeyId, KeyRef};
-use crate::model::{KeyRecord, KeyState};
+use crate::model::{KeyOp, KeyRecord, KeyState};
 use crate::store::StoreError;
 use sovra_crypto::{KeyType, SecretBytes};
 
@@ -98,21 +98,27 @@ impl Kms {
         }
     }
 
-    /// The caller's keys. One row that fails its MAC fails the listing: a row edited to name
-    /// the caller as its owner must not appear among the caller's keys.
+    /// The caller's keys; for a key admin, every key of its org. One row that fails its MAC
+    /// fails the listing: a row edited to name the caller as its owner must not appear among
+    /// the caller's keys.
     pub async fn list_keys(&self, p: &Principal) -> Result<Vec<KeyInfo>, CoreError> {
         let rows = self.seal.row_mac()?;
         authorize(p, Action::KeyList, Resource::Org(p.org()))?;
-        self.store
-            .list_keys(p.org().as_str(), p.identity().as_str())
-            .await?
-            .into_iter()
+        let org = p.org().as_str();
+        let keys = if p.has_role(crate::identity::Role::KeyAdmin) {
+            self.store.list_org_keys(org).await?
+        } else {
+            self.store.list_keys(org, p.identity().as_str()).await?
+        };
+        keys.into_iter()
             .map(|k| rows.check_key(k).map(|k| KeyInfo::from(&k)))
             .collect()
     }
 
     pub async fn get_key(&self, p: &Principal, id: KeyId) -> Result<KeyInfo, CoreError> {
-        Ok(KeyInfo::from(&self.key_for(p, id, Action::KeyRead).await?))
+        Ok(KeyInfo::from(
+            &self.key_for_op(p, id, KeyOp::Read, None).await?,
+        ))
     }
 
     pub async fn rotate_key(&self, p: &Principal, id: KeyId) -> Result<KeyInfo, CoreError> {

@@ -2,11 +2,10 @@
 //! seal empties.
 
 use super::{Kms, require_usable, require_usage};
-use crate::authz::Action;
 use crate::error::CoreError;
 use crate::identity::Principal;
 use crate::ids::KeyId;
-use crate::model::KeyRecord;
+use crate::model::{KeyOp, KeyRecord};
 use sovra_crypto::aead::AeadKey;
 use sovra_crypto::keytype::KeyUsage;
 use sovra_crypto::mac::MacKey;
@@ -72,9 +71,10 @@ impl Kms {
         &self,
         p: &Principal,
         id: KeyId,
+        op: KeyOp,
         version: Option<u32>,
     ) -> Result<(KeyRecord, u32, Arc<LoadedKey>), CoreError> {
-        let key = self.key_for(p, id, Action::KeyUse).await?;
+        let key = self.key_for_op(p, id, op, None).await?;
         require_usage(&key, KeyUsage::SignVerify)?;
         require_usable(&key)?;
         let version = version.unwrap_or(key.latest_version);

@@ -6,6 +6,7 @@
 //! wire format: the server's JSON shapes are its own.
 
 mod admission;
+mod grants;
 mod heavy;
 mod identities;
 mod lifecycle;
@@ -15,6 +16,9 @@ mod orgs;
 mod types;
 mod verify_rows;
 
+pub use grants::{
+    MAX_CONSTRAINT_ITEM_LEN, MAX_CONSTRAINT_PAIRS, MAX_GRANT_SECONDS, MAX_GRANTS_PER_KEY, NewGrant,
+};
 pub use heavy::{HeavyOpAdmission, heavy_cost};
 pub use identities::{ASSIGNABLE_ROLES, IdentityUpdate, MAX_SUBJECT_LEN, NewIdentity};
 pub use lifecycle::{MAX_DESCRIPTION_LEN, MAX_NAME_LEN, MAX_PENDING_DAYS, MIN_PENDING_DAYS};
@@ -22,17 +26,18 @@ pub use orgs::MAX_DISPLAY_NAME_LEN;
 pub use types::{DataKey, Decrypted, Encrypted, KeyInfo, KeyUpdate, NewKey, Signed};
 pub use verify_rows::{RowCheck, RowFinding};
 
-use crate::authz::{Action, Resource, authorize};
+use crate::authz::{Action, Resource, authorize, grant_allows};
 use crate::cache::BoundedCache;
 use crate::clock::Clock;
 use crate::error::CoreError;
 use crate::identity::Principal;
 use crate::ids::KeyId;
 use crate::keymeta::KeyMetaCache;
-use crate::model::{KeyRecord, KeyState};
+use crate::model::{KeyOp, KeyRecord, KeyState};
 use crate::seal::{Seal, SealStatus};
 use crate::store::Store;
 use sovra_crypto::SecretBytes;
+use sovra_crypto::envelope::EncryptionContext;
 use sovra_crypto::keytype::KeyUsage;
 use sovra_crypto::wrap::WrappingKey;
 use std::sync::{Arc, OnceLock};
@@ -78,6 +83,8 @@ pub struct Kms {
     key_meta: Arc<KeyMetaCache>,
     /// Org statuses and identity records for admission ([`admission`]).
     pub(crate) admission: Arc<admission::AdmissionCache>,
+    /// Each key's intact grants, for grantees ([`grants`]).
+    grants: Arc<grants::GrantCache>,
     /// Applies the store's change feed to `key_meta` and `admission`; stopped when the
     /// service is dropped (which also ends the store's listener).
     _key_change_follower: Option<AbortOnDrop>,
@@ -100,12 +107,15 @@ impl Kms {
         let seal = Seal::load(store.as_ref()).await?;
         let key_meta = Arc::new(KeyMetaCache::new(config.key_cache_capacity));
         let admission = Arc::new(admission::AdmissionCache::default());
+        let grant_cache = Arc::new(grants::GrantCache::default());
         let follower = store.key_changes().await?.map(|mut feed| {
-            let (key_meta, admission) = (key_meta.clone(), admission.clone());
+            let (key_meta, admission, grant_cache) =
+                (key_meta.clone(), admission.clone(), grant_cache.clone());
             AbortOnDrop(tokio::spawn(async move {
                 while let Some(change) = feed.recv().await {
                     key_meta.apply(&change);
                     admission.forget(&change);
+                    grant_cache.forget(&change);
                 }
             }))
         });
@@ -116,6 +126,7 @@ impl Kms {
             keys: BoundedCache::new(config.key_cache_capacity),
             key_meta,
             admission,
+            grants: grant_cache,
             _key_change_follower: follower,
             heavy: heavy::HeavyPool::new(
                 config.heavy_ops_concurrency,
@@ -204,6 +215,7 @@ impl Kms {
         self.keks.clear();
         self.keys.clear();
         self.admission.clear();
+        self.grants.forget(&crate::store::KeyChange::Lost);
         self.clear_audit_keys_cache();
         Ok(())
     }
@@ -215,32 +227,50 @@ impl Kms {
 
     // ---- access ---------------------------------------------------------------------------
 
-    /// Loads a key the principal may act on; another owner's or org's key is `NotFound`.
-    /// The row may come from the metadata cache (see [`crate::keymeta`] for its bounds).
-    async fn key_for(
+    /// Loads a key for operation `op` (with the request's encryption context, if it has one):
+    /// the owner's, or one a grant lets the caller use this way. Anything else answers
+    /// `NotFound` after the path of a missing id (the key's row and grants read from the
+    /// store), so a key the caller may not use is indistinguishable from one that does not
+    /// exist, also in the database reads it costs.
+    pub(crate) async fn key_for_op(
         &self,
         p: &Principal,
         id: KeyId,
-        action: Action,
+        op: KeyOp,
+        context: Option<&EncryptionContext>,
     ) -> Result<KeyRecord, CoreError> {
         self.seal.root()?;
-        if let Some(k) = self.key_meta.get(p.org().as_str(), id.as_uuid())
-            && authorize(p, action, Resource::Key(&k)).is_ok()
-        {
-            return Ok(k);
+        let action = if op == KeyOp::Read {
+            Action::KeyRead
+        } else {
+            Action::KeyUse
+        };
+        let now = self.clock.now().as_millis();
+        if let Some(k) = self.key_meta.get(p.org().as_str(), id.as_uuid()) {
+            if authorize(p, action, Resource::Key(&k)).is_ok() {
+                return Ok(k);
+            }
+            if let Some(grants) = self.grants.get(k.id)
+                && grant_allows(p, &k, &grants, op, context, now)
+            {
+                return Ok(k);
+            }
         }
-        // A key the caller may not use takes the path of a missing id, which is never cached:
-        // one database read, then the refusal. Answered from the cache, another owner's key
-        // would be measurably faster than a missing one and reveal which ids exist.
         let generation = self.key_meta.generation();
+        let grant_generation = self.grants.generation();
         let fetched = std::time::Instant::now();
-        let key = self
-            .stored_key(p.org().as_str(), id.as_uuid())
-            .await?
-            .ok_or(CoreError::NotFound)?;
+        let key = self.stored_key(p.org().as_str(), id.as_uuid()).await?;
+        // Read for a missing id too: the same reads whether or not the key exists.
+        let grants = Arc::new(self.stored_grants(p.org().as_str(), id.as_uuid()).await?);
+        let key = key.ok_or(CoreError::NotFound)?;
         self.key_meta.insert(generation, &key, fetched);
-        authorize(p, action, Resource::Key(&key))?;
-        Ok(key)
+        self.grants
+            .insert(grant_generation, key.id, grants.clone(), fetched);
+        match authorize(p, action, Resource::Key(&key)) {
+            Ok(()) => Ok(key),
+            Err(CoreError::NotFound) if grant_allows(p, &key, &grants, op, context, now) => Ok(key),
+            Err(e) => Err(e),
+        }
     }
 
     /// [`Self::key_for`] reading the database, for changes that must start from the row as

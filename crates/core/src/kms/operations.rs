@@ -5,11 +5,10 @@
 use super::loaded::LoadedKey;
 use super::types::{DataKey, Decrypted, Encrypted, Signed};
 use super::{Kms, require_usable, require_usage};
-use crate::authz::Action;
 use crate::error::CoreError;
 use crate::identity::Principal;
 use crate::ids::KeyId;
-use crate::model::KeyRecord;
+use crate::model::{KeyOp, KeyRecord};
 use sovra_crypto::envelope::{self, EncryptionContext, Header};
 use sovra_crypto::keytype::KeyUsage;
 use sovra_crypto::sign::{SignInput, SignatureAlgorithm, pem_encode};
@@ -23,7 +22,7 @@ impl Kms {
         plaintext: &[u8],
         ctx: &EncryptionContext,
     ) -> Result<Encrypted, CoreError> {
-        let key = self.key_for(p, id, Action::KeyUse).await?;
+        let key = self.key_for_op(p, id, KeyOp::Encrypt, Some(ctx)).await?;
         self.encrypt_with(&key, plaintext, ctx).await
     }
 
@@ -57,9 +56,11 @@ impl Kms {
         id: KeyId,
         items: &[(Vec<u8>, EncryptionContext)],
     ) -> Result<Vec<Encrypted>, CoreError> {
-        let key = self.key_for(p, id, Action::KeyUse).await?;
         let mut out = Vec::with_capacity(items.len());
         for (pt, ctx) in items {
+            // Each item's context meets a grant's condition on its own (a cache hit after the
+            // first for the owner).
+            let key = self.key_for_op(p, id, KeyOp::Encrypt, Some(ctx)).await?;
             out.push(self.encrypt_with(&key, pt, ctx).await?);
         }
         Ok(out)
@@ -74,8 +75,19 @@ impl Kms {
     ) -> Result<Decrypted, CoreError> {
         let header = Header::parse(ciphertext)?;
         let key = self
-            .key_for(p, KeyId::from(header.key_id), Action::KeyUse)
+            .key_for_op(p, KeyId::from(header.key_id), KeyOp::Decrypt, Some(ctx))
             .await?;
+        self.decrypt_with(&key, &header, ciphertext, ctx).await
+    }
+
+    async fn decrypt_with(
+        &self,
+        key: &KeyRecord,
+        header: &Header,
+        ciphertext: &[u8],
+        ctx: &EncryptionContext,
+    ) -> Result<Decrypted, CoreError> {
+        let key = key.clone();
         require_usage(&key, KeyUsage::EncryptDecrypt)?;
         require_usable(&key)?;
         if header.key_version > key.latest_version {
@@ -111,8 +123,9 @@ impl Kms {
                 "the ciphertext was not made with this key".into(),
             ));
         }
-        let dec = self.decrypt(p, ciphertext, ctx).await?;
-        self.encrypt(p, id, dec.plaintext.expose(), ctx).await
+        let key = self.key_for_op(p, id, KeyOp::Reencrypt, Some(ctx)).await?;
+        let dec = self.decrypt_with(&key, &header, ciphertext, ctx).await?;
+        self.encrypt_with(&key, dec.plaintext.expose(), ctx).await
     }
 
     /// A fresh data key of `bytes` bytes, returned encrypted under the key (and in plaintext
@@ -130,8 +143,9 @@ impl Kms {
                 "bits must be 128, 256 or 512".into(),
             ));
         }
+        let key = self.key_for_op(p, id, KeyOp::Datakey, Some(ctx)).await?;
         let dk = SecretBytes::new(rng::random_vec(bytes)?);
-        let enc = self.encrypt(p, id, dk.expose(), ctx).await?;
+        let enc = self.encrypt_with(&key, dk.expose(), ctx).await?;
         Ok(DataKey {
             plaintext: include_plaintext.then_some(dk),
             ciphertext: enc.ciphertext,
@@ -146,7 +160,7 @@ impl Kms {
         input: SignInput<'_>,
         algorithm: Option<SignatureAlgorithm>,
     ) -> Result<Signed, CoreError> {
-        let (key, version, loaded) = self.signing_key(p, id, None).await?;
+        let (key, version, loaded) = self.signing_key(p, id, KeyOp::Sign, None).await?;
         let alg = SignatureAlgorithm::resolve(key.key_type, algorithm)?;
         let LoadedKey::Sign(_) = &*loaded else {
             return Err(CoreError::Internal);
@@ -192,7 +206,7 @@ impl Kms {
         algorithm: Option<SignatureAlgorithm>,
         version: Option<u32>,
     ) -> Result<bool, CoreError> {
-        let (key, _, loaded) = self.signing_key(p, id, version).await?;
+        let (key, _, loaded) = self.signing_key(p, id, KeyOp::Verify, version).await?;
         let alg = SignatureAlgorithm::resolve(key.key_type, algorithm)?;
         let LoadedKey::Sign(sk) = &*loaded else {
             return Err(CoreError::Internal);
@@ -206,7 +220,7 @@ impl Kms {
         id: KeyId,
         version: Option<u32>,
     ) -> Result<(String, u32), CoreError> {
-        let key = self.key_for(p, id, Action::KeyRead).await?;
+        let key = self.key_for_op(p, id, KeyOp::Read, None).await?;
         require_usage(&key, KeyUsage::SignVerify)?;
         let version = version.unwrap_or(key.latest_version);
         if version < 1 || version > key.latest_version {
@@ -228,7 +242,7 @@ impl Kms {
         id: KeyId,
         message: &[u8],
     ) -> Result<(Vec<u8>, u32), CoreError> {
-        let key = self.key_for(p, id, Action::KeyUse).await?;
+        let key = self.key_for_op(p, id, KeyOp::Mac, None).await?;
         require_usage(&key, KeyUsage::Mac)?;
         require_usable(&key)?;
         let loaded = self.loaded(&key, key.latest_version).await?;
@@ -246,7 +260,7 @@ impl Kms {
         tag: &[u8],
         version: Option<u32>,
     ) -> Result<bool, CoreError> {
-        let key = self.key_for(p, id, Action::KeyUse).await?;
+        let key = self.key_for_op(p, id, KeyOp::Mac, None).await?;
         require_usage(&key, KeyUsage::Mac)?;
         require_usable(&key)?;
         let version = version.unwrap_or(key.latest_version);

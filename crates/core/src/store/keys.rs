@@ -26,6 +26,8 @@ pub trait KeyStore: Send + Sync {
         name: &str,
     ) -> Result<Option<KeyRecord>, StoreError>;
     async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
+    /// Every key of the org (for its key admins).
+    async fn list_org_keys(&self, org_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
     /// Whether the org holds a key of this owner (an identity from before identities were
     /// records is recognised by its keys).
     async fn owner_has_keys(&self, org_id: &str, owner: &str) -> Result<bool, StoreError>;

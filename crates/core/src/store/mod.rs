@@ -3,12 +3,14 @@
 //! `sovra-store` and pass the same test-suite.
 
 mod audit;
+mod grants;
 mod identities;
 mod keys;
 mod orgs;
 mod seal;
 
 pub use audit::AuditStore;
+pub use grants::GrantStore;
 pub use identities::IdentityStore;
 pub use keys::KeyStore;
 pub use orgs::OrgStore;
@@ -58,11 +60,19 @@ pub enum KeyChange {
 
 /// Everything the services store. A new entity gets a trait of its own, added here.
 pub trait Store:
-    SealStore + OrgStore + IdentityStore + KeyStore + AuditStore + Send + Sync + 'static
+    SealStore + OrgStore + IdentityStore + KeyStore + GrantStore + AuditStore + Send + Sync + 'static
 {
 }
 
 impl<T> Store for T where
-    T: SealStore + OrgStore + IdentityStore + KeyStore + AuditStore + Send + Sync + 'static
+    T: SealStore
+        + OrgStore
+        + IdentityStore
+        + KeyStore
+        + GrantStore
+        + AuditStore
+        + Send
+        + Sync
+        + 'static
 {
 }

@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod body;
 pub mod crypto;
+pub mod grants;
 pub mod identities;
 pub mod keys;
 pub mod meta;

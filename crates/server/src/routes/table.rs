@@ -8,7 +8,7 @@
 //! matches no route is declared too ([`UNMATCHED`], [`METHOD_NOT_ALLOWED`]), so a path outside
 //! the table is never mistaken for one of its routes.
 
-use super::{audit, crypto, identities, keys, meta, orgs, sys};
+use super::{audit, crypto, grants, identities, keys, meta, orgs, sys};
 use crate::ratelimit::Class;
 use crate::state::AppState;
 use axum::extract::{MatchedPath, Request};
@@ -52,6 +52,9 @@ pub enum Operation {
     KeyEnable,
     KeyScheduleDeletion,
     KeyCancelDeletion,
+    KeyGrantCreate,
+    KeyGrantList,
+    KeyGrantRevoke,
     KeyEncrypt,
     KeyEncryptBatch,
     KeyDecrypt,
@@ -106,6 +109,9 @@ impl Operation {
             KeyEnable => "key.enable",
             KeyScheduleDeletion => "key.schedule_deletion",
             KeyCancelDeletion => "key.cancel_deletion",
+            KeyGrantCreate => "key.grant",
+            KeyGrantList => "key.list_grants",
+            KeyGrantRevoke => "key.revoke_grant",
             KeyEncrypt => "key.encrypt",
             KeyEncryptBatch => "key.encrypt_batch",
             KeyDecrypt => "key.decrypt",
@@ -157,6 +163,7 @@ impl Operation {
             | KeyMac
             | KeyVerifyMac => Some(A::KeyUse),
             AuditList | AuditExport | AuditHash => Some(A::AuditRead),
+            KeyGrantCreate | KeyGrantList | KeyGrantRevoke => Some(A::KeyGrant),
         }
     }
 }
@@ -246,6 +253,7 @@ use Operation as Op;
 const GET: Method = Method::GET;
 const POST: Method = Method::POST;
 const PATCH: Method = Method::PATCH;
+const DELETE: Method = Method::DELETE;
 
 /// Every route of the API.
 pub static ROUTES: &[RouteSpec] = &[
@@ -450,6 +458,27 @@ pub static ROUTES: &[RouteSpec] = &[
         "/api/v1/keys/{id}/cancel-deletion",
         || routes!(keys::cancel_deletion),
         Op::KeyCancelDeletion,
+        Authenticated(KeyAdmin),
+    ),
+    RouteSpec::new(
+        POST,
+        "/api/v1/keys/{id}/grants",
+        || routes!(grants::create_grant),
+        Op::KeyGrantCreate,
+        Authenticated(KeyAdmin),
+    ),
+    RouteSpec::new(
+        GET,
+        "/api/v1/keys/{id}/grants",
+        || routes!(grants::list_grants),
+        Op::KeyGrantList,
+        Authenticated(Read),
+    ),
+    RouteSpec::new(
+        DELETE,
+        "/api/v1/keys/{id}/grants/{grant_id}",
+        || routes!(grants::revoke_grant),
+        Op::KeyGrantRevoke,
         Authenticated(KeyAdmin),
     ),
     RouteSpec::new(
@@ -820,6 +849,7 @@ mod tests {
             authz::Action::KeyRead,
             authz::Action::KeyManage,
             authz::Action::KeyUse,
+            authz::Action::KeyGrant,
             authz::Action::OrgKekRotate,
             authz::Action::OrgManage,
             authz::Action::IdentityRead,
@@ -833,6 +863,7 @@ mod tests {
                 | authz::Action::KeyRead
                 | authz::Action::KeyManage
                 | authz::Action::KeyUse
+                | authz::Action::KeyGrant
                 | authz::Action::OrgKekRotate
                 | authz::Action::OrgManage
                 | authz::Action::IdentityRead

@@ -130,6 +130,19 @@ macro_rules! key_store {
                 rows.iter().map(Self::key_from_row).collect()
             }
 
+            async fn list_org_keys(&self, org_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+                let rows = sqlx::query(concat!(
+                    "SELECT ",
+                    key_columns!(),
+                    " FROM keys WHERE org_id = $1 ORDER BY created_at, id"
+                ))
+                .bind(org_id)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+                rows.iter().map(Self::key_from_row).collect()
+            }
+
             async fn owner_has_keys(&self, org_id: &str, owner: &str) -> Result<bool, StoreError> {
                 let row = sqlx::query("SELECT 1 FROM keys WHERE org_id = $1 AND owner = $2 LIMIT 1")
                     .bind(org_id)

@@ -3,6 +3,7 @@
 //! live in a file of their own, as a macro invoked once per driver.
 
 mod audit;
+mod grants;
 mod identities;
 mod keys;
 mod orgs;
