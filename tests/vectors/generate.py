@@ -518,6 +518,44 @@ def key_row(row: dict) -> bytes:
     ])
 
 
+def identity_row(row: dict) -> bytes:
+    return ctx(b"sovra/row/identity/v1", [
+        row["org_id"].encode(),
+        row["id"].encode(),
+        row["kind"].encode(),
+        ",".join(row["roles"]).encode(),
+        row["status"].encode(),
+        row["auth_source"].encode(),
+        row["issuer"].encode(),
+        row["subject"].encode(),
+        struct.pack(">q", row["created_at"]),
+        struct.pack(">Q", row["revision"]),
+    ])
+
+
+def grant_row(row: dict) -> bytes:
+    constraint = None
+    if row["constraint"] is not None:
+        kind, context = row["constraint"]
+        parts = [kind.encode()]
+        for k in sorted(context, key=str.encode):
+            parts += [k.encode(), context[k].encode()]
+        constraint = ctx(b"constraint", parts)
+    expires = None if row["expires_at"] is None else struct.pack(">q", row["expires_at"])
+    return ctx(b"sovra/row/grant/v1", [
+        uuid.UUID(row["id"]).bytes,
+        row["org_id"].encode(),
+        uuid.UUID(row["key_id"]).bytes,
+        row["grantee_type"].encode(),
+        row["grantee"].encode(),
+        ",".join(row["operations"]).encode(),
+        row_optional(constraint),
+        row_optional(expires),
+        row["created_by"].encode(),
+        struct.pack(">q", row["created_at"]),
+    ])
+
+
 def row_mac_vectors():
     root = fixed_bytes("row-mac/root", 32)
     mac_key = hkdf_sha256(root, b"sovra/row-mac/v1", 32)
@@ -542,11 +580,42 @@ def row_mac_vectors():
         message = key_row(row)
         cases.append({"name": name, "row": row, "message": message.hex(),
                       "mac": hmac.new(mac_key, message, hashlib.sha256).hexdigest()})
+    mac = lambda m: hmac.new(mac_key, m, hashlib.sha256).hexdigest()
+    person = {
+        "org_id": "acme", "id": "https://issuer.example#alice", "kind": "user", "roles": [],
+        "status": "active", "auth_source": "jwt", "issuer": "https://issuer.example",
+        "subject": "alice", "created_at": 1767225600000, "revision": 1,
+    }
+    identities = [
+        ("provisioned", person),
+        ("service_disabled", {**person, "id": "https://issuer.example#ci", "subject": "ci",
+                              "kind": "service_account", "roles": ["auditor", "user"],
+                              "status": "disabled", "revision": 4}),
+    ]
+    grant = {
+        "id": "0190f5a8-3c4e-7b2a-9d61-000000000001", "org_id": "acme",
+        "key_id": base["id"], "grantee_type": "identity",
+        "grantee": "https://issuer.example#bob", "operations": ["encrypt"], "constraint": None,
+        "expires_at": None, "created_by": "https://issuer.example#alice",
+        "created_at": 1767225600000,
+    }
+    grants = [
+        ("plain", grant),
+        ("constrained", {**grant, "grantee_type": "role", "grantee": "user",
+                         "operations": ["decrypt", "datakey"],
+                         "constraint": ["subset", {"tenant": "t1", "app": "billing"}],
+                         "expires_at": 1767312000000}),
+        ("empty_equals", {**grant, "constraint": ["equals", {}]}),
+    ]
     return {
         "description": "Row MACs (docs/formats.md, section 6): the row-MAC key is HKDF-SHA256 "
         "of the root key (empty salt, info sovra/row-mac/v1), a key row's MAC is HMAC-SHA256 of "
-        "its columns.",
+        "its columns; identity and grant rows likewise.",
         "root_key": root.hex(), "row_mac_key": mac_key.hex(), "cases": cases,
+        "identities": [{"name": n, "row": r, "message": identity_row(r).hex(),
+                        "mac": mac(identity_row(r))} for n, r in identities],
+        "grants": [{"name": n, "row": r, "message": grant_row(r).hex(),
+                    "mac": mac(grant_row(r))} for n, r in grants],
     }
 
 

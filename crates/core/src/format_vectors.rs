@@ -1,10 +1,13 @@
 //! Known-answer vectors of the wrap AADs the core binds (root key, org KEKs, key material,
 //! audit keys), of the seal's root key wrapped under Shamir-shared unseal key, and of the row
-//! MACs (the row-MAC key's derivation and a key row's MAC). The vectors
+//! MACs (the row-MAC key's derivation and the MACs of key, identity and grant rows). The vectors
 //! come from `tests/vectors/generate.py` (Python, independent of this code); docs/formats.md
 //! describes the formats. The audit formats' vectors are in `audit/format_vectors.rs`.
 
-use crate::model::{KeyRecord, KeyState, SealKind, SealRecord};
+use crate::model::{
+    ContextConstraint, GrantRecord, Grantee, IdentityKind, IdentityRecord, IdentityStatus, KeyOp,
+    KeyRecord, KeyState, SealKind, SealRecord,
+};
 use sovra_crypto::wrap::WrappingKey;
 use sovra_crypto::{KeyType, SecretBytes, shamir};
 
@@ -147,5 +150,84 @@ fn row_macs_match_the_vectors() {
         assert!(mac.key_is_intact(&key));
         key.revision += 1;
         assert!(!mac.key_is_intact(&key), "{name}: another revision");
+    }
+
+    let text = |v: &serde_json::Value, f: &str| v[f].as_str().unwrap().to_string();
+    let identities = v["identities"].as_array().unwrap();
+    assert_eq!(identities.len(), 2);
+    for c in identities {
+        let r = &c["row"];
+        let mut identity = IdentityRecord {
+            org_id: text(r, "org_id"),
+            id: text(r, "id"),
+            kind: IdentityKind::parse(&text(r, "kind")).unwrap(),
+            roles: r["roles"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect(),
+            status: IdentityStatus::parse(&text(r, "status")).unwrap(),
+            auth_source: text(r, "auth_source"),
+            issuer: text(r, "issuer"),
+            subject: text(r, "subject"),
+            created_at: r["created_at"].as_i64().unwrap(),
+            last_seen_at: Some(1),
+            revision: r["revision"].as_u64().unwrap(),
+            row_mac: Vec::new(),
+        };
+        let name = c["name"].as_str().unwrap();
+        let message = crate::integrity::identity_row_message(&identity);
+        assert_eq!(message, bytes(&c["message"]), "{name}: identity message");
+        mac.sign_identity(&mut identity);
+        assert_eq!(identity.row_mac, bytes(&c["mac"]), "{name}: identity mac");
+        identity.status = IdentityStatus::Active;
+        identity.roles.push("admin".into());
+        assert!(
+            mac.check_identity(identity).is_err(),
+            "{name}: edited roles"
+        );
+    }
+
+    let grants = v["grants"].as_array().unwrap();
+    assert_eq!(grants.len(), 3);
+    for c in grants {
+        let r = &c["row"];
+        let grantee = match text(r, "grantee_type").as_str() {
+            "identity" => Grantee::Identity(text(r, "grantee")),
+            _ => Grantee::Role(text(r, "grantee")),
+        };
+        let constraint = r["constraint"].as_array().map(|c| {
+            let context = serde_json::from_value(c[1].clone()).unwrap();
+            match c[0].as_str().unwrap() {
+                "equals" => ContextConstraint::Equals(context),
+                _ => ContextConstraint::Subset(context),
+            }
+        });
+        let mut grant = GrantRecord {
+            id: uuid::Uuid::parse_str(&text(r, "id")).unwrap(),
+            org_id: text(r, "org_id"),
+            key_id: uuid::Uuid::parse_str(&text(r, "key_id")).unwrap(),
+            grantee,
+            operations: r["operations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| KeyOp::parse(o.as_str().unwrap()).unwrap())
+                .collect(),
+            constraint,
+            expires_at: r["expires_at"].as_i64(),
+            created_by: text(r, "created_by"),
+            created_at: r["created_at"].as_i64().unwrap(),
+            row_mac: Vec::new(),
+        };
+        let name = c["name"].as_str().unwrap();
+        let message = crate::integrity::grant_row_message(&grant);
+        assert_eq!(message, bytes(&c["message"]), "{name}: grant message");
+        mac.sign_grant(&mut grant);
+        assert_eq!(grant.row_mac, bytes(&c["mac"]), "{name}: grant mac");
+        assert!(mac.grant_is_intact(&grant));
+        grant.operations.push(KeyOp::Read);
+        assert!(!mac.grant_is_intact(&grant), "{name}: widened operations");
     }
 }

@@ -138,15 +138,13 @@ pub(crate) fn grant_row_message(g: &GrantRecord) -> Vec<u8> {
             constraint.push(v.as_bytes());
         }
     }
-    let id = g.id.to_string();
-    let key_id = g.key_id.to_string();
     let expires_at = g.expires_at.map(i64::to_be_bytes);
     context(
         "sovra/row/grant/v1",
         &[
-            id.as_bytes(),
+            g.id.as_bytes(),
             g.org_id.as_bytes(),
-            key_id.as_bytes(),
+            g.key_id.as_bytes(),
             grantee_type.as_bytes(),
             grantee.as_bytes(),
             operations.join(",").as_bytes(),
