@@ -429,6 +429,31 @@ async fn a_key_admin_manages_keys_without_using_them() {
     .await;
     assert_eq!(encrypt_hi(&s, &bob, &k).await.status, 200);
     assert_error(&encrypt_hi(&s, &kadmin, &k).await, 404, "not_found");
+    // It cannot grant itself, nor be granted use through its role or by name.
+    let r = grant(
+        &s,
+        &kadmin,
+        &k,
+        json!({"grantee": {"identity": id_of("kim")}, "operations": ["decrypt"]}),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_input");
+    let r = grant(
+        &s,
+        &alice,
+        &k,
+        json!({"grantee": {"role": "key_admin"}, "operations": ["encrypt"]}),
+    )
+    .await;
+    assert_error(&r, 400, "invalid_input");
+    grant_ok(
+        &s,
+        &alice,
+        &k,
+        json!({"grantee": {"identity": id_of("kim")}, "operations": ["encrypt"]}),
+    )
+    .await;
+    assert_error(&encrypt_hi(&s, &kadmin, &k).await, 404, "not_found");
     // Not in globex.
     for (method, path) in [
         (Method::GET, format!("/api/v1/keys/{g}")),

@@ -123,7 +123,8 @@ pub fn grant_allows(
     context: Option<&BTreeMap<String, String>>,
     now_ms: i64,
 ) -> bool {
-    if !p.is_admitted() || p.org().as_str() != key.org_id {
+    // A key admin never uses keys, not even through a grant it could give itself.
+    if !p.is_admitted() || p.org().as_str() != key.org_id || p.has_role(Role::KeyAdmin) {
         return false;
     }
     grants.iter().any(|g| {

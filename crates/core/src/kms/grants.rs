@@ -20,8 +20,8 @@ use std::time::Instant;
 use uuid::Uuid;
 
 /// Most pairs in a grant's context condition, and bytes of each key or value.
-pub const MAX_CONSTRAINT_PAIRS: usize = 64;
-pub const MAX_CONSTRAINT_ITEM_LEN: usize = 256;
+pub const MAX_CONSTRAINT_PAIRS: usize = 16;
+pub const MAX_CONSTRAINT_ITEM_LEN: usize = 128;
 /// Most grants on one key.
 pub const MAX_GRANTS_PER_KEY: usize = 100;
 /// Longest lifetime of a grant that expires.
@@ -167,6 +167,11 @@ impl Kms {
             }
         }
         match &new.grantee {
+            Grantee::Identity(grantee) if grantee == p.identity().as_str() => {
+                return Err(CoreError::InvalidInput(
+                    "a grant is for another identity than its grantor".into(),
+                ));
+            }
             Grantee::Identity(grantee) => {
                 // Only an identity of the key's org: another org's id is no identity here.
                 if self
@@ -180,10 +185,11 @@ impl Kms {
                     ));
                 }
             }
+            // Key admins never use keys; the operator role is server-wide.
             Grantee::Role(role) => match Role::parse(role) {
-                Some(Role::Operator) | None => {
+                Some(Role::Operator | Role::KeyAdmin) | None => {
                     return Err(CoreError::InvalidInput(
-                        "a grant's role is one of admin, auditor, key_admin, user".into(),
+                        "a grant's role is one of admin, auditor, user".into(),
                     ));
                 }
                 Some(_) => {}
@@ -201,7 +207,14 @@ impl Kms {
                 )));
             }
         };
-        if self.store.grants_for_key(&key.org_id, key.id).await?.len() >= MAX_GRANTS_PER_KEY {
+        // Counted as they act: intact and not expired.
+        let live = self
+            .stored_grants(&key.org_id, key.id)
+            .await?
+            .iter()
+            .filter(|g| g.expires_at.is_none_or(|t| now < t))
+            .count();
+        if live >= MAX_GRANTS_PER_KEY {
             return Err(CoreError::Conflict(format!(
                 "a key has at most {MAX_GRANTS_PER_KEY} grants"
             )));
@@ -265,11 +278,10 @@ impl Kms {
         grant_id: Uuid,
     ) -> Result<KeyRecord, CoreError> {
         authorize(p, Action::KeyList, Resource::Org(p.org()))?;
-        let key = self
-            .stored_key(p.org().as_str(), id.as_uuid())
-            .await?
-            .ok_or(CoreError::NotFound)?;
-        let grants = self.stored_grants(&key.org_id, key.id).await?;
+        // The grants are read whether or not the key exists: the same reads either way.
+        let key = self.stored_key(p.org().as_str(), id.as_uuid()).await?;
+        let grants = self.stored_grants(p.org().as_str(), id.as_uuid()).await?;
+        let key = key.ok_or(CoreError::NotFound)?;
         let mine = grants.iter().any(|g| {
             g.id == grant_id
                 && matches!(&g.grantee, Grantee::Identity(i) if i == p.identity().as_str())

@@ -153,7 +153,18 @@ macro_rules! grant_store {
                 .fetch_all(&self.pool)
                 .await
                 .map_err(map_err)?;
-                rows.iter().map(Self::grant_from_row).collect()
+                // A row that does not decode was not written by Sovra: like one that fails
+                // its MAC, it grants nothing, and it must not make the key unusable.
+                Ok(rows
+                    .iter()
+                    .filter_map(|r| match Self::grant_from_row(r) {
+                        Ok(g) => Some(g),
+                        Err(e) => {
+                            tracing::error!(key_id = %key_id, error = %e, "a grant row does not decode; it grants nothing");
+                            None
+                        }
+                    })
+                    .collect())
             }
 
             async fn delete_grant(
