@@ -32,5 +32,10 @@ stop() {
 
 # The config lines that make the bench identity provider in $dir/idp an issuer of the server.
 idp_config() {
-    printf '[[auth.jwt]]\nissuer = "https://bench-idp.sovra.test"\naudience = "sovra"\njwks = "%s"\nprovision_identities = true\n' "$dir/idp/jwks.json"
+    printf '[[auth.jwt]]\nissuer = "https://bench-idp.sovra.test"\naudience = "sovra"\njwks = "%s"\n' "$dir/idp/jwks.json"
+    # Its subjects become identities on first use; a server from before identities were
+    # records (`SERVER=` an older build) knows no such setting and needs none.
+    if "${SERVER:-$target/release/sovra}" org --help > /dev/null 2>&1; then
+        printf 'provision_identities = true\n'
+    fi
 }
