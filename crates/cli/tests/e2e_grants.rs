@@ -281,6 +281,54 @@ async fn a_grant_to_a_role_covers_its_holders() {
     .await;
     assert_error(&r, 404, "not_found");
     assert_error(&sign(erin.clone()).await, 404, "not_found");
+
+    // An HMAC key: erin may verify its MACs without being able to make one.
+    let hm = ok(
+        &s,
+        &alice,
+        Method::POST,
+        "/api/v1/keys",
+        Some(json!({"name": "mac", "type": "hmac-sha256"})),
+    )
+    .await;
+    let hm = hm["id"].as_str().unwrap();
+    let tag = ok(
+        &s,
+        &alice,
+        Method::POST,
+        &format!("/api/v1/keys/{hm}/mac"),
+        Some(json!({"message": "aGk="})),
+    )
+    .await;
+    grant_ok(
+        &s,
+        &alice,
+        hm,
+        json!({"grantee": {"identity": id_of("erin")}, "operations": ["verify"]}),
+    )
+    .await;
+    let r = call(
+        &s,
+        &erin,
+        Method::POST,
+        &format!("/api/v1/keys/{hm}/verify-mac"),
+        Some(json!({"message": "aGk=", "mac": tag["mac"]})),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json["valid"].as_bool()),
+        (200, Some(true)),
+        "{r:?}"
+    );
+    let r = call(
+        &s,
+        &erin,
+        Method::POST,
+        &format!("/api/v1/keys/{hm}/mac"),
+        Some(json!({"message": "aGk="})),
+    )
+    .await;
+    assert_error(&r, 404, "not_found");
 }
 
 /// Expiry, revocation and retirement take effect at once, also for a grantee whose key and

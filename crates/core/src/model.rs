@@ -251,8 +251,9 @@ pub enum KeyOp {
     Encrypt,
     Decrypt,
     Sign,
+    /// Verifying signatures, and MACs of a MAC key.
     Verify,
-    /// Computing and verifying MACs.
+    /// Computing MACs.
     Mac,
     /// Data keys, with or without plaintext.
     Datakey,

@@ -91,15 +91,17 @@ impl GrantCache {
     }
 }
 
-/// The usage an operation needs of the key (`None`: any key).
-fn usage_of(op: KeyOp) -> Option<KeyUsage> {
+/// Whether a key of this usage can do the operation. `verify` is the verification of a
+/// signature or of a MAC, so a grantee can check MACs without being able to make them.
+fn key_can(usage: KeyUsage, op: KeyOp) -> bool {
     match op {
         KeyOp::Encrypt | KeyOp::Decrypt | KeyOp::Datakey | KeyOp::Reencrypt => {
-            Some(KeyUsage::EncryptDecrypt)
+            usage == KeyUsage::EncryptDecrypt
         }
-        KeyOp::Sign | KeyOp::Verify => Some(KeyUsage::SignVerify),
-        KeyOp::Mac => Some(KeyUsage::Mac),
-        KeyOp::Read => None,
+        KeyOp::Sign => usage == KeyUsage::SignVerify,
+        KeyOp::Verify => matches!(usage, KeyUsage::SignVerify | KeyUsage::Mac),
+        KeyOp::Mac => usage == KeyUsage::Mac,
+        KeyOp::Read => true,
     }
 }
 
@@ -138,7 +140,7 @@ impl Kms {
         }
         if let Some(op) = operations
             .iter()
-            .find(|op| usage_of(**op).is_some_and(|u| u != key.key_type.usage()))
+            .find(|op| !key_can(key.key_type.usage(), **op))
         {
             return Err(CoreError::InvalidInput(format!(
                 "a {} key cannot do {}",

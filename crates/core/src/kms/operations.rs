@@ -260,7 +260,8 @@ impl Kms {
         tag: &[u8],
         version: Option<u32>,
     ) -> Result<bool, CoreError> {
-        let key = self.key_for_op(p, id, KeyOp::Mac, None).await?;
+        // Verifying needs `verify`, not `mac`: a grantee may check MACs it cannot make.
+        let key = self.key_for_op(p, id, KeyOp::Verify, None).await?;
         require_usage(&key, KeyUsage::Mac)?;
         require_usable(&key)?;
         let version = version.unwrap_or(key.latest_version);
