@@ -10,30 +10,13 @@ mod common;
 mod jwt;
 
 use common::{
-    Resp, Server, TempDir, api_call as call, api_ok as ok, assert_error, create_aes_key as aes_key,
-    encrypt_hi, list_all, sqlite3, text,
+    Resp, Server, api_call as call, api_ok as ok, assert_error, create_aes_key as aes_key,
+    encrypt_hi, list_all, text,
 };
-use jwt::{AUDIENCE, ISSUER, Signer, claims, claims_with_roles};
+use jwt::{claims, claims_with_roles, identity_of};
 use reqwest::Method;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
-
-fn server(tag: &str) -> (TempDir, Signer, Server) {
-    let dir = TempDir::new(tag);
-    let idp = Signer::es256(&format!("{tag}-key"));
-    let jwks = dir.path().join("jwks.json");
-    jwt::write_jwks(&jwks, std::slice::from_ref(&idp.jwk));
-    let s = Server::start_dev(dir.path(), &jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, ""));
-    (dir, idp, s)
-}
-
-fn id_of(sub: &str) -> String {
-    format!("{ISSUER}#{sub}")
-}
-
-fn db(s: &Server, sql: &str) -> String {
-    sqlite3(&s.data_dir.join("sovra.db"), sql)
-}
 
 async fn grant(s: &Server, token: &str, key: &str, body: Value) -> Resp {
     call(
@@ -87,7 +70,7 @@ async fn provision(s: &Server, tokens: &[&str]) {
 /// subset: at least these pairs), on encrypt, decrypt and data keys.
 #[tokio::test]
 async fn a_grant_allows_exactly_what_it_names() {
-    let (_dir, idp, s) = server("grants-ops");
+    let (_dir, idp, s) = jwt::dev_server("grants-ops", "");
     let alice = idp.token(&claims("alice", "acme"));
     let bob = idp.token(&claims("bob", "acme"));
     let carol = idp.token(&claims("carol", "acme"));
@@ -103,7 +86,7 @@ async fn a_grant_allows_exactly_what_it_names() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("bob")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("bob")}, "operations": ["encrypt"]}),
     )
     .await;
     let r = encrypt_ctx(&s, &bob, &k, json!({"app": "billing"})).await;
@@ -133,7 +116,7 @@ async fn a_grant_allows_exactly_what_it_names() {
         (
             Method::POST,
             format!("/api/v1/keys/{k}/grants"),
-            Some(json!({"grantee": {"identity": id_of("carol")}, "operations": ["encrypt"]})),
+            Some(json!({"grantee": {"identity": identity_of("carol")}, "operations": ["encrypt"]})),
         ),
     ] {
         let r = call(&s, &bob, method.clone(), &path, body).await;
@@ -150,7 +133,7 @@ async fn a_grant_allows_exactly_what_it_names() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("bob")}, "operations": ["decrypt"],
+        json!({"grantee": {"identity": identity_of("bob")}, "operations": ["decrypt"],
                "constraints": {"encryption_context_equals": {"app": "billing"}}}),
     )
     .await;
@@ -172,7 +155,7 @@ async fn a_grant_allows_exactly_what_it_names() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("carol")}, "operations": ["datakey"],
+        json!({"grantee": {"identity": identity_of("carol")}, "operations": ["datakey"],
                "constraints": {"encryption_context_subset": {"tenant": "t1"}}}),
     )
     .await;
@@ -224,7 +207,7 @@ async fn a_grant_allows_exactly_what_it_names() {
     );
     assert!(
         events.iter().any(|e| e["action"] == "key.encrypt"
-            && e["actor"] == id_of("bob")
+            && e["actor"] == identity_of("bob")
             && e["outcome"] == "success"),
         "{events:?}"
     );
@@ -234,7 +217,7 @@ async fn a_grant_allows_exactly_what_it_names() {
 /// read grant reads the public key, while verify needs its own grant.
 #[tokio::test]
 async fn a_grant_to_a_role_covers_its_holders() {
-    let (_dir, idp, s) = server("grants-role");
+    let (_dir, idp, s) = jwt::dev_server("grants-role", "");
     let alice = idp.token(&claims("alice", "acme"));
     let dave = idp.token(&claims_with_roles("dave", "acme", &["auditor"]));
     let erin = idp.token(&claims("erin", "acme"));
@@ -304,7 +287,7 @@ async fn a_grant_to_a_role_covers_its_holders() {
         &s,
         &alice,
         hm,
-        json!({"grantee": {"identity": id_of("erin")}, "operations": ["verify"]}),
+        json!({"grantee": {"identity": identity_of("erin")}, "operations": ["verify"]}),
     )
     .await;
     let r = call(
@@ -335,7 +318,7 @@ async fn a_grant_to_a_role_covers_its_holders() {
 /// grants the server has cached; only the owner, a key admin or the grantee itself revokes.
 #[tokio::test]
 async fn grants_expire_and_revoke_at_once() {
-    let (_dir, idp, s) = server("grants-revoke");
+    let (_dir, idp, s) = jwt::dev_server("grants-revoke", "");
     let alice = idp.token(&claims("alice", "acme"));
     let bob = idp.token(&claims("bob", "acme"));
     let carol = idp.token(&claims("carol", "acme"));
@@ -345,7 +328,7 @@ async fn grants_expire_and_revoke_at_once() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("bob")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("bob")}, "operations": ["encrypt"]}),
     )
     .await;
     assert_eq!(encrypt_hi(&s, &bob, &k).await.status, 200);
@@ -370,7 +353,7 @@ async fn grants_expire_and_revoke_at_once() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("bob")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("bob")}, "operations": ["encrypt"]}),
     )
     .await;
     assert_eq!(encrypt_hi(&s, &bob, &k).await.status, 200);
@@ -390,7 +373,7 @@ async fn grants_expire_and_revoke_at_once() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("bob")}, "operations": ["encrypt"], "expires_in_seconds": 1}),
+        json!({"grantee": {"identity": identity_of("bob")}, "operations": ["encrypt"], "expires_in_seconds": 1}),
     )
     .await;
     assert_eq!(encrypt_hi(&s, &bob, &k).await.status, 200);
@@ -414,7 +397,7 @@ async fn grants_expire_and_revoke_at_once() {
         .collect();
     assert_eq!(
         revoked,
-        [&json!(id_of("bob")), &json!(id_of("alice"))],
+        [&json!(identity_of("bob")), &json!(identity_of("alice"))],
         "the owner's revocation and the grantee's retirement, newest first; the refused ones failed"
     );
 }
@@ -423,7 +406,7 @@ async fn grants_expire_and_revoke_at_once() {
 /// role gives it nothing in another org.
 #[tokio::test]
 async fn a_key_admin_manages_keys_without_using_them() {
-    let (_dir, idp, s) = server("grants-keyadmin");
+    let (_dir, idp, s) = jwt::dev_server("grants-keyadmin", "");
     let alice = idp.token(&claims("alice", "acme"));
     let bob = idp.token(&claims("bob", "acme"));
     let kadmin = idp.token(&claims_with_roles("kim", "acme", &["key_admin"]));
@@ -472,7 +455,7 @@ async fn a_key_admin_manages_keys_without_using_them() {
         &s,
         &kadmin,
         &k,
-        json!({"grantee": {"identity": id_of("bob")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("bob")}, "operations": ["encrypt"]}),
     )
     .await;
     assert_eq!(encrypt_hi(&s, &bob, &k).await.status, 200);
@@ -482,7 +465,7 @@ async fn a_key_admin_manages_keys_without_using_them() {
         &s,
         &kadmin,
         &k,
-        json!({"grantee": {"identity": id_of("kim")}, "operations": ["decrypt"]}),
+        json!({"grantee": {"identity": identity_of("kim")}, "operations": ["decrypt"]}),
     )
     .await;
     assert_error(&r, 400, "invalid_input");
@@ -498,7 +481,7 @@ async fn a_key_admin_manages_keys_without_using_them() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("kim")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("kim")}, "operations": ["encrypt"]}),
     )
     .await;
     assert_error(&encrypt_hi(&s, &kadmin, &k).await, 404, "not_found");
@@ -521,19 +504,19 @@ async fn a_key_admin_manages_keys_without_using_them() {
 /// bodies.
 #[tokio::test]
 async fn bad_grants_are_refused_and_store_nothing() {
-    let (_dir, idp, s) = server("grants-bad");
+    let (_dir, idp, s) = jwt::dev_server("grants-bad", "");
     let alice = idp.token(&claims("alice", "acme"));
     let gina = idp.token(&claims("gina", "globex"));
     provision(&s, &[&alice, &gina]).await;
     let k = aes_key(&s, &alice, "k").await;
-    let bob = json!({"identity": id_of("alice")});
+    let bob = json!({"identity": identity_of("alice")});
     for body in [
-        json!({"grantee": {"identity": id_of("gina")}, "operations": ["encrypt"]}),
-        json!({"grantee": {"identity": id_of("nobody")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("gina")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("nobody")}, "operations": ["encrypt"]}),
         json!({"grantee": {"role": "operator"}, "operations": ["encrypt"]}),
         json!({"grantee": {"role": "root"}, "operations": ["encrypt"]}),
         json!({"grantee": {}, "operations": ["encrypt"]}),
-        json!({"grantee": {"identity": id_of("alice"), "role": "user"}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("alice"), "role": "user"}, "operations": ["encrypt"]}),
         json!({"grantee": bob, "operations": []}),
         json!({"grantee": bob, "operations": ["launch"]}),
         json!({"grantee": bob, "operations": ["sign"]}),
@@ -562,11 +545,11 @@ async fn bad_grants_are_refused_and_store_nothing() {
         &s,
         &gina,
         &k,
-        json!({"grantee": {"identity": id_of("gina")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("gina")}, "operations": ["encrypt"]}),
     )
     .await;
     assert_error(&r, 404, "not_found");
-    assert_eq!(db(&s, "SELECT count(*) FROM grants"), "0");
+    assert_eq!(s.sql("SELECT count(*) FROM grants"), "0");
 }
 
 /// An insider with write access to the database gives bob a grant by copying a valid grant
@@ -574,7 +557,7 @@ async fn bad_grants_are_refused_and_store_nothing() {
 /// anything (the edited one stops working too).
 #[tokio::test]
 async fn grant_rows_written_in_the_database_give_nothing() {
-    let (_dir, idp, s) = server("grants-insider");
+    let (_dir, idp, s) = jwt::dev_server("grants-insider", "");
     let alice = idp.token(&claims("alice", "acme"));
     let bob = idp.token(&claims("bob", "acme"));
     let carol = idp.token(&claims("carol", "acme"));
@@ -584,24 +567,20 @@ async fn grant_rows_written_in_the_database_give_nothing() {
         &s,
         &alice,
         &k,
-        json!({"grantee": {"identity": id_of("carol")}, "operations": ["encrypt"]}),
+        json!({"grantee": {"identity": identity_of("carol")}, "operations": ["encrypt"]}),
     )
     .await;
     assert_eq!(encrypt_hi(&s, &carol, &k).await.status, 200);
-    db(
-        &s,
-        &format!(
-            "INSERT INTO grants SELECT '{}', org_id, key_id, grantee_type, '{}', operations, \
+    s.sql(&format!(
+        "INSERT INTO grants SELECT '{}', org_id, key_id, grantee_type, '{}', operations, \
              constraint_kind, constraint_context, expires_at, created_by, created_at, row_mac \
              FROM grants WHERE id = '{g}'",
-            "6f1c2b1e-0000-4000-8000-000000000001",
-            id_of("bob")
-        ),
-    );
-    db(
-        &s,
-        &format!("UPDATE grants SET operations = 'decrypt,encrypt' WHERE id = '{g}'"),
-    );
+        "6f1c2b1e-0000-4000-8000-000000000001",
+        identity_of("bob")
+    ));
+    s.sql(&format!(
+        "UPDATE grants SET operations = 'decrypt,encrypt' WHERE id = '{g}'"
+    ));
     // The key's grants are cached for at most half a second: polled until read again.
     let deadline = Instant::now() + Duration::from_secs(5);
     while encrypt_hi(&s, &carol, &k).await.status == 200 {

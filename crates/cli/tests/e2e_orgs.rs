@@ -14,43 +14,19 @@ use common::{
     DevNodes, Server, TempDir, api_call as call, api_ok as ok, assert_error, create_aes_key as key,
     encrypt_hi as encrypt, list_all, sqlite3, text,
 };
-use jwt::{AUDIENCE, ISSUER, Signer, claims, claims_with_roles};
+use jwt::{AUDIENCE, ISSUER, Signer, claims, claims_with_roles, identity_of};
 use reqwest::Method;
 use serde_json::{Value, json};
 use sovra_client::path_segment;
 use std::time::{Duration, Instant};
 
-/// A dev server (its dev token is the operator) trusting the test issuer with `issuer_extra`
-/// in its table; the fixture orgs exist. Returns the directory (it outlives the server), the
-/// issuer's signing key and the server.
-fn server(tag: &str, issuer_extra: &str) -> (TempDir, Signer, Server) {
-    let dir = TempDir::new(tag);
-    let idp = Signer::es256(&format!("{tag}-key"));
-    let jwks = dir.path().join("jwks.json");
-    jwt::write_jwks(&jwks, std::slice::from_ref(&idp.jwk));
-    let s = Server::start_dev(
-        dir.path(),
-        &jwt::issuer_toml(ISSUER, AUDIENCE, &jwks, issuer_extra),
-    );
-    (dir, idp, s)
-}
-
 fn dev(s: &Server) -> &str {
     s.token.as_deref().unwrap()
-}
-
-/// Rows of a SQL query on the dev server's SQLite database, as an insider reads it.
-fn db(s: &Server, sql: &str) -> String {
-    sqlite3(&s.data_dir.join("sovra.db"), sql)
 }
 
 /// The identity path of `id` (ids hold ':', '/' and '#').
 fn identity_path(id: &str) -> String {
     format!("/api/v1/identities/{}", path_segment(id))
-}
-
-fn jwt_identity(sub: &str) -> String {
-    format!("{ISSUER}#{sub}")
 }
 
 // ---- organizations ------------------------------------------------------------------------
@@ -60,7 +36,7 @@ fn jwt_identity(sub: &str) -> String {
 /// the same token works. Admins and users cannot create, list or suspend orgs.
 #[tokio::test]
 async fn nothing_creates_an_org_but_an_operator() {
-    let (_dir, idp, s) = server("orgs-implicit", "");
+    let (_dir, idp, s) = jwt::dev_server("orgs-implicit", "");
     let stranger = idp.token(&claims_with_roles("mallory", "initech", &["admin"]));
     for (method, path, body) in [
         (Method::GET, "/api/v1/keys", None),
@@ -77,15 +53,9 @@ async fn nothing_creates_an_org_but_an_operator() {
         assert_error(&r, 403, "unknown_org");
         assert!(r.text.contains("initech"), "{r:?}");
     }
+    assert_eq!(s.sql("SELECT count(*) FROM orgs WHERE id = 'initech'"), "0");
     assert_eq!(
-        db(&s, "SELECT count(*) FROM orgs WHERE id = 'initech'"),
-        "0"
-    );
-    assert_eq!(
-        db(
-            &s,
-            "SELECT count(*) FROM identities WHERE org_id = 'initech'"
-        ),
+        s.sql("SELECT count(*) FROM identities WHERE org_id = 'initech'"),
         "0"
     );
 
@@ -102,10 +72,7 @@ async fn nothing_creates_an_org_but_an_operator() {
             assert_error(&call(&s, t, method, path, body).await, 403, "forbidden");
         }
     }
-    assert_eq!(
-        db(&s, "SELECT count(*) FROM orgs WHERE id = 'initech'"),
-        "0"
-    );
+    assert_eq!(s.sql("SELECT count(*) FROM orgs WHERE id = 'initech'"), "0");
 
     // Bad input from the operator: refused, nothing stored.
     for (body, code) in [
@@ -138,10 +105,7 @@ async fn nothing_creates_an_org_but_an_operator() {
         .await;
         assert_error(&r, 400, code);
     }
-    assert_eq!(
-        db(&s, "SELECT count(*) FROM orgs WHERE id = 'initech'"),
-        "0"
-    );
+    assert_eq!(s.sql("SELECT count(*) FROM orgs WHERE id = 'initech'"), "0");
 
     // The operator creates it (through the CLI); a second create conflicts.
     let out = s.cli(
@@ -182,7 +146,7 @@ async fn nothing_creates_an_org_but_an_operator() {
     let k = key(&s, &stranger, "first").await;
     assert_eq!(encrypt(&s, &stranger, &k).await.status, 200);
     assert_eq!(
-        db(&s, "SELECT count(*) FROM org_keks WHERE org_id = 'initech'"),
+        s.sql("SELECT count(*) FROM org_keks WHERE org_id = 'initech'"),
         "1"
     );
     // The creation is audited with the operator as actor.
@@ -201,7 +165,7 @@ async fn nothing_creates_an_org_but_an_operator() {
 /// org is suspended still manages orgs (server-wide) but uses nothing of the org.
 #[tokio::test]
 async fn a_suspended_org_is_refused_until_resumed() {
-    let (_dir, idp, s) = server("orgs-suspend", "");
+    let (_dir, idp, s) = jwt::dev_server("orgs-suspend", "");
     let alice = idp.token(&claims("alice", "acme"));
     let gina = idp.token(&claims("gina", "globex"));
     let k = key(&s, &alice, "k").await;
@@ -236,7 +200,7 @@ async fn a_suspended_org_is_refused_until_resumed() {
     let again = ok(&s, dev(&s), Method::POST, "/api/v1/orgs/acme/suspend", None).await;
     assert_eq!(again["status"], "suspended");
     assert_eq!(
-        db(&s, "SELECT status FROM orgs WHERE id = 'acme'"),
+        s.sql("SELECT status FROM orgs WHERE id = 'acme'"),
         "suspended"
     );
     assert_error(
@@ -348,7 +312,7 @@ async fn a_suspension_through_one_node_binds_the_other_at_once() {
         a,
         &admin,
         Method::PATCH,
-        &identity_path(&jwt_identity("bob")),
+        &identity_path(&identity_of("bob")),
         Some(patch),
     )
     .await;
@@ -363,7 +327,7 @@ async fn a_suspension_through_one_node_binds_the_other_at_once() {
 /// cannot change it. Disabling refuses the identity's (already verified) token at once.
 #[tokio::test]
 async fn identities_are_provisioned_listed_and_disabled() {
-    let (_dir, idp, s) = server("orgs-identities", "");
+    let (_dir, idp, s) = jwt::dev_server("orgs-identities", "");
     let alice = idp.token(&claims("alice", "acme"));
     let admin = idp.token(&claims_with_roles("root", "acme", &["admin"]));
     let auditor = idp.token(&claims_with_roles("audrey", "acme", &["auditor"]));
@@ -393,7 +357,7 @@ async fn identities_are_provisioned_listed_and_disabled() {
         &s,
         &auditor,
         Method::GET,
-        &identity_path(&jwt_identity("alice")),
+        &identity_path(&identity_of("alice")),
         None,
     )
     .await;
@@ -422,7 +386,7 @@ async fn identities_are_provisioned_listed_and_disabled() {
             &s,
             &globex_admin,
             method,
-            &identity_path(&jwt_identity("alice")),
+            &identity_path(&identity_of("alice")),
             body,
         )
         .await;
@@ -435,7 +399,7 @@ async fn identities_are_provisioned_listed_and_disabled() {
         &[
             "identity",
             "disable",
-            &jwt_identity("alice"),
+            &identity_of("alice"),
             "--output",
             "json",
         ],
@@ -445,7 +409,7 @@ async fn identities_are_provisioned_listed_and_disabled() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_error(&encrypt(&s, &alice, &k).await, 403, "identity_disabled");
     let out = s.cli_token(
-        &["identity", "enable", &jwt_identity("alice")],
+        &["identity", "enable", &identity_of("alice")],
         None,
         Some(&admin),
     );
@@ -453,7 +417,7 @@ async fn identities_are_provisioned_listed_and_disabled() {
     assert_eq!(encrypt(&s, &alice, &k).await.status, 200);
 
     // Bad changes: refused, nothing changed.
-    let path = identity_path(&jwt_identity("alice"));
+    let path = identity_path(&identity_of("alice"));
     for (body, code) in [
         (json!({"status": "gone"}), "invalid_input"),
         (json!({"kind": "root"}), "invalid_input"),
@@ -474,10 +438,7 @@ async fn identities_are_provisioned_listed_and_disabled() {
     )
     .await;
     assert_error(&r, 403, "forbidden");
-    let row = db(
-        &s,
-        "SELECT kind, roles, status, revision FROM identities WHERE subject = 'alice'",
-    );
+    let row = s.sql("SELECT kind, roles, status, revision FROM identities WHERE subject = 'alice'");
     assert_eq!(
         row, "user  active 3",
         "two changes (disable, enable) and nothing else"
@@ -498,7 +459,7 @@ async fn identities_are_provisioned_listed_and_disabled() {
 /// records keeps working (its identity is made from its keys).
 #[tokio::test]
 async fn without_provisioning_only_registered_or_key_owning_subjects_get_in() {
-    let (dir, idp, s) = server("orgs-noprov", "");
+    let (dir, idp, s) = jwt::dev_server("orgs-noprov", "");
     let alice = idp.token(&claims("alice", "acme"));
     let admin_token = idp.token(&claims_with_roles("root", "acme", &["admin"]));
     let k = key(&s, &alice, "old").await;
@@ -520,7 +481,7 @@ async fn without_provisioning_only_registered_or_key_owning_subjects_get_in() {
         "alice keeps her key"
     );
     assert_eq!(
-        db(&s, "SELECT kind FROM identities WHERE subject = 'alice'"),
+        s.sql("SELECT kind FROM identities WHERE subject = 'alice'"),
         "user"
     );
 
@@ -528,10 +489,7 @@ async fn without_provisioning_only_registered_or_key_owning_subjects_get_in() {
     let r = call(&s, &carol, Method::GET, "/api/v1/keys", None).await;
     assert_error(&r, 403, "unknown_identity");
     assert_eq!(
-        db(
-            &s,
-            "SELECT count(*) FROM identities WHERE subject = 'carol'"
-        ),
+        s.sql("SELECT count(*) FROM identities WHERE subject = 'carol'"),
         "0"
     );
     // root, recognised by its keys, is an admin of acme again and registers carol.
@@ -544,7 +502,7 @@ async fn without_provisioning_only_registered_or_key_owning_subjects_get_in() {
     )
     .await;
     assert_eq!(r.status, 201, "{r:?}");
-    assert_eq!(r.json["id"], jwt_identity("carol"));
+    assert_eq!(r.json["id"], identity_of("carol"));
     let r = call(&s, &carol, Method::GET, "/api/v1/keys", None).await;
     assert_eq!(r.status, 200, "{r:?}");
     // A subject of another org registered nowhere: still refused.
@@ -570,7 +528,7 @@ async fn without_provisioning_only_registered_or_key_owning_subjects_get_in() {
 /// a role given in Sovra, not by turning an admin into a service account (threat row E-4).
 #[tokio::test]
 async fn a_service_account_never_becomes_admin() {
-    let (_dir, idp, s) = server("orgs-service", "provision_identities = false");
+    let (_dir, idp, s) = jwt::dev_server("orgs-service", "provision_identities = false");
     // The dev token is an admin of the dev org: the service account is registered there.
     let admin = dev(&s).to_string();
     let svc_claims = |roles: &[&str]| claims_with_roles("ci-bot", "dev", roles);
@@ -596,11 +554,25 @@ async fn a_service_account_never_becomes_admin() {
         .await;
         assert_error(&r, 400, "invalid_input");
     }
+    // Malformed registrations: refused, nothing stored.
+    for body in [
+        json!({"issuer": ISSUER, "subject": "x".repeat(513), "kind": "user"}),
+        json!({"issuer": ISSUER, "subject": "", "kind": "user"}),
+        json!({"issuer": ISSUER, "subject": "a\u{1}b", "kind": "user"}),
+        json!({"issuer": ISSUER, "subject": "bob", "kind": "root"}),
+        json!({"issuer": ISSUER, "subject": "bob", "kind": "user", "roles": ["operator"]}),
+        json!({"issuer": ISSUER, "subject": "bob", "kind": "user", "org": "acme"}),
+        json!({"issuer": ISSUER, "subject": 7, "kind": "user"}),
+    ] {
+        let r = call(&s, &admin, Method::POST, "/api/v1/identities", Some(body)).await;
+        assert_error(&r, 400, "invalid_input");
+    }
     assert_eq!(
-        db(
-            &s,
-            "SELECT count(*) FROM identities WHERE subject = 'dev-admin' AND kind != 'admin'"
-        ),
+        s.sql("SELECT count(*) FROM identities WHERE subject != 'dev-admin'"),
+        "0"
+    );
+    assert_eq!(
+        s.sql("SELECT count(*) FROM identities WHERE subject = 'dev-admin' AND kind != 'admin'"),
         "0"
     );
     let out = s.cli(
@@ -622,7 +594,7 @@ async fn a_service_account_never_becomes_admin() {
     let k = key(&s, &bot, "ci").await;
     assert_eq!(encrypt(&s, &bot, &k).await.status, 200);
     assert_error(&encrypt(&s, &bot_admin, &k).await, 403, "identity_refused");
-    let path = identity_path(&jwt_identity("ci-bot"));
+    let path = identity_path(&identity_of("ci-bot"));
     assert_error(
         &call(
             &s,
@@ -651,15 +623,13 @@ async fn a_service_account_never_becomes_admin() {
         &s,
         &admin,
         Method::PATCH,
-        &identity_path(&jwt_identity("ops-person")),
+        &identity_path(&identity_of("ops-person")),
         Some(json!({"kind": "service_account"})),
     )
     .await;
     assert_error(&r, 403, "identity_refused");
     assert_eq!(
-        db(
-            &s,
-            "SELECT kind, roles FROM identities WHERE subject IN ('ci-bot', 'ops-person') ORDER BY subject"
+        s.sql("SELECT kind, roles FROM identities WHERE subject IN ('ci-bot', 'ops-person') ORDER BY subject"
         ),
         "service_account \nadmin admin"
     );
@@ -670,9 +640,9 @@ async fn a_service_account_never_becomes_admin() {
 /// `integrity_violation`, never admitted with the edited values (threat row T-2).
 #[tokio::test]
 async fn an_identity_row_edited_in_the_database_is_refused() {
-    let (_dir, idp, s) = server("orgs-rowmac", "");
+    let (_dir, idp, s) = jwt::dev_server("orgs-rowmac", "");
     let admin = idp.token(&claims_with_roles("root", "acme", &["admin"]));
-    let path = |sub: &str| identity_path(&jwt_identity(sub));
+    let path = |sub: &str| identity_path(&identity_of(sub));
     let mut tokens = Vec::new();
     for sub in ["eve", "mal", "trudy"] {
         let t = idp.token(&claims(sub, "acme"));
@@ -697,7 +667,7 @@ async fn an_identity_row_edited_in_the_database_is_refused() {
         "UPDATE identities SET roles = 'admin' WHERE subject = 'mal'",
         "UPDATE identities SET kind = 'admin' WHERE subject = 'trudy'",
     ] {
-        db(&s, sql);
+        s.sql(sql);
     }
     // Listing reads every row of the org: it fails at once rather than show an edited one.
     let r = call(&s, &admin, Method::GET, "/api/v1/identities", None).await;
@@ -714,6 +684,14 @@ async fn an_identity_row_edited_in_the_database_is_refused() {
     }
     let r = call(&s, &tokens[1], Method::GET, "/api/v1/identities", None).await;
     assert_error(&r, 500, "integrity_violation");
+    // Counted under its own record kind.
+    let metrics = s.get_ok("/metrics").await.text;
+    let counted = common::sample(
+        &metrics,
+        "sovra_integrity_violations_total",
+        &[("record", "identity")],
+    );
+    assert!(counted.is_some_and(|n| n >= 4.0), "{counted:?}");
     // An untouched identity still works.
     ok(&s, &admin, Method::GET, "/api/v1/keys", None).await;
 }

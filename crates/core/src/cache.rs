@@ -23,15 +23,7 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
     }
 
     pub fn insert(&self, k: K, v: Arc<V>) {
-        if self.map.len() >= self.capacity {
-            // Random-ish eviction: drop the first entry the map yields. Cheap, and hot keys
-            // simply come back on the next use.
-            // The iterator holds a shard read lock: let it go before removing (same shard).
-            let victim = self.map.iter().next().map(|e| e.key().clone());
-            if let Some(victim) = victim {
-                self.map.remove(&victim);
-            }
-        }
+        evict_one_at_capacity(&self.map, self.capacity);
         self.map.insert(k, v);
     }
 
@@ -45,6 +37,19 @@ impl<K: Eq + Hash + Clone, V> BoundedCache<K, V> {
 
     pub fn clear(&self) {
         self.map.clear();
+    }
+}
+
+/// Makes room for one entry in a map of at most `capacity`: random-ish eviction, the first
+/// entry the map yields. Cheap, hot keys simply come back on their next use, and many distinct
+/// callers evict one entry each, never the whole map.
+pub(crate) fn evict_one_at_capacity<K: Eq + Hash + Clone, V>(map: &DashMap<K, V>, capacity: usize) {
+    if map.len() >= capacity {
+        // The iterator holds a shard read lock: let it go before removing (same shard).
+        let victim = map.iter().next().map(|e| e.key().clone());
+        if let Some(victim) = victim {
+            map.remove(&victim);
+        }
     }
 }
 

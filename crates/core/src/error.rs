@@ -54,7 +54,8 @@ pub enum CoreError {
     Internal,
     /// A stored row fails its MAC: it was changed outside Sovra, and is not used.
     #[error("a stored record fails its integrity check (changed outside Sovra); it is not used")]
-    IntegrityViolation,
+    /// The record kind (`key`, `identity`) names the metric's label, never a column.
+    IntegrityViolation(&'static str),
     /// The caller's quota for CPU-heavy work is spent; retry after this many seconds.
     #[error("rate limit for RSA operations exceeded; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -86,7 +87,7 @@ impl CoreError {
             CoreError::Storage(_) => "storage_unavailable",
             CoreError::Busy => "busy",
             CoreError::Internal => "internal",
-            CoreError::IntegrityViolation => "integrity_violation",
+            CoreError::IntegrityViolation(_) => "integrity_violation",
             CoreError::RateLimited { .. } => "rate_limited",
         }
     }

@@ -157,7 +157,7 @@ impl Kms {
                 // A row that fails its MAC is skipped here (and logged by the check).
                 let key = match self.stored_key(org_id, v.key_id).await {
                     Ok(Some(key)) => key,
-                    Ok(None) | Err(CoreError::IntegrityViolation) => continue,
+                    Ok(None) | Err(CoreError::IntegrityViolation(_)) => continue,
                     Err(e) => return Err(e),
                 };
                 // Unwrapping rewraps under the active KEK (the lazy path).

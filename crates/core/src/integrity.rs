@@ -63,7 +63,7 @@ impl RowMac {
                 org = key.org_id,
                 "key row fails its integrity check: it was changed outside Sovra and is not used"
             );
-            Err(CoreError::IntegrityViolation)
+            Err(CoreError::IntegrityViolation("key"))
         }
     }
 
@@ -93,7 +93,7 @@ impl RowMac {
                 org = identity.org_id,
                 "identity row fails its integrity check: it was changed outside Sovra and is not used"
             );
-            Err(CoreError::IntegrityViolation)
+            Err(CoreError::IntegrityViolation("identity"))
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::cache::BoundedCache;
 use crate::model::KeyRecord;
-use crate::store::KeyChange;
+use crate::store::StoreChange;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -76,17 +76,17 @@ impl KeyMetaCache {
     }
 
     /// Applies one change of a store's feed (org and identity changes concern no key row).
-    pub(crate) fn apply(&self, change: &KeyChange) {
+    pub(crate) fn apply(&self, change: &StoreChange) {
         match change {
-            KeyChange::Key(id) => self.invalidate(*id),
-            KeyChange::Lost => self.invalidate_all(),
-            KeyChange::Org(_) | KeyChange::Identity { .. } => {}
+            StoreChange::Key(id) => self.invalidate(*id),
+            StoreChange::Lost => self.invalidate_all(),
+            StoreChange::Org(_) | StoreChange::Identity { .. } => {}
         }
     }
 
     /// Applies a store's change feed until it ends.
     #[cfg(test)]
-    async fn follow(self: Arc<Self>, mut feed: tokio::sync::mpsc::Receiver<KeyChange>) {
+    async fn follow(self: Arc<Self>, mut feed: tokio::sync::mpsc::Receiver<StoreChange>) {
         while let Some(change) = feed.recv().await {
             self.apply(&change);
         }
@@ -165,7 +165,7 @@ mod tests {
         }
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let follower = tokio::spawn(c.clone().follow(rx));
-        tx.send(KeyChange::Key(a.id)).await.unwrap();
+        tx.send(StoreChange::Key(a.id)).await.unwrap();
         tokio::task::yield_now().await;
         while c.get("acme", a.id).is_some() {
             tokio::task::yield_now().await;
@@ -174,7 +174,7 @@ mod tests {
             c.get("acme", b.id).is_some(),
             "only the changed key is dropped"
         );
-        tx.send(KeyChange::Lost).await.unwrap();
+        tx.send(StoreChange::Lost).await.unwrap();
         drop(tx);
         follower.await.unwrap();
         assert!(

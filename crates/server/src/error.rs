@@ -77,12 +77,12 @@ impl From<CoreError> for ApiError {
             | IdentityRefused(_) => StatusCode::FORBIDDEN,
             Storage(sovra_core::StoreError::Conflict(_)) => StatusCode::CONFLICT,
             Storage(_) | Busy => StatusCode::SERVICE_UNAVAILABLE,
-            Internal | IntegrityViolation => StatusCode::INTERNAL_SERVER_ERROR,
+            Internal | IntegrityViolation(_) => StatusCode::INTERNAL_SERVER_ERROR,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
         };
-        if let IntegrityViolation = &e {
+        if let IntegrityViolation(record) = &e {
             // The core logged which row; the request's audit event carries the code.
-            metrics::counter!("sovra_integrity_violations_total", "record" => "key").increment(1);
+            metrics::counter!("sovra_integrity_violations_total", "record" => *record).increment(1);
         }
         if let Storage(inner) = &e {
             // The detail goes to the log only; it may name tables or hosts.

@@ -940,7 +940,7 @@ both!(
             );
             let r = kms.get_key(&a, id).await;
             assert!(
-                matches!(r, Err(CoreError::IntegrityViolation)),
+                matches!(r, Err(CoreError::IntegrityViolation(_))),
                 "{:?}",
                 r.err()
             );

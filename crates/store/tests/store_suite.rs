@@ -894,8 +894,8 @@ both!(delete_key_is_scoped_by_org, |db| async move {
 });
 
 both!(key_changes_reach_every_other_writer, |db| async move {
-    use sovra_core::store::KeyChange;
     use sovra_core::store::KeyStore;
+    use sovra_core::store::StoreChange;
     let own = db.store.key_changes().await.unwrap();
     if db.backend == common::Backend::Sqlite {
         assert!(own.is_none(), "SQLite has one writer: no feed");
@@ -909,7 +909,7 @@ both!(key_changes_reach_every_other_writer, |db| async move {
         .await
         .unwrap()
         .expect("a PostgreSQL feed");
-    async fn next(feed: &mut tokio::sync::mpsc::Receiver<KeyChange>) -> KeyChange {
+    async fn next(feed: &mut tokio::sync::mpsc::Receiver<StoreChange>) -> StoreChange {
         tokio::time::timeout(std::time::Duration::from_secs(5), feed.recv())
             .await
             .expect("a notification within 5 s")
@@ -920,11 +920,11 @@ both!(key_changes_reach_every_other_writer, |db| async move {
     let mut disabled = k.clone();
     disabled.state = KeyState::Disabled;
     db.store.update_key(&k, &disabled).await.unwrap();
-    assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "update");
+    assert_eq!(next(&mut feed).await, StoreChange::Key(k.id), "update");
     add_version(&db, "acme", &version(k.id, 2, 1))
         .await
         .unwrap();
-    assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "rotation");
+    assert_eq!(next(&mut feed).await, StoreChange::Key(k.id), "rotation");
     let rotated = stored(&db, k.id).await;
     let mut pending = rotated.clone();
     pending.state = KeyState::PendingDeletion;
@@ -932,11 +932,11 @@ both!(key_changes_reach_every_other_writer, |db| async move {
     db.store.update_key(&rotated, &pending).await.unwrap();
     assert_eq!(
         next(&mut feed).await,
-        KeyChange::Key(k.id),
+        StoreChange::Key(k.id),
         "scheduled deletion"
     );
     assert!(db.store.delete_key("acme", k.id, 10).await.unwrap());
-    assert_eq!(next(&mut feed).await, KeyChange::Key(k.id), "deletion");
+    assert_eq!(next(&mut feed).await, StoreChange::Key(k.id), "deletion");
     // A refused change (stale optimistic check) notifies nobody.
     let k2 = setup_key(&db, "acme", "alice", "quiet", 11).await;
     let mut stale = k2.clone();

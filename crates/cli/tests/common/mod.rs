@@ -656,6 +656,12 @@ pub(crate) async fn encrypt_hi(s: &Server, token: &str, key: &str) -> Resp {
 }
 
 impl Server {
+    /// Rows of SQL on this dev server's SQLite database, read as an insider with the file
+    /// would ([`sqlite3`]).
+    pub(crate) fn sql(&self, sql: &str) -> String {
+        sqlite3(&self.data_dir.join("sovra.db"), sql)
+    }
+
     /// An unauthenticated `GET path` over HTTPS that must answer 200.
     pub(crate) async fn get_ok(&self, path: &str) -> Resp {
         let r = send(self, &self.http(), reqwest::Method::GET, path, None, None).await;

@@ -207,3 +207,26 @@ pub(crate) fn issuer_toml(issuer: &str, audience: &str, jwks_path: &Path, extra:
         jwks_path.display()
     )
 }
+
+/// A dev server (its dev token is the operator; the fixture orgs exist) trusting [`ISSUER`]
+/// with a fresh ES256 key and `issuer_extra` in its table. Returns the directory (it outlives
+/// the server and is its data directory), the issuer's signing key and the server.
+pub(crate) fn dev_server(
+    tag: &str,
+    issuer_extra: &str,
+) -> (crate::common::TempDir, Signer, crate::common::Server) {
+    let dir = crate::common::TempDir::new(tag);
+    let idp = Signer::es256(&format!("{tag}-key"));
+    let jwks = dir.path().join("jwks.json");
+    write_jwks(&jwks, std::slice::from_ref(&idp.jwk));
+    let s = crate::common::Server::start_dev(
+        dir.path(),
+        &issuer_toml(ISSUER, AUDIENCE, &jwks, issuer_extra),
+    );
+    (dir, idp, s)
+}
+
+/// The identity id (and key owner) of `sub` authenticated by [`ISSUER`].
+pub(crate) fn identity_of(sub: &str) -> String {
+    format!("{ISSUER}#{sub}")
+}

@@ -9,10 +9,11 @@
 //! notification that never arrived.
 
 use super::Kms;
+use crate::cache::evict_one_at_capacity;
 use crate::error::CoreError;
 use crate::identity::{AuthMethod, Authenticated, Role};
 use crate::model::{IdentityKind, IdentityRecord, IdentityStatus, OrgStatus};
-use crate::store::{KeyChange, StoreError};
+use crate::store::{StoreChange, StoreError};
 use dashmap::DashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -42,17 +43,17 @@ pub(crate) struct AdmissionCache {
 
 impl AdmissionCache {
     /// Forgets what a change makes stale.
-    pub(crate) fn forget(&self, change: &KeyChange) {
+    pub(crate) fn forget(&self, change: &StoreChange) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         match change {
-            KeyChange::Key(_) => {}
-            KeyChange::Org(org) => {
+            StoreChange::Key(_) => {}
+            StoreChange::Org(org) => {
                 self.orgs.remove(org);
             }
-            KeyChange::Identity { org, id } => {
+            StoreChange::Identity { org, id } => {
                 self.identities.remove(&(org.clone(), id.clone()));
             }
-            KeyChange::Lost => {
+            StoreChange::Lost => {
                 self.orgs.clear();
                 self.identities.clear();
             }
@@ -61,18 +62,7 @@ impl AdmissionCache {
 
     /// Forgets everything (at seal: identity rows are checked under the row-MAC key).
     pub(crate) fn clear(&self) {
-        self.forget(&KeyChange::Lost);
-    }
-}
-
-/// Makes room for one entry: many distinct callers evict one entry each, never the cache.
-fn evict_one_at_capacity<K: Eq + std::hash::Hash + Clone, V>(map: &DashMap<K, V>) {
-    if map.len() >= CAPACITY {
-        // The iterator holds a shard lock: let it go before removing.
-        let victim = map.iter().next().map(|e| e.key().clone());
-        if let Some(victim) = victim {
-            map.remove(&victim);
-        }
+        self.forget(&StoreChange::Lost);
     }
 }
 
@@ -162,7 +152,7 @@ impl Kms {
                     return Err(CoreError::UnknownOrg(org.to_string()));
                 };
                 if cache.generation.load(Ordering::SeqCst) == generation {
-                    evict_one_at_capacity(&cache.orgs);
+                    evict_one_at_capacity(&cache.orgs, CAPACITY);
                     cache.orgs.insert(org.to_string(), (rec.status, fetched));
                     // A forget that ran between the check and the insert wins.
                     if cache.generation.load(Ordering::SeqCst) != generation {
@@ -206,7 +196,7 @@ impl Kms {
         });
         let cache = &self.admission;
         if cache.generation.load(Ordering::SeqCst) == generation {
-            evict_one_at_capacity(&cache.identities);
+            evict_one_at_capacity(&cache.identities, CAPACITY);
             cache.identities.insert(cache_key.clone(), cached.clone());
             // A forget that ran between the check and the insert wins.
             if cache.generation.load(Ordering::SeqCst) != generation {
@@ -269,9 +259,6 @@ impl Kms {
     /// Whether a key row of this owner whose MAC holds exists in the org: a subject from before
     /// identities were records. A row an insider wrote (no valid MAC) makes no identity.
     async fn owns_intact_keys(&self, org: &str, owner: &str) -> Result<bool, CoreError> {
-        if !self.store.owner_has_keys(org, owner).await? {
-            return Ok(false);
-        }
         let rows = self.seal.row_mac()?;
         Ok(self
             .store

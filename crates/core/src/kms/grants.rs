@@ -11,7 +11,7 @@ use crate::identity::{Principal, Role};
 use crate::ids::KeyId;
 use crate::keymeta::MAX_KEY_META_AGE;
 use crate::model::{ContextConstraint, GrantRecord, Grantee, KeyOp, KeyRecord};
-use crate::store::KeyChange;
+use crate::store::StoreChange;
 use dashmap::DashMap;
 use sovra_crypto::keytype::KeyUsage;
 use std::sync::Arc;
@@ -24,6 +24,8 @@ pub const MAX_CONSTRAINT_PAIRS: usize = 16;
 pub const MAX_CONSTRAINT_ITEM_LEN: usize = 128;
 /// Most grants on one key.
 pub const MAX_GRANTS_PER_KEY: usize = 100;
+/// Keys whose grants a node keeps.
+const GRANT_CACHE_CAPACITY: usize = 100_000;
 /// Longest lifetime of a grant that expires.
 pub const MAX_GRANT_SECONDS: u64 = 366 * 24 * 3600;
 
@@ -67,26 +69,21 @@ impl GrantCache {
         if self.generation() != generation {
             return;
         }
-        if self.entries.len() >= 100_000 {
-            let victim = self.entries.iter().next().map(|e| *e.key());
-            if let Some(victim) = victim {
-                self.entries.remove(&victim);
-            }
-        }
+        crate::cache::evict_one_at_capacity(&self.entries, GRANT_CACHE_CAPACITY);
         self.entries.insert(key, (grants, fetched));
         if self.generation() != generation {
             self.entries.remove(&key);
         }
     }
 
-    pub(crate) fn forget(&self, change: &KeyChange) {
+    pub(crate) fn forget(&self, change: &StoreChange) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         match change {
-            KeyChange::Key(id) => {
+            StoreChange::Key(id) => {
                 self.entries.remove(id);
             }
-            KeyChange::Lost => self.entries.clear(),
-            KeyChange::Org(_) | KeyChange::Identity { .. } => {}
+            StoreChange::Lost => self.entries.clear(),
+            StoreChange::Org(_) | StoreChange::Identity { .. } => {}
         }
     }
 }
@@ -298,7 +295,7 @@ impl Kms {
     /// Forgets a key's cached metadata and grants on this node (other nodes hear of it from
     /// the store's change feed).
     pub(crate) fn forget_key(&self, id: Uuid) {
-        self.grants.forget(&KeyChange::Key(id));
+        self.grants.forget(&StoreChange::Key(id));
         self.key_meta.invalidate(id);
     }
 }

@@ -9,7 +9,7 @@ use crate::error::CoreError;
 use crate::identity::{Principal, Role};
 use crate::ids::IdentityId;
 use crate::model::{IdentityKind, IdentityRecord, IdentityStatus};
-use crate::store::{KeyChange, StoreError};
+use crate::store::{StoreChange, StoreError};
 
 /// Roles an org admin may give an identity. `operator` is server-wide: no org grants it.
 pub const ASSIGNABLE_ROLES: [Role; 4] = [Role::Admin, Role::Auditor, Role::KeyAdmin, Role::User];
@@ -128,7 +128,7 @@ impl Kms {
                 }
                 e => e.into(),
             })?;
-        self.admission.forget(&KeyChange::Identity {
+        self.admission.forget(&StoreChange::Identity {
             org: record.org_id.clone(),
             id: record.id.clone(),
         });
@@ -163,7 +163,7 @@ impl Kms {
         self.seal.row_mac()?.sign_identity(&mut after);
         let result = self.store.update_identity(&before, &after).await;
         // Forget it whatever the outcome: a conflict means someone else changed it.
-        self.admission.forget(&KeyChange::Identity {
+        self.admission.forget(&StoreChange::Identity {
             org: after.org_id.clone(),
             id: after.id.clone(),
         });

@@ -280,7 +280,7 @@ impl Kms {
                 Ok(Some(k))
                     if k.state == KeyState::PendingDeletion
                         && k.deletion_date.is_some_and(|d| d <= now) => {}
-                Ok(_) | Err(CoreError::IntegrityViolation) => continue,
+                Ok(_) | Err(CoreError::IntegrityViolation(_)) => continue,
                 Err(e) => return Err(e),
             }
             let deleted = self.store.delete_key(org, *id, now).await;

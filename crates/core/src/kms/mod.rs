@@ -215,7 +215,7 @@ impl Kms {
         self.keks.clear();
         self.keys.clear();
         self.admission.clear();
-        self.grants.forget(&crate::store::KeyChange::Lost);
+        self.grants.forget(&crate::store::StoreChange::Lost);
         self.clear_audit_keys_cache();
         Ok(())
     }

@@ -9,7 +9,7 @@ use crate::hierarchy::kek_aad;
 use crate::identity::Principal;
 use crate::ids::OrgId;
 use crate::model::{KekRecord, OrgRecord, OrgStatus};
-use crate::store::{KeyChange, StoreError};
+use crate::store::{StoreChange, StoreError};
 use sovra_crypto::{SecretBytes, rng};
 
 /// Most characters of an org's display name.
@@ -68,7 +68,7 @@ impl Kms {
                 }
                 e => e.into(),
             })?;
-        self.admission.forget(&KeyChange::Org(id.to_string()));
+        self.admission.forget(&StoreChange::Org(id.to_string()));
         Ok(org)
     }
 
@@ -116,7 +116,7 @@ impl Kms {
         };
         // Whether it moved or was there already, the record read after says where it is.
         self.store.set_org_status(id.as_str(), from, to).await?;
-        self.admission.forget(&KeyChange::Org(id.to_string()));
+        self.admission.forget(&StoreChange::Org(id.to_string()));
         let org = self
             .store
             .get_org(id.as_str())

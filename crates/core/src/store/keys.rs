@@ -1,6 +1,6 @@
 //! Storage of keys and their versions.
 
-use super::{KeyChange, StoreError};
+use super::{StoreChange, StoreError};
 use crate::model::{KeyRecord, KeyVersionRecord};
 use async_trait::async_trait;
 use uuid::Uuid;
@@ -11,7 +11,7 @@ pub trait KeyStore: Send + Sync {
     /// this process is the database's only writer (SQLite), so its own invalidation suffices.
     async fn key_changes(
         &self,
-    ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError>;
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<StoreChange>>, StoreError>;
 
     /// Creates a key and its first version in one transaction (conflict on a duplicate name
     /// for the same owner).
@@ -28,9 +28,6 @@ pub trait KeyStore: Send + Sync {
     async fn list_keys(&self, org_id: &str, owner: &str) -> Result<Vec<KeyRecord>, StoreError>;
     /// Every key of the org (for its key admins).
     async fn list_org_keys(&self, org_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
-    /// Whether the org holds a key of this owner (an identity from before identities were
-    /// records is recognised by its keys).
-    async fn owner_has_keys(&self, org_id: &str, owner: &str) -> Result<bool, StoreError>;
     /// Updates the mutable metadata (state, min_decryption_version, description, deletion
     /// date) and the revision and row MAC from `before` to `after`, if the stored row still
     /// holds `before`'s values and revision; conflict otherwise, so a concurrent change

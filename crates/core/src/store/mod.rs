@@ -47,7 +47,7 @@ pub enum StoreError {
 /// A change to stored keys, orgs or identities, made by any process sharing the database
 /// (other nodes included): what caches of them must forget.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyChange {
+pub enum StoreChange {
     /// This key's metadata or versions changed, or it was deleted.
     Key(Uuid),
     /// This org's record changed (its status).

@@ -6,7 +6,7 @@ use super::{
 use async_trait::async_trait;
 use sovra_core::StoreError;
 use sovra_core::model::{KeyRecord, KeyState, KeyVersionRecord};
-use sovra_core::store::{KeyChange, KeyStore};
+use sovra_core::store::{KeyStore, StoreChange};
 use sovra_crypto::KeyType;
 use uuid::Uuid;
 
@@ -143,16 +143,6 @@ macro_rules! key_store {
                 rows.iter().map(Self::key_from_row).collect()
             }
 
-            async fn owner_has_keys(&self, org_id: &str, owner: &str) -> Result<bool, StoreError> {
-                let row = sqlx::query("SELECT 1 FROM keys WHERE org_id = $1 AND owner = $2 LIMIT 1")
-                    .bind(org_id)
-                    .bind(owner)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(map_err)?;
-                Ok(row.is_some())
-            }
-
             async fn update_key(&self, before: &KeyRecord, k: &KeyRecord) -> Result<(), StoreError> {
                 let done = sqlx::query(
                     "UPDATE keys SET state = $1, min_decryption_version = $2, description = $3, deletion_date = $4, \
@@ -185,7 +175,7 @@ macro_rules! key_store {
 
             async fn key_changes(
                 &self,
-            ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
+            ) -> Result<Option<tokio::sync::mpsc::Receiver<StoreChange>>, StoreError> {
                 self.watch_key_changes().await
             }
 
@@ -402,25 +392,25 @@ impl SqliteStore {
     /// One process owns a SQLite database: nobody else changes its keys.
     async fn watch_key_changes(
         &self,
-    ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<StoreChange>>, StoreError> {
         Ok(None)
     }
 }
 
 /// What a notification names: a key id (migration 0005), `org:ID` or `identity:ORG:ID`
 /// (migration 0008). Org ids hold no `:`; identity ids may.
-fn parse_change(payload: &str) -> Option<KeyChange> {
+fn parse_change(payload: &str) -> Option<StoreChange> {
     if let Some(org) = payload.strip_prefix("org:") {
-        return Some(KeyChange::Org(org.to_string()));
+        return Some(StoreChange::Org(org.to_string()));
     }
     if let Some(rest) = payload.strip_prefix("identity:") {
         let (org, id) = rest.split_once(':')?;
-        return Some(KeyChange::Identity {
+        return Some(StoreChange::Identity {
             org: org.to_string(),
             id: id.to_string(),
         });
     }
-    Uuid::parse_str(payload).ok().map(KeyChange::Key)
+    Uuid::parse_str(payload).ok().map(StoreChange::Key)
 }
 
 /// The channel triggers on `keys`, `orgs` and `identities` notify with what changed.
@@ -430,10 +420,10 @@ impl PostgresStore {
     /// LISTENs on [`KEY_CHANGE_CHANNEL`] on a connection of its own (outside the service
     /// pool, so closing that pool never waits for it). When the connection drops, sqlx
     /// reconnects and listens again on the next receive; the gap is reported as
-    /// [`KeyChange::Lost`]. The task ends when the receiver is dropped.
+    /// [`StoreChange::Lost`]. The task ends when the receiver is dropped.
     async fn watch_key_changes(
         &self,
-    ) -> Result<Option<tokio::sync::mpsc::Receiver<KeyChange>>, StoreError> {
+    ) -> Result<Option<tokio::sync::mpsc::Receiver<StoreChange>>, StoreError> {
         let options = (*self.pool.connect_options()).clone();
         let listen_pool = crate::pg_pool_options(&options)
             .max_connections(1)
@@ -454,11 +444,11 @@ impl PostgresStore {
                         Some(change) => change,
                         None => continue,
                     },
-                    Ok(None) => KeyChange::Lost,
+                    Ok(None) => StoreChange::Lost,
                     Err(e) => {
                         tracing::warn!(error = %e, "key change listener lost its connection; retrying");
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                        KeyChange::Lost
+                        StoreChange::Lost
                     }
                 };
                 if tx.send(change).await.is_err() {

@@ -48,15 +48,15 @@ macro_rules! org_store {
                 rows.iter().map(Self::org_from_row).collect()
             }
 
-            async fn set_org_status(&self, org_id: &str, from: OrgStatus, to: OrgStatus) -> Result<bool, StoreError> {
-                let moved = sqlx::query("UPDATE orgs SET status = $1 WHERE id = $2 AND status = $3")
+            async fn set_org_status(&self, org_id: &str, from: OrgStatus, to: OrgStatus) -> Result<(), StoreError> {
+                sqlx::query("UPDATE orgs SET status = $1 WHERE id = $2 AND status = $3")
                     .bind(to.as_str())
                     .bind(org_id)
                     .bind(from.as_str())
                     .execute(&self.pool)
                     .await
                     .map_err(map_err)?;
-                Ok(moved.rows_affected() == 1)
+                Ok(())
             }
 
             async fn create_org(&self, org: &OrgRecord, kek: &KekRecord) -> Result<(), StoreError> {
